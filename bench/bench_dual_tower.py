@@ -1,0 +1,213 @@
+"""Dual-tower figures on any Kaggle-format CSV: 5-fold prompt-grouped OOF log loss beside the class
+prior, inference throughput and peak memory with length-sorted dynamic padding vs padding every row
+to max_len, and training throughput. Figures, not tests: numbers vary with the machine's load.
+
+    .venv/bin/python bench/bench_dual_tower.py                                  # pandalm_999, demo config
+    .venv/bin/python bench/bench_dual_tower.py --set max_len=96 --set train.epochs=2
+    .venv/bin/python bench/bench_dual_tower.py --skip-oof --infer-rows 128      # throughput only
+
+Memory: peak resident set size of a fresh subprocess during predict_proba minus its RSS just before
+(psutil polled every 2 ms; tracemalloc misses torch's allocations), plus the ru_maxrss high-water mark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_CSV = ROOT.parent / "shared" / "data" / "pandalm_999.csv"
+
+
+def parse_sets(items: list[str]) -> dict:
+    """--set a.b=value (YAML value) -> nested dict."""
+    out: dict = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        node = out
+        *parents, last = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = yaml.safe_load(value)
+    return out
+
+
+def log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+    p = np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0)
+    return float(-np.log(p).mean())
+
+
+def oof_figures(frame, config: dict, n_folds: int, seed: int, artifacts: Path) -> dict:
+    import pandas as pd
+
+    from ensemble import TARGETS
+    from ensemble.folds import attach_folds, make_folds
+    from ensemble.oof import run_oof
+
+    folds = make_folds(frame, n_folds, seed)
+    start = time.perf_counter()
+    run = run_oof("dual_tower", config, frame, folds, artifacts)
+    wall = time.perf_counter() - start
+    oof = pd.read_parquet(artifacts / "oof" / "dual_tower.parquet")
+    labels = frame["label"].to_numpy()
+    proba = oof[list(TARGETS)].to_numpy()
+    fold_of = attach_folds(frame, folds)
+    prior = np.zeros_like(proba)
+    per_fold = {}
+    for k in range(n_folds):
+        va = fold_of == k
+        prior[va] = np.bincount(labels[~va], minlength=3) / (~va).sum()  # prior from the training folds
+        per_fold[k] = round(log_loss(proba[va], labels[va]), 4)
+    fits = [v for v in run["fit_seconds"].values() if v is not None]
+    return {"oof_logloss": round(log_loss(proba, labels), 4), "prior_logloss": round(log_loss(prior, labels), 4),
+            "per_fold": per_fold, "oof_accuracy": round(float((proba.argmax(1) == labels).mean()), 4),
+            "stage_wall_s": round(wall, 1), "fit_s_per_fold": [round(v, 1) for v in fits],
+            "oof_path": str(artifacts / "oof" / "dual_tower.parquet")}
+
+
+# ----------------------------------------------------------------------------- inference child
+
+def _child(args) -> None:
+    """One timed predict_proba in a fresh process, so RSS figures belong to this mode alone."""
+    import psutil
+
+    from ensemble.data import read_battles
+    from ensemble.models.dual_tower import DualTowerModel
+
+    frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)
+    model = DualTowerModel.load(args.model_dir)
+    model.predict_proba(frame.iloc[:4])  # warm-up: kernels, lazy imports
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    peak, stop = [before], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+
+    import resource
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    model.predict_proba(frame, pad_to_max_len=args.mode == "padded")
+    seconds = time.perf_counter() - start
+    stop.set()
+    thread.join()
+    enc = model._encode(frame)
+    real = sum(map(len, enc["a"] + enc["b"]))
+    print(json.dumps({"mode": args.mode, "rows": len(frame), "seconds": seconds, "rows_per_s": len(frame) / seconds,
+                      "peak_rss_delta_mb": (peak[0] - before) / 2**20,
+                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "real_tokens": real, "padded_tokens": 2 * len(frame) * model.config.max_len}))
+
+
+def inference_figures(args, model_dir: Path) -> dict:
+    runs: dict[str, list[dict]] = {"dynamic": [], "padded": []}
+    for _ in range(args.repeats):
+        for mode in ("dynamic", "padded"):  # interleaved, so load drift hits both alike
+            out = subprocess.run([sys.executable, __file__, "--child", "--mode", mode, "--model-dir", str(model_dir),
+                                  "--csv", str(args.csv), "--infer-rows", str(args.infer_rows)],
+                                 capture_output=True, text=True, check=True)
+            runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    fig = {}
+    for mode, rs in runs.items():
+        fig[mode] = {"rows_per_s_median": round(statistics.median(r["rows_per_s"] for r in rs), 2),
+                     "rows_per_s_runs": [round(r["rows_per_s"], 2) for r in rs],
+                     "peak_rss_delta_mb_median": round(statistics.median(r["peak_rss_delta_mb"] for r in rs), 1),
+                     "maxrss_mb_median": round(statistics.median(r["maxrss_mb"] for r in rs), 1)}
+    first = runs["dynamic"][0]
+    fig["rows"] = first["rows"]
+    fig["tokens_real_vs_padded"] = [first["real_tokens"], first["padded_tokens"]]
+    fig["speedup_dynamic_over_padded"] = round(fig["dynamic"]["rows_per_s_median"] / fig["padded"]["rows_per_s_median"], 2)
+    return fig
+
+
+def training_figures(frame, config: dict, rows: int) -> dict:
+    """Rows/s of the training loop alone (model load and tokenization excluded) on `rows` battles."""
+    import ensemble.models.dual_tower as dt
+
+    timings = {}
+    original = dt.train_loop
+
+    def timed(*a, **k):
+        start = time.perf_counter()
+        result = original(*a, **k)
+        timings["loop"] = time.perf_counter() - start
+        return result
+
+    dt.train_loop = timed
+    try:
+        model = dt.DualTowerModel(config)
+        sample = frame.iloc[:rows].reset_index(drop=True)
+        start = time.perf_counter()
+        model.fit(sample, None)
+        fit = time.perf_counter() - start
+    finally:
+        dt.train_loop = original
+    cfg = model.config.train
+    copies = 2 if model.config.swap_augment else 1
+    items = min(len(sample) * copies * cfg.epochs, (cfg.max_steps or 10**9) * cfg.batch_size * cfg.grad_accum)
+    return {"battles": len(sample), "items_trained": int(items), "loop_s": round(timings["loop"], 1),
+            "items_per_s": round(items / timings["loop"], 2), "battles_per_s": round(items / copies / timings["loop"], 2),
+            "fit_wall_s": round(fit, 1)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    ap.add_argument("--artifacts", type=Path, default=ROOT / "bench" / "out" / "pandalm")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--set", action="append", default=[], help="config override key=value (dotted for train.*)")
+    ap.add_argument("--infer-rows", type=int, default=256, help="rows for the inference comparison")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-rows", type=int, default=128, help="battles for the training-throughput run")
+    ap.add_argument("--skip-oof", action="store_true", help="reuse the fold-0 model already under --artifacts")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return _child(args)
+
+    from ensemble.data import read_battles
+
+    args.artifacts.mkdir(parents=True, exist_ok=True)
+    ignore = ROOT / "bench" / "out" / ".gitignore"
+    if args.artifacts.resolve().is_relative_to(ignore.parent.resolve()) and not ignore.exists():
+        ignore.write_text("*\n")  # bench output never belongs in git
+    config = parse_sets(args.set)
+    frame = read_battles(args.csv)
+    report = {"csv": str(args.csv), "rows": len(frame), "config_overrides": config,
+              "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    if not args.skip_oof:
+        report["oof"] = oof_figures(frame, config, args.folds, args.seed, args.artifacts)
+        print(json.dumps(report["oof"], indent=1), flush=True)
+    model_dir = args.artifacts / "models" / "dual_tower" / "fold_0"
+    if not model_dir.exists():
+        sys.exit(f"{model_dir}: no trained fold model; run without --skip-oof first")
+    report["inference"] = inference_figures(args, model_dir)
+    print(json.dumps(report["inference"], indent=1), flush=True)
+    report["training"] = training_figures(frame, config, args.train_rows)
+    print(json.dumps(report["training"], indent=1), flush=True)
+    out = args.artifacts / "bench_dual_tower.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""User-facing errors: bad input or settings, reported as one clear line and a non-zero exit."""
+
+
+class UserError(Exception):
+    """Something the user can fix (file, column, rows, params key); never a library traceback."""

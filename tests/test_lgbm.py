@@ -1,0 +1,48 @@
+import numpy as np
+import pandas as pd
+
+from ensemble.data import read_battles, swap_ab, unswap_proba
+from ensemble.folds import make_folds
+from ensemble.metrics import log_loss, prior_proba
+from ensemble.models import load
+from ensemble.models.lgbm import LGBMModel
+from ensemble.oof import run_oof
+
+FAST = {"n_estimators": 60, "learning_rate": 0.1, "early_stopping_rounds": 20,
+        "vectorizer": {"max_features": 300, "min_df": 2}}
+
+
+def test_swap_symmetry_and_save_load(shared_data, tmp_path):
+    frame = read_battles(shared_data / "pandalm_999.csv")
+    train, test = frame.iloc[:500].reset_index(drop=True), frame.iloc[500:620].reset_index(drop=True)
+    model = LGBMModel(FAST).fit(train, test)
+    p = model.predict_proba(test)
+    assert p.shape == (120, 3) and np.allclose(p.sum(axis=1), 1)
+    # swap TTA makes the model exactly position-unbiased
+    np.testing.assert_allclose(model.predict_proba(swap_ab(test)), unswap_proba(p), atol=1e-12)
+    model.save(tmp_path / "m")
+    np.testing.assert_allclose(load(tmp_path / "m").predict_proba(test), p, atol=1e-12)
+    # without TTA the raw model is not symmetric: the test above could fail
+    raw = LGBMModel({**FAST, "swap_tta": False, "swap_augment": False}).fit(train, test)
+    assert not np.allclose(raw.predict_proba(swap_ab(test)), unswap_proba(raw.predict_proba(test)), atol=1e-6)
+
+
+def test_oof_beats_prior_and_resumes(shared_data, tmp_path, capsys):
+    frame = read_battles(shared_data / "pandalm_999.csv")
+    folds = make_folds(frame, 3, seed=0)
+    run_oof("lgbm", FAST, frame, folds, tmp_path, test=frame.iloc[:50])
+    oof = pd.read_parquet(tmp_path / "oof" / "lgbm.parquet")
+    assert list(oof["id"]) == list(frame["id"]) and oof["fold"].nunique() == 3
+    y = frame["label"].to_numpy()
+    p = oof[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    assert log_loss(y, p) < log_loss(y, prior_proba(y, len(y))) - 0.03
+    test = pd.read_parquet(tmp_path / "test" / "lgbm.parquet")
+    assert len(test) == 50 and np.allclose(test.iloc[:, 1:].sum(axis=1), 1)
+    # a crash after fold 0: the rerun reuses it; a changed config retrains everything
+    (tmp_path / "models" / "lgbm" / "fold_2" / "done.json").unlink()
+    capsys.readouterr()
+    run_oof("lgbm", FAST, frame, folds, tmp_path)
+    out = capsys.readouterr().out
+    assert "fold 0: already done" in out and "fold 2: training" in out
+    run_oof("lgbm", {**FAST, "num_leaves": 7}, frame, folds, tmp_path)
+    assert "already done" not in capsys.readouterr().out

@@ -1,0 +1,120 @@
+"""End to end: `dvc repro` on a tiny demo config in a temporary copy of the project, then the
+user commands (`python -m ensemble.blend`, `python -m ensemble.submit`) against its artifacts."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
+pytestmark = pytest.mark.slow
+
+#: Overrides that shrink every stage to seconds; the pipeline's wiring is what is under test.
+TINY = {
+    "demo": {"n_train": 160, "n_test": 40, "seed": 1},
+    "folds": {"n_splits": 3, "seed": 0},
+    "lgbm": {"n_estimators": 40, "learning_rate": 0.1, "early_stopping_rounds": 10,
+             "vectorizer": {"max_features": 200}},
+}
+
+
+def run(cmd, cwd, check=True):
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}  # the copy's code
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    if check and proc.returncode:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    for key, value in new.items():
+        base[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline") / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, work / f)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    deep_update(params, TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init", work)
+    proc = run(["dvc", "repro"], work)
+    return work, params, proc.stdout
+
+
+def test_repro_writes_every_artifact(project):
+    work, params, log = project
+    art = work / "artifacts"
+    train = pd.read_parquet(art / "prepared" / "train.parquet")
+    assert len(train) == TINY["demo"]["n_train"]
+    for name in params["blend"]["models"]:
+        oof = pd.read_parquet(art / "oof" / f"{name}.parquet")
+        assert list(oof["id"]) == list(train["id"])  # OOF rows line up across models
+        assert np.allclose(oof[TARGETS].sum(axis=1), 1) and oof["fold"].nunique() == 3
+        assert len(list((art / "models" / name).glob("fold_*/done.json"))) == 3
+    metrics = yaml.safe_load((art / "metrics.json").read_text())
+    assert metrics["blend"]["log_loss"] < metrics["prior_log_loss"]
+    for f in ["calibration_winner_model_a.csv", "calibration_winner_tie.csv", "confusion.csv"]:
+        assert len(pd.read_csv(art / "plots" / f)) > 0
+    sub = pd.read_csv(art / "submission.csv", dtype={"id": str})
+    test = pd.read_csv(art / "demo" / "demo_test.csv", dtype={"id": str})
+    assert list(sub.columns) == ["id", *TARGETS] and list(sub["id"]) == list(test["id"])
+    # a second repro has nothing to do
+    assert "up to date" in run(["dvc", "status"], work).stdout
+
+
+def test_changing_lgbm_param_reruns_only_downstream(project):
+    work, params, _ = project
+    params["lgbm"]["num_leaves"] = 7
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status"], work).stdout
+    changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t")}
+    assert {"lgbm", "blend", "submit", "report"} >= changed >= {"lgbm"}
+    assert not changed & {"demo", "prepare", "folds"}
+
+
+def test_blend_cli_refits_in_seconds(project):
+    work, _, _ = project
+    proc = run([sys.executable, "-m", "ensemble.blend"], work)
+    assert "blend (fit)" in proc.stdout and "class prior" in proc.stdout
+
+
+def test_submit_cli_valid_submission(project, tmp_path):
+    work, _, _ = project
+    test_csv = work / "artifacts" / "demo" / "demo_test.csv"
+    out = tmp_path / "submission.csv"
+    run([sys.executable, "-m", "ensemble.submit", str(test_csv), "-o", str(out)], work)
+    sub = pd.read_csv(out, dtype={"id": str})
+    ids = pd.read_csv(test_csv, dtype={"id": str})["id"]
+    assert list(sub.columns) == ["id", *TARGETS] and list(sub["id"]) == list(ids)
+    values = sub[TARGETS].to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
+    assert np.abs(values.sum(axis=1) - 1).max() < 1e-6
+    # predicting afresh from the saved fold models matches what the pipeline wrote
+    cached = pd.read_csv(work / "artifacts" / "submission.csv", dtype={"id": str})
+    np.testing.assert_allclose(values, cached[TARGETS].to_numpy(), atol=1e-6)
+    # a labelled file reports its log loss
+    train_csv = work / "artifacts" / "demo" / "demo_train.csv"
+    assert "log loss against the file's labels" in run(
+        [sys.executable, "-m", "ensemble.submit", str(train_csv), "-o", str(tmp_path / "s2.csv")], work).stdout
+    # bad input: clear message, exit 2, nothing written
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(test_csv).drop(columns=["prompt"]).to_csv(bad, index=False)
+    proc = run([sys.executable, "-m", "ensemble.submit", str(bad), "-o", str(tmp_path / "s3.csv")], work, check=False)
+    assert proc.returncode == 2 and "prompt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s3.csv").exists()
