@@ -6,8 +6,11 @@ to max_len, and training throughput. Figures, not tests: numbers vary with the m
     .venv/bin/python bench/bench_dual_tower.py --set max_len=96 --set train.epochs=2
     .venv/bin/python bench/bench_dual_tower.py --skip-oof --infer-rows 128      # throughput only
 
-Memory: peak resident set size of a fresh subprocess during predict_proba minus its RSS just before
-(psutil polled every 2 ms; tracemalloc misses torch's allocations), plus the ru_maxrss high-water mark.
+Inference modes: `dynamic` (the model's path: towers sorted by length, padded per batch to the batch's
+longest, identical towers encoded once), `dynamic_nodedupe` (the same without the dedupe) and `padded`
+(every tower padded to max_len, row order). Memory: peak resident set size of a fresh subprocess during
+predict_proba minus its RSS just before (psutil polled every 2 ms; tracemalloc misses torch's
+allocations), plus the ru_maxrss high-water mark of that subprocess.
 """
 
 from __future__ import annotations
@@ -87,6 +90,10 @@ def _child(args) -> None:
 
     frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)
     model = DualTowerModel.load(args.model_dir)
+    if args.mode == "dynamic_nodedupe":
+        import functools
+
+        DualTowerModel._pair_pooled = functools.partialmethod(DualTowerModel._pair_pooled, dedupe=False)
     model.predict_proba(frame.iloc[:4])  # warm-up: kernels, lazy imports
     proc = psutil.Process()
     before = proc.memory_info().rss
@@ -106,18 +113,35 @@ def _child(args) -> None:
     seconds = time.perf_counter() - start
     stop.set()
     thread.join()
-    enc = model._encode(frame)
-    real = sum(map(len, enc["a"] + enc["b"]))
     print(json.dumps({"mode": args.mode, "rows": len(frame), "seconds": seconds, "rows_per_s": len(frame) / seconds,
                       "peak_rss_delta_mb": (peak[0] - before) / 2**20,
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "real_tokens": real, "padded_tokens": 2 * len(frame) * model.config.max_len}))
+                      **token_counts(model, frame)}))
+
+
+def token_counts(model, frame) -> dict:
+    """Tokens the encoder actually computes (padding included) in each mode."""
+    from ensemble.hf import token_budget_batches
+
+    cfg = model.config
+    enc = model._encode(frame)
+    towers = enc["a"] + enc["b"]
+
+    def computed(ts) -> int:
+        lengths = np.array(sorted((len(t) for t in ts), reverse=True))
+        return int(sum(len(b) * lengths[b].max() for b in token_budget_batches(lengths, cfg.infer_max_tokens,
+                                                                                cfg.infer_max_rows)))
+
+    distinct = {tuple(t) for t in towers}
+    return {"towers": len(towers), "distinct_towers": len(distinct), "real_tokens": sum(map(len, towers)),
+            "computed_tokens": {"dynamic": computed(distinct), "dynamic_nodedupe": computed(towers),
+                                "padded": len(towers) * cfg.max_len}}
 
 
 def inference_figures(args, model_dir: Path) -> dict:
-    runs: dict[str, list[dict]] = {"dynamic": [], "padded": []}
+    runs: dict[str, list[dict]] = {"dynamic": [], "dynamic_nodedupe": [], "padded": []}
     for _ in range(args.repeats):
-        for mode in ("dynamic", "padded"):  # interleaved, so load drift hits both alike
+        for mode in runs:  # interleaved, so load drift hits all alike
             out = subprocess.run([sys.executable, __file__, "--child", "--mode", mode, "--model-dir", str(model_dir),
                                   "--csv", str(args.csv), "--infer-rows", str(args.infer_rows)],
                                  capture_output=True, text=True, check=True)
@@ -129,26 +153,35 @@ def inference_figures(args, model_dir: Path) -> dict:
                      "peak_rss_delta_mb_median": round(statistics.median(r["peak_rss_delta_mb"] for r in rs), 1),
                      "maxrss_mb_median": round(statistics.median(r["maxrss_mb"] for r in rs), 1)}
     first = runs["dynamic"][0]
-    fig["rows"] = first["rows"]
-    fig["tokens_real_vs_padded"] = [first["real_tokens"], first["padded_tokens"]]
-    fig["speedup_dynamic_over_padded"] = round(fig["dynamic"]["rows_per_s_median"] / fig["padded"]["rows_per_s_median"], 2)
+    for k in ("rows", "towers", "distinct_towers", "real_tokens", "computed_tokens"):
+        fig[k] = first[k]
+    for mode in ("dynamic", "dynamic_nodedupe"):
+        fig[f"speedup_{mode}_over_padded"] = round(fig[mode]["rows_per_s_median"] / fig["padded"]["rows_per_s_median"], 2)
     return fig
 
 
 def training_figures(frame, config: dict, rows: int) -> dict:
-    """Rows/s of the training loop alone (model load and tokenization excluded) on `rows` battles."""
+    """Rows/s of the training loop alone (model load and tokenization excluded; with a frozen encoder
+    the tower vectors are computed before the loop, so they are timed apart as `encode_s`)."""
     import ensemble.models.dual_tower as dt
 
     timings = {}
-    original = dt.train_loop
+    original, original_cached = dt.train_loop, dt.DualTowerModel._cached_pooled
+    dt._POOLED_CACHE.update(key=None, vectors={})  # time the encoding, not a cache hit
+
+    def cached(self, enc):
+        start = time.perf_counter()
+        out = original_cached(self, enc)
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - start
+        return out
 
     def timed(*a, **k):
         start = time.perf_counter()
         result = original(*a, **k)
-        timings["loop"] = time.perf_counter() - start
+        timings["loop"], timings["steps"] = time.perf_counter() - start, result.steps
         return result
 
-    dt.train_loop = timed
+    dt.train_loop, dt.DualTowerModel._cached_pooled = timed, cached
     try:
         model = dt.DualTowerModel(config)
         sample = frame.iloc[:rows].reset_index(drop=True)
@@ -156,12 +189,15 @@ def training_figures(frame, config: dict, rows: int) -> dict:
         model.fit(sample, None)
         fit = time.perf_counter() - start
     finally:
-        dt.train_loop = original
+        dt.train_loop, dt.DualTowerModel._cached_pooled = original, original_cached
     cfg = model.config.train
     copies = 2 if model.config.swap_augment else 1
-    items = min(len(sample) * copies * cfg.epochs, (cfg.max_steps or 10**9) * cfg.batch_size * cfg.grad_accum)
-    return {"battles": len(sample), "items_trained": int(items), "loop_s": round(timings["loop"], 1),
+    items = min(len(sample) * copies * cfg.epochs, timings["steps"] * cfg.batch_size * cfg.grad_accum)
+    return {"freeze_layers": model.config.freeze_layers, "max_len": model.config.max_len,
+            "battles": len(sample), "items_trained": int(items), "loop_s": round(timings["loop"], 1),
+            "encode_s": round(timings.get("encode", 0.0), 1),
             "items_per_s": round(items / timings["loop"], 2), "battles_per_s": round(items / copies / timings["loop"], 2),
+            "battles_per_s_incl_encode": round(len(sample) / (timings["loop"] + timings.get("encode", 0.0)), 2),
             "fit_wall_s": round(fit, 1)}
 
 
@@ -175,6 +211,8 @@ def main(argv=None) -> None:
     ap.add_argument("--infer-rows", type=int, default=256, help="rows for the inference comparison")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-rows", type=int, default=128, help="battles for the training-throughput run")
+    ap.add_argument("--finetune-steps", type=int, default=4,
+                    help="also time this many fine-tuning steps (freeze_layers=0); 0 = skip")
     ap.add_argument("--skip-oof", action="store_true", help="reuse the fold-0 model already under --artifacts")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -185,10 +223,6 @@ def main(argv=None) -> None:
 
     from ensemble.data import read_battles
 
-    args.artifacts.mkdir(parents=True, exist_ok=True)
-    ignore = ROOT / "bench" / "out" / ".gitignore"
-    if args.artifacts.resolve().is_relative_to(ignore.parent.resolve()) and not ignore.exists():
-        ignore.write_text("*\n")  # bench output never belongs in git
     config = parse_sets(args.set)
     frame = read_battles(args.csv)
     report = {"csv": str(args.csv), "rows": len(frame), "config_overrides": config,
@@ -203,6 +237,11 @@ def main(argv=None) -> None:
     print(json.dumps(report["inference"], indent=1), flush=True)
     report["training"] = training_figures(frame, config, args.train_rows)
     print(json.dumps(report["training"], indent=1), flush=True)
+    if args.finetune_steps:
+        tuned = {**config, "freeze_layers": 0,
+                 "train": {**config.get("train", {}), "epochs": 1, "max_steps": args.finetune_steps, "patience": 0}}
+        report["training_finetune"] = training_figures(frame, tuned, args.train_rows)
+        print(json.dumps(report["training_finetune"], indent=1), flush=True)
     out = args.artifacts / "bench_dual_tower.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

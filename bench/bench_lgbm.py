@@ -29,7 +29,7 @@ SHARED = ROOT.parent / "shared" / "data"
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
 
-def stage(work: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
+def stage(work: Path, art: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
     """Runs inside a child process; returns its figures (peak RSS is this process's)."""
     from ensemble.data import load_battles, read_battles, save_battles
     from ensemble.folds import make_folds
@@ -38,12 +38,12 @@ def stage(work: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
     start = time.perf_counter()
     if name == "prepare":
         train = read_battles(work / "train.csv", labels=True, drop_duplicates=protocol == "pipeline")
-        save_battles(work / "art" / "prepared" / "train.parquet", train)
+        save_battles(art / "prepared" / "train.parquet", train)
         test = work / "test.csv"
         if test.exists():
-            save_battles(work / "art" / "prepared" / "test.parquet", read_battles(test, labels=False, drop_duplicates=False))
+            save_battles(art / "prepared" / "test.parquet", read_battles(test, labels=False, drop_duplicates=False))
     elif name == "folds":
-        train = load_battles(work / "art" / "prepared" / "train.parquet")
+        train = load_battles(art / "prepared" / "train.parquet")
         if protocol == "pipeline":
             folds = make_folds(train, 5, seed=42)
         else:
@@ -52,19 +52,19 @@ def stage(work: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
             for k, (_, va) in enumerate(StratifiedKFold(5, shuffle=True, random_state=42).split(train, train["label"])):
                 fold[va] = k
             folds = pd.DataFrame({"id": train["id"], "fold": fold})
-        folds.to_parquet(work / "art" / "folds.parquet")
+        folds.to_parquet(art / "folds.parquet")
     elif name == "lgbm":
-        train = load_battles(work / "art" / "prepared" / "train.parquet")
-        test_path = work / "art" / "prepared" / "test.parquet"
+        train = load_battles(art / "prepared" / "train.parquet")
+        test_path = art / "prepared" / "test.parquet"
         test = load_battles(test_path) if test_path.exists() else None
-        run_oof("lgbm", lgbm_params, train, pd.read_parquet(work / "art" / "folds.parquet"), work / "art", test=test)
+        run_oof("lgbm", lgbm_params, train, pd.read_parquet(art / "folds.parquet"), art, test=test)
     return {"stage": name, "seconds": time.perf_counter() - start,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_stage(work: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
+def run_stage(work: Path, art: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
     code = (f"import json,sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_lgbm as b; from pathlib import Path; "
-            f"print('RESULT'+json.dumps(b.stage(Path({str(work)!r}), {name!r}, {protocol!r}, {lgbm_params!r})))")
+            f"print('RESULT'+json.dumps(b.stage(Path({str(work)!r}), Path({str(art)!r}), {name!r}, {protocol!r}, {lgbm_params!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         sys.exit(f"stage {name} failed:\n{proc.stderr[-3000:]}")
@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--kaggle-scale", action="store_true")
     ap.add_argument("--n-train", type=int, default=57_477)
     ap.add_argument("--n-test", type=int, default=25_000)
+    ap.add_argument("--artifacts", help="keep prepared data, folds and OOF here (default: a temporary folder)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="lgbm section read from here")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -125,6 +126,7 @@ def main() -> None:
     lgbm_params = load_params(args.params).get("lgbm", {})
     with tempfile.TemporaryDirectory(prefix="bench_lgbm_") as tmp:
         work = Path(tmp)
+        art = Path(args.artifacts).resolve() if args.artifacts else work / "art"
         if args.kaggle_scale:
             kaggle_scale_files(work, args.n_train, args.n_test)
             print(f"data: {args.n_train} train / {args.n_test} test rows resampled from real rows")
@@ -132,10 +134,10 @@ def main() -> None:
             (work / "train.csv").symlink_to(Path(args.data).resolve())
             print(f"data: {args.data}  protocol: {args.protocol}")
         for name in ("prepare", "folds", "lgbm"):
-            r = run_stage(work, name, args.protocol, lgbm_params)
+            r = run_stage(work, art, name, args.protocol, lgbm_params)
             print(f"stage {name:<8} {r['seconds']:8.1f} s   peak RSS {r['peak_rss_mb']:8.0f} MB", flush=True)
-        train = pd.read_parquet(work / "art" / "prepared" / "train.parquet", columns=["id", "label"])
-        oof = pd.read_parquet(work / "art" / "oof" / "lgbm.parquet").set_index("id").loc[train["id"]]
+        train = pd.read_parquet(art / "prepared" / "train.parquet", columns=["id", "label"])
+        oof = pd.read_parquet(art / "oof" / "lgbm.parquet").set_index("id").loc[train["id"]]
         y = train["label"].to_numpy()
         print(f"rows {len(y)}  class prior log loss {log_loss(y, prior_proba(y, len(y))):.4f}  "
               f"LightGBM OOF log loss {log_loss(y, oof[TARGETS].to_numpy()):.4f}")

@@ -82,7 +82,7 @@ def convert(out: str | Path, gguf: str | Path | None = None, dtype: str = "float
     tokenizer.model_max_length = int(config.max_position_embeddings)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # per process: two first uses may race
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -97,8 +97,13 @@ def convert(out: str | Path, gguf: str | Path | None = None, dtype: str = "float
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)", "license": "Apache-2.0",
         "dtype": dtype}, indent=2) + "\n", encoding="utf-8")
     if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not (out / DONE_FILE).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same conversion first
     return out
 
 

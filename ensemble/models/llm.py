@@ -50,8 +50,8 @@ class LLMTrain(TrainConfig):
     """The shared loop's settings with this model's CPU demo defaults (SmolLM2, ~1000 battles)."""
 
     epochs: float = 1.0
-    batch_size: int = 8
-    lr: float = 5e-4
+    batch_size: int = 4
+    lr: float = 4e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     gradient_checkpointing: bool = False
@@ -59,27 +59,27 @@ class LLMTrain(TrainConfig):
 
 @dataclass
 class LLMConfig:
-    base_model: str = DEFAULT_BASE
-    quantization: str = "none"
-    compute_dtype: str = "auto"
-    num_layers: int = 0
+    base_model: str = DEFAULT_BASE  # HF folder (convert_llm output), hub id, or embedded:smollm2
+    quantization: str = "4bit"  # 4bit (QLoRA: NF4, double quant) | 8bit | none
+    compute_dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on bf16-capable CPUs for 4bit)
+    num_layers: int = 6  # keep the first N decoder layers (0 = all): the CPU demo's main cost lever
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: Any = "all-linear"
-    max_len: int = 96
-    prompt_frac: float = 0.2
-    layout: str = "plain"
-    turns: str = "interleaved"
-    truncation_side: str = "left"
-    swap_augment: bool = True
-    swap_tta: bool = True
-    max_train_rows: int = 160
-    infer_max_tokens: int = 8192
+    lora_target_modules: Any = "all-linear"  # or a list such as [q_proj, v_proj]
+    max_len: int = 128  # tokens per battle, scaffolding included
+    prompt_frac: float = 0.2  # the prompt's share of the text budget; A and B split the rest evenly
+    layout: str = "plain"  # plain ("User prompt / Model A / Model B", the seed's) | chat (chat template)
+    turns: str = "interleaved"  # interleaved (prompt, A, B per turn) | grouped (all prompt, all A, all B)
+    truncation_side: str = "left"  # left keeps the end of long conversations, right the start
+    swap_augment: bool = True  # each epoch shows every battle as-is or A/B-swapped (coin flip)
+    swap_tta: bool = True  # average with the unswapped prediction of the swapped battle
+    max_train_rows: int = 128  # deterministic per-fold subsample (0 = all): CPU demo budget
+    infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
-    pad_to_max_len: bool = False
-    devices: list = field(default_factory=lambda: ["cpu"])
-    cpu_fallback: bool = False
+    pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
+    devices: list = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on the first
+    cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
 
 
@@ -233,14 +233,25 @@ class BattleEncoder:
         n = max(len(v) for v in parts.values())
         parts = {k: v + [[]] * (n - len(v)) for k, v in parts.items()}
         k = self._kept_turns(n)
-        keep = slice(n - k, n) if self.side == "left" else slice(0, k)
-        parts = {key: v[keep] for key, v in parts.items()}
-        pieces, overhead = self.skeleton(k)
-        totals = {key: sum(len(t) for t in v) for key, v in parts.items()}
-        bp, ba, bb = split_budget(totals["p"], totals["a"], totals["b"], self.max_len - overhead, self.prompt_frac)
-        budget = {"p": _fill([len(t) for t in parts["p"]], bp, self.side),
-                  "a": _fill([len(t) for t in parts["a"]], ba, self.side),
-                  "b": _fill([len(t) for t in parts["b"]], bb, self.side)}
+        while True:
+            keep = slice(n - k, n) if self.side == "left" else slice(0, k)
+            kept = {key: v[keep] for key, v in parts.items()}
+            pieces, overhead = self.skeleton(k)
+            totals = {key: sum(len(t) for t in v) for key, v in kept.items()}
+            bp, ba, bb = split_budget(totals["p"], totals["a"], totals["b"], self.max_len - overhead, self.prompt_frac)
+            budget = {"p": _fill([len(t) for t in kept["p"]], bp, self.side),
+                      "a": _fill([len(t) for t in kept["a"]], ba, self.side),
+                      "b": _fill([len(t) for t in kept["b"]], bb, self.side)}
+            # turns on the cut side that got no text at all are pure scaffolding: drop them, re-split
+            used = [budget["p"][t] + budget["a"][t] + budget["b"][t] > 0 for t in range(k)]
+            if self.side == "left":
+                empty = next((t for t, u in enumerate(used) if u), k)
+            else:
+                empty = next((t for t, u in enumerate(reversed(used)) if u), k)
+            if k == 1 or empty == 0:
+                break
+            k = max(1, k - empty)
+        parts = kept
         ids = list(self.prefix)
         for piece in pieces:
             if isinstance(piece, list):
@@ -290,6 +301,26 @@ def check_quantization(quantization: str, device: torch.device) -> None:
         raise ModelLoadError(f"params llm.quantization: bitsandbytes {getattr(bnb, '__version__', '?')} cannot "
                              f"run {quantization} on {device} ({type(exc).__name__}: {exc}); use a CUDA device, "
                              f"{fix}") from None
+
+
+def _cpu_has_bf16() -> bool:
+    """AVX512-BF16/AMX: bf16 matmuls ~1.45x faster than fp32 here (4-bit SmolLM2, train and predict)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _no_cpu_repacking(model) -> None:
+    """bitsandbytes (0.50) repacks 4-bit weights for an AVX512-BF16 CPU kernel on the first eval
+    forward, one way: later training forwards then run that inference kernel with no input gradient
+    (silently wrong LoRA gradients after a mid-training evaluation), state_dict() unpacks them and
+    shifts the logits (~0.03), and without the optional `kernels` package it is 2x slower anyway."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 @contextlib.contextmanager
@@ -370,7 +401,9 @@ class LLMModel(BaseModel):
             return _DTYPES[self.config.compute_dtype]
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32  # CPU: fp32 trains stably; bnb's CPU NF4 path is no faster in bf16
+        if self.config.quantization == "4bit" and _cpu_has_bf16():
+            return torch.bfloat16  # only the matmuls: norms, embeddings and residuals stay fp32 (kbit prep)
+        return torch.float32  # unquantized weights in bf16 would put the residual stream in bf16 too
 
     def _encoder(self) -> BattleEncoder:
         limit = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
@@ -421,6 +454,8 @@ class LLMModel(BaseModel):
             model = load_pretrained(AutoModelForSequenceClassification, path, "model", **kwargs)
         if cfg.quantization == "none":
             model.to(device)
+        elif cfg.quantization == "4bit":
+            _no_cpu_repacking(model)
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
             # a pad token added by load_tokenizer: its row is never attended nor pooled, so it is not saved
             model.resize_token_embeddings(len(self.tokenizer))
@@ -515,7 +550,7 @@ class LLMModel(BaseModel):
         model = self._build_replica(device, training=True)
 
         evaluate, best = None, {"score": np.inf, "proba": None}
-        if valid is not None and len(valid):
+        if valid is not None and len(valid) and "label" in valid:
             v_orig, v_swap = encoder.encode_frame(valid, swapped=cfg.swap_tta)
             v_labels = valid["label"].to_numpy()
             one = Replicas(lambda d: model)

