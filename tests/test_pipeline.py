@@ -22,6 +22,8 @@ TINY = {
     "folds": {"n_splits": 3, "seed": 0},
     "lgbm": {"n_estimators": 40, "learning_rate": 0.1, "early_stopping_rounds": 10,
              "vectorizer": {"max_features": 200}},
+    "dual_tower": {"max_len": 48, "train": {"epochs": 2}},
+    "llm": {"num_layers": 1, "max_len": 48, "max_train_rows": 12, "train": {"max_steps": 2}},
 }
 
 
