@@ -38,7 +38,7 @@ def main() -> None:
     for pair in [("lgbm", "dual_tower"), ("lgbm", "llm"), ("dual_tower", "llm")]:
         if set(pair) <= set(order):
             b = fit_blend([probas[m] for m in pair], y, list(pair))
-            print(f"fitted blend {'+'.join(pair):<18} weights {[round(w, 3) for w in b.weights]}  "
+            print(f"fitted blend {'+'.join(pair):<18} weights {[round(float(w), 3) for w in b.weights]}  "
                   f"log loss {log_loss(y, b.apply([probas[m] for m in pair])):.4f}")
 
 

@@ -33,8 +33,18 @@ def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
     return frame
 
 
+def code_digest() -> str:
+    """The library's source: a fold trained by other code is not reused (resume is for crashes)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(path.relative_to(Path(__file__).parent).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint(name: str, config: dict, train: pd.DataFrame, fold_of: np.ndarray, k: int) -> str:
     h = hashlib.sha256()
+    h.update(code_digest().encode())
     h.update(json.dumps({"model": name, "config": config, "fold": k}, sort_keys=True, default=str).encode())
     h.update("\x1e".join(train["id"].astype(str)).encode())
     h.update(np.ascontiguousarray(train["label"].to_numpy(dtype=np.int64)).tobytes())
@@ -59,13 +69,13 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         key = fingerprint(name, to_dict(model.config), train, fold_of, k)
         done = fold_dir / DONE_FILE
         if done.exists() and json.loads(done.read_text()).get("fingerprint") == key:
-            print(f"[{name}] fold {k}: already done, reusing {fold_dir}")
+            print(f"[{name}] fold {k}: already done, reusing {fold_dir}", flush=True)
             model = load(fold_dir)
             timings[k] = json.loads(done.read_text()).get("fit_seconds")
         else:
             if fold_dir.exists():
                 shutil.rmtree(fold_dir)
-            print(f"[{name}] fold {k}: training on {len(tr)} rows, validating on {len(va)}")
+            print(f"[{name}] fold {k}: training on {len(tr)} rows, validating on {len(va)}", flush=True)
             start = time.perf_counter()
             model.fit(train.iloc[tr].reset_index(drop=True), train.iloc[va].reset_index(drop=True))
             timings[k] = time.perf_counter() - start
