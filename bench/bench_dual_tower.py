@@ -25,58 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "pandalm_999.csv"
+from common import add_common_args, oof_figures, parse_sets  # noqa: E402
 
-
-def parse_sets(items: list[str]) -> dict:
-    """--set a.b=value (YAML value) -> nested dict."""
-    out: dict = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        node = out
-        *parents, last = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = yaml.safe_load(value)
-    return out
-
-
-def log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0)
-    return float(-np.log(p).mean())
-
-
-def oof_figures(frame, config: dict, n_folds: int, seed: int, artifacts: Path) -> dict:
-    import pandas as pd
-
-    from ensemble import TARGETS
-    from ensemble.folds import attach_folds, make_folds
-    from ensemble.oof import run_oof
-
-    folds = make_folds(frame, n_folds, seed)
-    start = time.perf_counter()
-    run = run_oof("dual_tower", config, frame, folds, artifacts)
-    wall = time.perf_counter() - start
-    oof = pd.read_parquet(artifacts / "oof" / "dual_tower.parquet")
-    labels = frame["label"].to_numpy()
-    proba = oof[list(TARGETS)].to_numpy()
-    fold_of = attach_folds(frame, folds)
-    prior = np.zeros_like(proba)
-    per_fold = {}
-    for k in range(n_folds):
-        va = fold_of == k
-        prior[va] = np.bincount(labels[~va], minlength=3) / (~va).sum()  # prior from the training folds
-        per_fold[k] = round(log_loss(proba[va], labels[va]), 4)
-    fits = [v for v in run["fit_seconds"].values() if v is not None]
-    return {"oof_logloss": round(log_loss(proba, labels), 4), "prior_logloss": round(log_loss(prior, labels), 4),
-            "per_fold": per_fold, "oof_accuracy": round(float((proba.argmax(1) == labels).mean()), 4),
-            "stage_wall_s": round(wall, 1), "fit_s_per_fold": [round(v, 1) for v in fits],
-            "oof_path": str(artifacts / "oof" / "dual_tower.parquet")}
 
 
 # ----------------------------------------------------------------------------- inference child
@@ -203,11 +158,7 @@ def training_figures(frame, config: dict, rows: int) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    ap.add_argument("--artifacts", type=Path, default=ROOT / "bench" / "out" / "pandalm")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--set", action="append", default=[], help="config override key=value (dotted for train.*)")
+    add_common_args(ap)
     ap.add_argument("--infer-rows", type=int, default=256, help="rows for the inference comparison")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-rows", type=int, default=128, help="battles for the training-throughput run")
@@ -228,7 +179,7 @@ def main(argv=None) -> None:
     report = {"csv": str(args.csv), "rows": len(frame), "config_overrides": config,
               "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if not args.skip_oof:
-        report["oof"] = oof_figures(frame, config, args.folds, args.seed, args.artifacts)
+        report["oof"] = oof_figures("dual_tower", frame, config, args.folds, args.seed, args.artifacts)
         print(json.dumps(report["oof"], indent=1), flush=True)
     model_dir = args.artifacts / "models" / "dual_tower" / "fold_0"
     if not model_dir.exists():

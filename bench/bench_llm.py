@@ -29,26 +29,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "pandalm_999.csv"
+from common import add_common_args, oof_figures, parse_sets  # noqa: E402
+
 NAME = "llm"
-
-
-def parse_sets(items: list[str]) -> dict:
-    """--set a.b=value (YAML value) -> nested dict."""
-    out: dict = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        node = out
-        *parents, last = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = yaml.safe_load(value)
-    return out
 
 
 def _rss_mb() -> float:
@@ -74,35 +62,6 @@ def _malloc_trim() -> None:
 
 
 # ----------------------------------------------------------------------------- (1) OOF log loss
-
-def oof_figures(frame, config: dict, n_folds: int, seed: int, artifacts: Path) -> dict:
-    import pandas as pd
-
-    from ensemble import TARGETS
-    from ensemble.folds import attach_folds, make_folds
-    from ensemble.metrics import log_loss
-    from ensemble.oof import run_oof
-
-    folds = make_folds(frame, n_folds, seed)
-    start = time.perf_counter()
-    run = run_oof(NAME, config, frame, folds, artifacts)
-    wall = time.perf_counter() - start
-    oof = pd.read_parquet(artifacts / "oof" / f"{NAME}.parquet")
-    labels = frame["label"].to_numpy()
-    proba = oof[list(TARGETS)].to_numpy()
-    fold_of = attach_folds(frame, folds)
-    prior = np.zeros_like(proba)
-    per_fold = {}
-    for k in range(n_folds):
-        va = fold_of == k
-        prior[va] = np.bincount(labels[~va], minlength=3) / (~va).sum()  # prior of the training folds
-        per_fold[k] = round(log_loss(labels[va], proba[va]), 4)
-    fits = [v for v in run["fit_seconds"].values() if v is not None]
-    return {"oof_logloss": round(log_loss(labels, proba), 4), "prior_logloss": round(log_loss(labels, prior), 4),
-            "per_fold": per_fold, "oof_accuracy": round(float((proba.argmax(1) == labels).mean()), 4),
-            "stage_wall_s": round(wall, 1), "fit_s_per_fold": [round(v, 1) for v in fits],
-            "oof_path": str(artifacts / "oof" / f"{NAME}.parquet")}
-
 
 # ----------------------------------------------------------------------------- (2) throughput child
 
@@ -210,11 +169,7 @@ def _run_child(extra: list[str]) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    ap.add_argument("--artifacts", type=Path, default=ROOT / "bench" / "out" / "pandalm")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--set", action="append", default=[], help="config override key=value (dotted for train.*)")
+    add_common_args(ap)
     ap.add_argument("--infer-rows", type=int, default=128, help="battles for the throughput comparison")
     ap.add_argument("--infer-max-len", type=int, default=512,
                     help="max_len for the throughput comparison (0 = the fold's own)")
@@ -250,7 +205,7 @@ def main(argv=None) -> None:
               "loadavg_start": os.getloadavg()}
     start = time.perf_counter()
     if not args.skip_oof:
-        report["oof"] = oof_figures(frame, config, args.folds, args.seed, args.artifacts)
+        report["oof"] = oof_figures(NAME, frame, config, args.folds, args.seed, args.artifacts)
         print(json.dumps(report["oof"], indent=1), flush=True)
     model_dir = args.artifacts / "models" / NAME / "fold_0"
     if not model_dir.exists():

@@ -45,3 +45,15 @@ def raw_csv(frame: pd.DataFrame, path: Path, labels: bool = True) -> Path:
             out[col] = (frame["label"] == j).astype(int)
     out.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for tiny models: on a shared 2-core box, two OpenMP threads
+    spin-wait on each other for seconds per step; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

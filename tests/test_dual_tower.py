@@ -22,14 +22,7 @@ WORDS = ("the cat sat on a mat while quick brown foxes jump over lazy dogs and w
 EXOTIC = ["écrire un poème sur la mer", "日本語のテキスト", "Привет мир", "emoji 😀🔥👍🏽 party", "مرحبا بالعالم"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for these tiny models: on a shared 2-core box, two OpenMP threads
-    spin-wait on each other for seconds per step; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,7 @@ from torch import nn
 from ensemble.training import TrainConfig, _schedule, mixed_precision, resolve_device, train_loop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for these tiny models: on a shared 2-core box, two OpenMP threads
-    spin-wait on each other for seconds per step; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 64, seed: int = 0):
