@@ -199,5 +199,16 @@ def load_battles(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def as_turns(cell) -> list[str]:
+    """A turn list for model input, tolerating hand-built frames: a bare string is one turn,
+    None/NaN cells and turns become "", and there is always at least one turn."""
+    if isinstance(cell, str):
+        return [cell]
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        return [""]
+    turns = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in cell]
+    return turns or [""]
+
+
 def joined(turns: list[str], sep: str = "\n") -> str:
     return sep.join(turns)

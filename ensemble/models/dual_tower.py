@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
-from ..data import SWAP_INDEX
+from ..data import SWAP_INDEX, as_turns
 from ..hf import EMBEDDED_MINILM, clip_ids, load_pretrained, load_tokenizer, set_seed, token_budget_batches
 from ..training import TrainConfig, mixed_precision, resolve_device, train_loop
 from .base import BaseModel
@@ -94,16 +94,6 @@ def _check_config(cfg: DualTowerConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- text -> token ids
-
-def as_turns(cell) -> list[str]:
-    """Tolerate hand-built frames: a bare string is one turn, None/NaN an empty one."""
-    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
-        return [""]
-    if isinstance(cell, str):
-        return [cell]
-    turns = ["" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t) for t in cell]
-    return turns or [""]
-
 
 def build_tower(prompt_ids: list[list[int]], response_ids: list[list[int]], max_len: int, keep: str = "left",
                 prompt_frac: float = 0.4, cls_id: int | None = None, sep_id: int | None = None) -> list[int]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..data import SWAP_INDEX, TEXT_COLUMNS, unswap_proba
+from ..data import SWAP_INDEX, TEXT_COLUMNS, as_turns, unswap_proba
 from ..hf import ModelLoadError, clip_ids, load_config, load_pretrained, load_tokenizer, resolve_pretrained, \
     set_seed, token_budget_batches
 from ..inference import Replicas, resolve_devices, run_sharded
@@ -109,16 +109,6 @@ def _check_config(cfg: LLMConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- text -> token ids
-
-def _turns(cell) -> list[str]:
-    """list[str] per the data contract; tolerate a bare string and None turns in hand-built frames."""
-    if isinstance(cell, str):
-        return [cell]
-    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
-        return [""]
-    turns = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in cell]
-    return turns or [""]
-
 
 def split_budget(n_prompt: int, n_a: int, n_b: int, budget: int, prompt_frac: float) -> tuple[int, int, int]:
     """Tokens for (prompt, A, B): the prompt gets at most prompt_frac, A and B share the rest evenly,
@@ -264,7 +254,7 @@ class BattleEncoder:
 
     def encode_frame(self, frame: pd.DataFrame, swapped: bool = True) -> tuple[list[list[int]], list[list[int]] | None]:
         """(ids of each battle, ids of its A/B-swapped twin or None); contents tokenized once for both."""
-        cells = {c: [_turns(v) for v in frame[c]] for c in TEXT_COLUMNS}
+        cells = {c: [as_turns(v) for v in frame[c]] for c in TEXT_COLUMNS}
         if self.turns == "grouped":
             cells = {c: [["\n\n".join(t)] for t in v] for c, v in cells.items()}
         flat = [self._cut(t) for c in TEXT_COLUMNS for row in cells[c] for t in row]
