@@ -178,10 +178,6 @@ def unswap_proba(proba: np.ndarray) -> np.ndarray:
     return proba[:, SWAP_INDEX]
 
 
-def one_hot(labels: np.ndarray) -> np.ndarray:
-    return np.eye(3)[np.asarray(labels, dtype=int)]
-
-
 def save_battles(path: str | Path, frame: pd.DataFrame) -> None:
     from .io import write_parquet
 
@@ -208,7 +204,3 @@ def as_turns(cell) -> list[str]:
         return [""]
     turns = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in cell]
     return turns or [""]
-
-
-def joined(turns: list[str], sep: str = "\n") -> str:
-    return sep.join(turns)

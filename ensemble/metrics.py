@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from . import TARGETS
 
@@ -37,7 +37,3 @@ def report(labels: np.ndarray, proba: np.ndarray) -> dict:
         out[name] = {"precision": round(float(precision[j]), 6), "recall": round(float(recall[j]), 6),
                      "f1": round(float(f1[j]), 6), "support": int(support[j])}
     return out
-
-
-def confusion(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    return confusion_matrix(np.asarray(labels, dtype=int), np.asarray(proba).argmax(axis=1), labels=[0, 1, 2])
