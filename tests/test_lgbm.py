@@ -46,3 +46,17 @@ def test_oof_beats_prior_and_resumes(shared_data, tmp_path, capsys):
     assert "fold 0: already done" in out and "fold 2: training" in out
     run_oof("lgbm", {**FAST, "num_leaves": 7}, frame, folds, tmp_path)
     assert "already done" not in capsys.readouterr().out
+
+
+def test_counted_once_matrices_match_featurizing_from_scratch(shared_data):
+    """fit_transform counts and the swapped matrix built by reordering count blocks must equal
+    counting the (swapped) texts again; the fast path may not change a single feature."""
+    frame = read_battles(shared_data / "pandalm_999.csv").iloc[:200].reset_index(drop=True)
+    model = LGBMModel(FAST)
+    counts = model._fit_vectorizers(frame)
+    for fitted, fresh in zip(counts, model._counts(frame)):
+        assert (fitted != fresh).nnz == 0
+    x, x_swapped = model._matrices(frame, counts)
+    again, _ = model._matrices(swap_ab(frame))
+    assert x.shape == again.shape and (x_swapped != again).nnz == 0
+    assert (x != x_swapped).nnz > 0  # the swap does change the matrix
