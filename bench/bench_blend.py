@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ensemble.blend import apply_blend, read_oof  # noqa: E402
+from ensemble.blend import fit_blend, read_oof  # noqa: E402
 from ensemble.blend import run as run_blend  # noqa: E402
 from ensemble.data import load_battles  # noqa: E402
 from ensemble.metrics import log_loss  # noqa: E402
@@ -28,13 +28,13 @@ def main() -> None:
     args = ap.parse_args()
     art = Path(args.artifacts)
     models = sorted(p.stem for p in (art / "oof").glob("*.parquet"))
-    order = [m for m in ("lgbm", "dual_tower", "llm") if m in models] + [m for m in models if m not in ("lgbm", "dual_tower", "llm")]
+    known = ("lgbm", "dual_tower", "llm")
+    order = [m for m in known if m in models] + [m for m in models if m not in known]
     params = {"blend": {"models": order, "fixed_weights": {"lgbm": 0.2, "llm": 0.8}}}
     run_blend(params, art)  # prints the table; writes blend.json / metrics.json into the bench folder
     train = load_battles(art / "prepared" / "train.parquet").set_index("id")
     y = train["label"].to_numpy()
     probas = dict(zip(order, read_oof(art, order, train)))
-    from ensemble.blend import fit_blend
     for pair in [("lgbm", "dual_tower"), ("lgbm", "llm"), ("dual_tower", "llm")]:
         if set(pair) <= set(order):
             b = fit_blend([probas[m] for m in pair], y, list(pair))

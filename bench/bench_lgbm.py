@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="lgbm section read from here")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    import lightgbm as lgb
+
     from ensemble.config import load_params
     from ensemble.metrics import log_loss, prior_proba
 
@@ -159,9 +161,9 @@ def main() -> None:
             r = run_stage(work, art, name, args.protocol, lgbm_params)
             print(f"stage {name:<8} {r['seconds']:8.1f} s   peak RSS {r['peak_rss_mb']:8.0f} MB", flush=True)
         for fold in sorted((art / "models" / "lgbm").glob("fold_*")):
-            trees = (fold / "booster.txt").read_text().count("\nTree=")
+            rounds = lgb.Booster(model_file=str(fold / "booster.txt")).current_iteration()
             fit = json.loads((fold / "done.json").read_text())["fit_seconds"]
-            print(f"  {fold.name}: fit {fit:6.1f} s, {trees // 3} boosting rounds kept")
+            print(f"  {fold.name}: fit {fit:6.1f} s, {rounds} boosting rounds kept")
         train = pd.read_parquet(art / "prepared" / "train.parquet", columns=["id", "label"])
         oof = pd.read_parquet(art / "oof" / "lgbm.parquet").set_index("id").loc[train["id"]]
         y = train["label"].to_numpy()

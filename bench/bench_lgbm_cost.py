@@ -1,10 +1,10 @@
 """What a LightGBM fold costs at Kaggle scale, per params variant, measured side by side.
 
     python bench/bench_lgbm_cost.py                                   # params.yaml's lgbm section
-    python bench/bench_lgbm_cost.py '{"vectorizer": {"max_features": 3000}}' '{"feature_fraction": 0.5, "feature_fraction_bynode": 1.0}'
+    python bench/bench_lgbm_cost.py "vectorizer.max_features=3000" "feature_fraction=0.5 feature_fraction_bynode=1.0"
 
-Fold 0 of the 57,477-row resampled set (bench_lgbm.kaggle_scale_files): for each variant (params.yaml
-merged with a JSON override), the featurisation time (vectorizer fit + swap-augmented matrix) and the
+Fold 0 of the 57,477-row resampled set (bench_lgbm.kaggle_scale_files): for each variant (params.yaml's
+lgbm section with that variant's space-separated key=value overrides), the featurisation time (vectorizer fit + swap-augmented matrix) and the
 boosting cost per round, as medians over --repeats runs taken in turn, so the ratios are side by side.
 A fold's fit costs about features + rounds x ms/round; the stage is 5 folds plus test predictions.
 """
@@ -12,7 +12,6 @@ A fold's fit costs about features + rounds x ms/round; the stage is 5 folds plus
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,32 +23,25 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variants", nargs="*", help="JSON overrides of params.yaml's lgbm section")
+    ap.add_argument("variants", nargs="*", help='overrides of params.yaml\'s lgbm section, e.g. "learning_rate=0.03 vectorizer.max_features=3000"')
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n-train", type=int, default=57_477)
     args = ap.parse_args()
 
     import lightgbm as lgb
-    import numpy as np
 
     from bench_lgbm import kaggle_scale_files
+    from common import parse_sets
     from ensemble.config import load_params
     from ensemble.data import read_battles
     from ensemble.folds import attach_folds, make_folds
     from ensemble.models.lgbm import LGBMModel
 
     base = load_params(ROOT / "params.yaml").get("lgbm", {})
-    variants = {"params.yaml": {}} | {v: json.loads(v) for v in args.variants}
+    variants = {"params.yaml": base} | {v: parse_sets(v.split(), base) for v in args.variants}
     with tempfile.TemporaryDirectory(prefix="bench_lgbm_cost_") as tmp:
         kaggle_scale_files(Path(tmp), args.n_train, 1)
         train = read_battles(Path(tmp) / "train.csv")
@@ -58,8 +50,8 @@ def main() -> None:
     print(f"fold 0 training rows: {len(train)} (x2 with swap augmentation)", flush=True)
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for rep in range(args.repeats):
-        for name, override in variants.items():
-            model = LGBMModel(merge(base, override))
+        for name, config in variants.items():
+            model = LGBMModel(config)
             start = time.perf_counter()
             x, y = model._augmented(train, model._fit_vectorizers(train))
             features = time.perf_counter() - start

@@ -61,9 +61,7 @@ def _malloc_trim() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-# ----------------------------------------------------------------------------- (1) OOF log loss
-
-# ----------------------------------------------------------------------------- (2) throughput child
+# ----------------------------------------------------------------------------- throughput child
 
 def _throughput_child(args) -> dict:
     from ensemble.data import read_battles
@@ -113,7 +111,7 @@ def throughput_figures(args, model_dir: Path) -> dict:
     return fig
 
 
-# ----------------------------------------------------------------------------- (3) memory child
+# ----------------------------------------------------------------------------- memory child
 
 def _memory_child(args) -> dict:
     import torch
@@ -192,11 +190,9 @@ def main(argv=None) -> None:
     from ensemble.data import read_battles
     from ensemble.models.llm import LLMModel
 
+    args.csv, args.artifacts = args.csv.resolve(), args.artifacts.resolve()  # before the chdir below
     os.chdir(ROOT)  # the default base_model (artifacts/pretrained/smollm2) is relative to the project
     args.artifacts.mkdir(parents=True, exist_ok=True)
-    ignore = ROOT / "bench" / "out" / ".gitignore"
-    if args.artifacts.resolve().is_relative_to(ignore.parent.resolve()) and not ignore.exists():
-        ignore.write_text("*\n")  # bench output never belongs in git
     config = parse_sets(args.set)
     resolved = LLMModel(config).config
     frame = read_battles(args.csv)

@@ -38,11 +38,13 @@ def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifac
             "oof_path": str(artifacts / "oof" / f"{name}.parquet")}
 
 
-def parse_sets(items: list[str]) -> dict:
-    """--set a.b=value (YAML value) -> nested dict."""
+def parse_sets(items: list[str], base: dict | None = None) -> dict:
+    """--set a.b=value (YAML value) -> nested dict; applied on a copy of `base` when given."""
+    import copy
+
     import yaml
 
-    out: dict = {}
+    out: dict = copy.deepcopy(base) if base else {}
     for item in items:
         key, _, value = item.partition("=")
         node = out

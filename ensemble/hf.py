@@ -101,14 +101,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _load_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean 'these files cannot be loaded' (not a bug in the caller)."""
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
-    try:
-        from safetensors import SafetensorError  # a truncated or corrupt weights file
+    from safetensors import SafetensorError  # a truncated or corrupt weights file
 
-        errors += (SafetensorError,)
-    except ImportError:
-        pass
-    return errors
+    return (OSError, ValueError, KeyError, SafetensorError)
 
 
 def load_pretrained(loader: Any, name_or_path: str, what: str = "model", **kwargs: Any) -> Any:

@@ -42,9 +42,9 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def fingerprint(name: str, config: dict, train: pd.DataFrame, fold_of: np.ndarray, k: int) -> str:
+def fingerprint(name: str, config: dict, train: pd.DataFrame, fold_of: np.ndarray, k: int, code: str) -> str:
     h = hashlib.sha256()
-    h.update(code_digest().encode())
+    h.update(code.encode())
     h.update(json.dumps({"model": name, "config": config, "fold": k}, sort_keys=True, default=str).encode())
     h.update("\x1e".join(train["id"].astype(str)).encode())
     h.update(np.ascontiguousarray(train["label"].to_numpy(dtype=np.int64)).tobytes())
@@ -62,11 +62,12 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     oof = np.full((len(train), 3), np.nan)
     test_sum = np.zeros((len(test), 3)) if test is not None else None
     timings = {}
+    code = code_digest()
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         model = create(name, config)
-        key = fingerprint(name, to_dict(model.config), train, fold_of, k)
+        key = fingerprint(name, to_dict(model.config), train, fold_of, k, code)
         done = fold_dir / DONE_FILE
         if done.exists() and json.loads(done.read_text()).get("fingerprint") == key:
             print(f"[{name}] fold {k}: already done, reusing {fold_dir}", flush=True)

@@ -49,11 +49,57 @@ def raw_csv(frame: pd.DataFrame, path: Path, labels: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """One intra-op thread for tiny models: on a shared 2-core box, two OpenMP threads
-    spin-wait on each other for seconds per step; restored afterwards."""
-    import torch
+    """One intra-op thread for tiny models, restored afterwards (see ensemble.training.intra_op_threads)."""
+    from ensemble.training import intra_op_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with intra_op_threads(1):
+        yield
+
+
+# --- a tiny random Llama for the LLM tests (test_llm, test_inference) ----------------------------
+
+CORPUS = ["the cat sat on a mat while quick brown foxes jump over lazy dogs",
+          "question about topic word text please explain why hello world",
+          "User prompt: Model A: Model B: answer alpha beta gamma END",
+          "écrire un poème 日本語のテキスト Привет мир emoji 😀🔥👍🏽 مرحبا"]
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}")
+
+
+def build_tiny_llm(folder: Path, special_tokens: bool = True, chat: bool = False) -> str:
+    """Random 2-layer Llama + BPE tokenizer with no pad token and the library's 1e30
+    model_max_length (load_tokenizer must clamp it to max_position_embeddings)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"] if special_tokens else []
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if special_tokens else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS * 3, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    named = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"} if special_tokens else {}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+    assert fast.pad_token is None
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> str:
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
+
+
+def tiny_config(base: str, **overrides) -> dict:
+    config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=48, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                  max_train_rows=0, infer_max_tokens=192, infer_max_rows=8,
+                  train={"epochs": 1, "batch_size": 8, "lr": 5e-3, "seed": 0})
+    config.update(overrides)
+    return config

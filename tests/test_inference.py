@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import battle_frame
+from conftest import battle_frame, tiny_config
 from ensemble.hf import token_budget_batches
 from ensemble.inference import Replicas, batch_cost, resolve_devices, run_sharded, shard_batches
 from ensemble.models.llm import LLMModel
-from test_llm import build_tiny_llm, tiny_config
 
 CPU2 = [torch.device("cpu"), torch.device("cpu")]
 
@@ -76,11 +75,9 @@ def test_resolve_devices():
         assert resolve_devices(["cuda:7"], cpu_fallback=True) == [torch.device("cpu")]
 
 
-def test_two_cpu_shards_equal_single_device_row_for_row(tmp_path):
-    torch.set_num_threads(1)
-    base = build_tiny_llm(tmp_path / "tiny")
+def test_two_cpu_shards_equal_single_device_row_for_row(tmp_path, tiny_llm, one_torch_thread):
     frame = battle_frame(40)
-    model = LLMModel(tiny_config(base, infer_max_tokens=128, infer_max_rows=4)).fit(frame, None)
+    model = LLMModel(tiny_config(tiny_llm, infer_max_tokens=128, infer_max_rows=4)).fit(frame, None)
     model.save(tmp_path / "fold")
     single = LLMModel.load(tmp_path / "fold", devices=["cpu"]).predict_proba(frame)
     sharded = LLMModel.load(tmp_path / "fold", devices=["cpu", "cpu"]).predict_proba(frame)

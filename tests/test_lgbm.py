@@ -56,7 +56,7 @@ def test_counted_once_matrices_match_featurizing_from_scratch(shared_data):
     counts = model._fit_vectorizers(frame)
     for fitted, fresh in zip(counts, model._counts(frame)):
         assert (fitted != fresh).nnz == 0
-    x, x_swapped = model._matrices(frame, counts)
-    again, _ = model._matrices(swap_ab(frame))
+    x, x_swapped = model._matrices(frame, True, counts)
+    again, _ = model._matrices(swap_ab(frame), False)
     assert x.shape == again.shape and (x_swapped != again).nnz == 0
     assert (x != x_swapped).nnz > 0  # the swap does change the matrix

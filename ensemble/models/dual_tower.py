@@ -8,7 +8,6 @@ layer see the comparison directly.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -24,7 +23,7 @@ from torch import nn
 from ..config import ConfigError
 from ..data import SWAP_INDEX, as_turns
 from ..hf import EMBEDDED_MINILM, clip_ids, load_pretrained, load_tokenizer, set_seed, token_budget_batches
-from ..training import TrainConfig, mixed_precision, resolve_device, train_loop
+from ..training import TrainConfig, intra_op_threads, mixed_precision, resolve_device, train_loop
 from .base import BaseModel
 
 #: Characters kept per token of budget before tokenizing: generous (English is ~4 chars/token,
@@ -256,7 +255,7 @@ class DualTowerNet(nn.Module):
         return self.score(a) - self.score(b)
 
 
-def _pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(rows: list, pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     length = length or max(len(r) for r in rows)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -333,13 +332,17 @@ _FRAME_CACHE: dict = {}
 _FRAME_CACHE_SIZE = 4
 
 
+def _tower_key(ids) -> bytes:
+    return np.asarray(ids, dtype=np.int32).tobytes()
+
+
 def _ids_key(enc: dict) -> str:
     import hashlib
 
     h = hashlib.sha1()
     for side in ("a", "b"):
         for ids in enc[side]:
-            h.update(np.asarray(ids, dtype=np.int32).tobytes())
+            h.update(_tower_key(ids))
             h.update(b"|")
     return h.hexdigest()
 
@@ -350,7 +353,7 @@ def _remember(enc: dict, pooled: tuple) -> None:
     cache = _POOLED_CACHE["vectors"]
     for side, vectors in zip(("a", "b"), pooled):
         for ids, vec in zip(enc[side], np.asarray(vectors)):
-            cache.setdefault(np.asarray(ids, dtype=np.int32).tobytes(), vec)
+            cache.setdefault(_tower_key(ids), vec)
 
 
 class DualTowerModel(BaseModel):
@@ -400,7 +403,10 @@ class DualTowerModel(BaseModel):
         return int(getattr(self.net.encoder.config, "num_hidden_layers", 0) or 0)
 
     def _frozen_by_config(self) -> bool:
-        return self.config.freeze_layers < 0 or self.config.freeze_layers >= self._n_layers()
+        """Whether _param_groups leaves no encoder weight trainable (same rule as there)."""
+        n = self._n_layers()
+        freeze = n if self.config.freeze_layers < 0 else self.config.freeze_layers
+        return 0 < freeze >= n
 
     def _param_groups(self) -> list[dict]:
         """Head at head_lr; encoder layer i at lr * layer_decay^(depth from the top), embeddings
@@ -478,8 +484,6 @@ class DualTowerModel(BaseModel):
         device = next(net.parameters()).device
         lengths = np.full(len(order), cfg.max_len) if pad_to_max_len else np.array([len(towers[i]) for i in order])
         out = torch.zeros(len(order), net.encoder.config.hidden_size)
-        if not order:
-            return out
         # `order` is already longest-first (or all equal), so the stable sort inside keeps it
         for batch in token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows):
             ids, mask = _pad([towers[order[j]] for j in batch], self.tokenizer.pad_token_id,
@@ -507,7 +511,7 @@ class DualTowerModel(BaseModel):
         else:
             distinct = sorted({tuple(t) for t in towers}, key=lambda t: (-len(t), t))
             where = {t: k for k, t in enumerate(distinct)}
-            pooled = self._pool_towers([list(t) for t in distinct], list(range(len(distinct))))
+            pooled = self._pool_towers(distinct, list(range(len(distinct))))
             v = pooled[torch.as_tensor([where[tuple(t)] for t in towers], dtype=torch.long)]
             return v[:n], v[n:]
         v = torch.empty(2 * n, self.net.encoder.config.hidden_size)
@@ -533,7 +537,7 @@ class DualTowerModel(BaseModel):
             return self._pair_pooled(enc, pad)
         key = (self._fingerprint(), str(next(self.net.parameters()).device), _ids_key(enc), pad)
         if key not in _FRAME_CACHE:
-            while len(_FRAME_CACHE) >= _FRAME_CACHE_SIZE:
+            if len(_FRAME_CACHE) >= _FRAME_CACHE_SIZE:
                 _FRAME_CACHE.pop(next(iter(_FRAME_CACHE)))
             _FRAME_CACHE[key] = self._pair_pooled(enc, pad)
         return _FRAME_CACHE[key]
@@ -547,7 +551,7 @@ class DualTowerModel(BaseModel):
             _POOLED_CACHE["key"], _POOLED_CACHE["vectors"] = key, {}
         cache = _POOLED_CACHE["vectors"]
         towers = enc["a"] + enc["b"]
-        keys = [np.asarray(t, dtype=np.int32).tobytes() for t in towers]
+        keys = [_tower_key(t) for t in towers]
         todo = list({k: i for i, k in enumerate(keys) if k not in cache}.values())
         if todo:
             todo.sort(key=lambda i: -len(towers[i]))
@@ -596,7 +600,7 @@ class DualTowerModel(BaseModel):
         self._build(cfg.backbone, n_feat)
         set_seed(cfg.train.seed)  # the head's init must not depend on what loading consumed
         groups = self._param_groups()
-        frozen = not any(p.requires_grad for p in self.net.encoder.parameters())
+        frozen = self._frozen_by_config()
         if frozen:
             self.net.to(device)
 
@@ -627,7 +631,7 @@ class DualTowerModel(BaseModel):
 
         # frozen encoder: every op of a step is microseconds, and intra-op threads only add
         # synchronisation (on a busy 2-core box, 100x); the previous setting comes back after
-        with _intra_op_threads(1 if frozen and device.type == "cpu" else None):
+        with intra_op_threads(1 if frozen and device.type == "cpu" else None):
             result = train_loop(self.net, loader, self._loss, cfg.train, device,
                                 param_groups=groups, evaluate=evaluate, desc="dual_tower")
         self.history = result.history
@@ -674,17 +678,6 @@ class DualTowerModel(BaseModel):
                                f"unexpected {unexpected})")
         self.net.to(self._device()).eval()
 
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None):
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(before)
 
 
 def _layer_depth(name: str, n_layers: int) -> int:

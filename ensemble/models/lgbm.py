@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
-from ..data import swap_ab, unswap_proba
+from ..data import SWAP_INDEX, swap_ab, unswap_proba
 from ..features import numeric_features
 from .base import BaseModel
 
@@ -101,12 +101,11 @@ class LGBMModel(BaseModel):
             blocks.append(p)
         return sp.hstack(blocks, format="csr", dtype=np.float32)
 
-    def _matrices(self, frame: pd.DataFrame, counts: tuple | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
-        """The battle matrix and, when swaps are used, the matrix of the A/B-swapped battles."""
+    def _matrices(self, frame: pd.DataFrame, swapped: bool, counts: tuple | None = None):
+        """The battle matrix and, when `swapped`, the matrix of the A/B-swapped battles (else None)."""
         a, b, p = counts if counts is not None else self._counts(frame)
         x = self._assemble(frame, a, b, p)
-        need_swap = self.config.swap_augment or self.config.swap_tta
-        return x, (self._assemble(swap_ab(frame), b, a, p) if need_swap else None)
+        return x, (self._assemble(swap_ab(frame), b, a, p) if swapped else None)
 
     def _feature_names(self) -> list[str]:
         # numeric names come from a one-row probe so they never drift from features.py
@@ -119,11 +118,11 @@ class LGBMModel(BaseModel):
         return [n.replace(" ", "_") for n in names]
 
     def _augmented(self, frame: pd.DataFrame, counts: tuple | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
-        x, x_swapped = self._matrices(frame, counts)
+        x, x_swapped = self._matrices(frame, self.config.swap_augment, counts)
         y = frame["label"].to_numpy()
-        if not self.config.swap_augment:
+        if x_swapped is None:
             return x, y
-        return sp.vstack([x, x_swapped], format="csr"), np.concatenate([y, swap_ab(frame)["label"].to_numpy()])
+        return sp.vstack([x, x_swapped], format="csr"), np.concatenate([y, np.asarray(SWAP_INDEX)[y]])
 
     def lgb_params(self) -> dict:
         """LightGBM's params for this config (bench/bench_lgbm_cost.py times rounds with them)."""
@@ -158,7 +157,7 @@ class LGBMModel(BaseModel):
         if self.booster is None:
             raise RuntimeError("LGBMModel.predict_proba called before fit/load")
         best = self.booster.best_iteration or None
-        x, x_swapped = self._matrices(frame)
+        x, x_swapped = self._matrices(frame, self.config.swap_tta)
         proba = self.booster.predict(x, num_iteration=best)
         if self.config.swap_tta:
             swapped = self.booster.predict(x_swapped, num_iteration=best)
