@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .config import from_dict, load_params
 from .data import DataError, load_battles
 from .io import write_json, write_parquet
 from .metrics import EPS, log_loss, prior_proba, report
+from .oof import INPUT_REPORT
 
 
 @dataclass
@@ -138,6 +140,10 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None) -> dict:
                "models": {m: report(labels, p) for m, p in zip(models, probas)},
                "blend": report(labels, blended), "weights": blend.to_json()["weights"],
                "temperature": round(blend.temperature, 4)}
+    inputs = {m: json.loads((artifacts / "models" / m / INPUT_REPORT).read_text(encoding="utf-8"))
+              for m in models if (artifacts / "models" / m / INPUT_REPORT).is_file()}
+    if inputs:  # share of each text kept after truncation, per transformer model
+        metrics["input"] = inputs
     fixed = {m: w for m, w in cfg.fixed_weights.items()}
     if fixed and set(fixed) <= set(models):
         w = np.array([fixed.get(m, 0.0) for m in models], dtype=float)

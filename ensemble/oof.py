@@ -22,6 +22,8 @@ from .io import write_json, write_parquet
 from .models import create, load
 
 DONE_FILE = "done.json"
+#: models/<name>/input.json: how much of each text the model saw (written when the model reports it).
+INPUT_REPORT = "input.json"
 
 
 def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
@@ -63,6 +65,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     test_sum = np.zeros((len(test), 3)) if test is not None else None
     timings = {}
     code = code_digest()
+    model_for_report = None
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
@@ -90,7 +93,10 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         if test is not None:
             test_sum += _predict_cached(model, test, fold_dir / "test_pred.npy", key + _frame_key(test))
         write_json(done, {"fingerprint": key, "fit_seconds": timings[k], "valid_rows": len(va)})
-        del model
+        model_for_report = model
+    report = getattr(model_for_report, "input_report", None) if model_for_report is not None else None
+    if report is not None:  # what the model saw of the texts (transformers: truncation at max_len)
+        write_json(model_root / INPUT_REPORT, report(train))
     write_parquet(artifacts / "oof" / f"{name}.parquet", proba_frame(train["id"], oof, fold_of))
     if test is not None:
         write_parquet(artifacts / "test" / f"{name}.parquet", proba_frame(test["id"], test_sum / n_folds))

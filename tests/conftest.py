@@ -61,7 +61,8 @@ def one_torch_thread():
 CORPUS = ["the cat sat on a mat while quick brown foxes jump over lazy dogs",
           "question about topic word text please explain why hello world",
           "User prompt: Model A: Model B: answer alpha beta gamma END",
-          "écrire un poème 日本語のテキスト Привет мир emoji 😀🔥👍🏽 مرحبا"]
+          "écrire un poème 日本語のテキスト Привет мир emoji 😀🔥👍🏽 مرحبا",
+          "\n\nWhich response is better, A or B, or is it a tie?"]
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}")
 
 
@@ -98,8 +99,41 @@ def tiny_llm(tmp_path_factory) -> str:
 
 
 def tiny_config(base: str, **overrides) -> dict:
-    config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=48, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                  max_train_rows=0, infer_max_tokens=192, infer_max_rows=8,
+    config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=96, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                  max_train_rows=0, infer_max_tokens=512, infer_max_rows=8, swap_augment=True, swap_tta=True, calib_frac=0.0,
                   train={"epochs": 1, "batch_size": 8, "lr": 5e-3, "seed": 0})
     config.update(overrides)
     return config
+
+
+# --- a planted signal for the learning tests ----------------------------------------------------
+
+def marker_frame(n: int, words: list[str], marker: str, seed: int = 0) -> pd.DataFrame:
+    """Battles whose label only the tokens tell: the winner's response carries `marker`, a tie has
+    it in both responses or in neither. Lengths are random, so nothing else predicts the label;
+    every prompt is shared by two battles (prompt-grouped folds must keep them together)."""
+    rng = np.random.default_rng(seed)
+    words = [w for w in words if w != marker]
+    rows = []
+    for i in range(n):
+        label = int(rng.choice(3, p=[0.36, 0.36, 0.28]))
+        a, b = (list(rng.choice(words, size=int(rng.integers(3, 9)))) for _ in range(2))
+        with_marker = {0: [a], 1: [b], 2: [a, b] if rng.random() < 0.5 else []}[label]
+        for text in with_marker:
+            text.insert(int(rng.integers(0, len(text) + 1)), marker)
+        rows.append({"id": f"m{i}", "prompt": [" ".join(rng.choice(words, size=4, replace=True)) + f" {i // 2}"],
+                     "response_a": [" ".join(a)], "response_b": [" ".join(b)], "label": label})
+    return pd.DataFrame(rows)
+
+
+def oof_log_loss(name: str, config: dict, frame: pd.DataFrame, artifacts: Path, n_splits: int = 3) -> tuple[float, float]:
+    """(OOF log loss, class-prior log loss) of `name` trained through run_oof on prompt-grouped folds."""
+    from ensemble.folds import make_folds
+    from ensemble.metrics import log_loss, prior_proba
+    from ensemble.oof import run_oof
+
+    run_oof(name, config, frame, make_folds(frame, n_splits, seed=0), artifacts)
+    oof = pd.read_parquet(artifacts / "oof" / f"{name}.parquet").set_index("id").loc[frame["id"]]
+    labels = frame["label"].to_numpy()
+    proba = oof[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    return log_loss(labels, proba), log_loss(labels, prior_proba(labels, len(labels)))

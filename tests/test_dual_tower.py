@@ -4,6 +4,7 @@ so the real DeBERTa path runs on CPU in seconds; one MiniLM integration test at 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import torch
 
 from ensemble.data import swap_ab, unswap_proba
 from ensemble.hf import ModelLoadError
-from ensemble.models.dual_tower import DualTowerModel, build_tower, encode_frame, fit_band, band_proba
+from ensemble.models.dual_tower import DualTowerModel
+from ensemble.ranking import band_proba, fit_band
+from ensemble.tower_text import build_tower, encode_frame
 from ensemble.training import train_loop
 
 WORDS = ("the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code in python "
@@ -83,6 +86,29 @@ def fitted(tiny_backbone) -> DualTowerModel:
     return _model(tiny_backbone).fit(_frame(24, 0), _frame(8, 1))
 
 
+# ----------------------------------------------------------------------------- it learns
+
+@pytest.mark.parametrize("freeze_layers, bound", [(0, 0.5), (-1, 0.75)], ids=["fine_tune", "frozen"])
+def test_dual_tower_learns_a_planted_marker_through_run_oof(tiny_backbone, tmp_path, freeze_layers, bound):
+    """The winner's response carries 'python' (a tie: both or neither), no length features: only the
+    tokens tell. Trained through run_oof on 3 prompt-grouped folds, scored on the held-out rows.
+    Fine-tuned, the encoder learns to find the marker (OOF ~0). Frozen, only the head trains, on the
+    mean of a random 2-layer encoder's token states, where one token among 10-20 is diluted: it
+    reaches ~0.73 against a prior of 1.08 (measured; 20-40 epochs or CLS pooling do no better), so
+    the frozen bound is 3/4 of the prior rather than half."""
+    from conftest import marker_frame, oof_log_loss
+
+    frame = marker_frame(240, WORDS, "python")
+    config = {"backbone": tiny_backbone, "max_len": 48, "device": "cpu", "use_features": False,
+              "freeze_layers": freeze_layers, "head_lr": 1e-2, "infer_max_tokens": 2048, "calib_frac": 0.2,
+              "train": {"epochs": 10, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.0,
+                        "precision": "fp32", "patience": 0, "seed": 0}}
+    oof, prior = oof_log_loss("dual_tower", config, frame, tmp_path)
+    assert oof <= bound * prior, f"dual_tower OOF log loss {oof:.4f} vs prior {prior:.4f}"
+    report = json.loads((tmp_path / "models" / "dual_tower" / "input.json").read_text())
+    assert report["battles_cut_any"] == 0.0 and report["max_len"] == 48
+
+
 # ----------------------------------------------------------------------------- truncation
 
 def test_build_tower_keeps_last_turn_visible_and_respects_budget():
@@ -116,7 +142,7 @@ def test_build_tower_empty_and_null_turns():
 
 
 def test_encode_frame_precuts_huge_texts(tiny_backbone):
-    from ensemble.models.dual_tower import CHARS_PER_TOKEN
+    from ensemble.battle_text import CHARS_PER_TOKEN
 
     model = _model(tiny_backbone)
     model._build(tiny_backbone, 0)
@@ -245,12 +271,12 @@ def test_layerwise_lr_decay_groups_and_freezing(tiny_backbone):
 
 
 def test_frozen_encoder_trains_head_on_cached_vectors(tiny_backbone):
-    from ensemble.models import dual_tower
+    from ensemble import tower_cache
 
     model = _model(tiny_backbone, freeze_layers=-1, train={"max_steps": 0, "epochs": 3})
     model.fit(_frame(24, 0), _frame(8, 1))
     assert not any(p.requires_grad for p in model.net.encoder.parameters())
-    assert len(dual_tower._POOLED_CACHE["vectors"]) > 0 and len(model.history) == 3  # one eval per epoch
+    assert len(tower_cache.POOLED_CACHE["vectors"]) > 0 and len(model.history) == 3  # one eval per epoch
     frame = _frame(10, 2)
     p = model.predict_proba(frame)
     np.testing.assert_array_equal(model.predict_proba(swap_ab(frame)), unswap_proba(p))
@@ -329,7 +355,7 @@ def test_embedded_minilm_integration(tmp_path):
     np.testing.assert_array_equal(model.predict_proba(swap_ab(valid)), unswap_proba(p))
     model.save(tmp_path / "m")
     loaded = DualTowerModel.load(tmp_path / "m")
-    from ensemble.models import dual_tower
+    from ensemble import tower_cache
 
-    dual_tower._FRAME_CACHE.clear()  # recompute from scratch: the predict path must give the same bits
+    tower_cache.FRAME_CACHE.clear()  # recompute from scratch: the predict path must give the same bits
     np.testing.assert_array_equal(loaded.predict_proba(valid), p)

