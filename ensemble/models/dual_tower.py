@@ -62,7 +62,7 @@ class DualTowerConfig:
     rank_margin: float = 1.0
     label_smoothing: float = 0.0
     use_features: bool = True
-    calib_frac: float = 0.1  # training prompts held out to pick the checkpoint and fit temperature + prior shrinkage
+    calib_frac: float = 0.2  # training prompts held out to pick the checkpoint and fit temperature + prior shrinkage
     swap_augment: bool = True
     swap_tta: bool = True
     head_lr: float = 3e-3

@@ -71,7 +71,7 @@ class LLMConfig:
     lora_target_modules: Any = "all-linear"  # or a list such as [q_proj, v_proj]
     pooling: str = "last_and_spans"  # last (the last token, as AutoModelForSequenceClassification) | last_and_spans
     probe_c: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
-    calib_frac: float = 0.1  # share of training prompts held out to fit temperature and prior shrinkage
+    calib_frac: float = 0.2  # share of training prompts held out to fit temperature and prior shrinkage
     max_len: int = 256  # tokens per battle, scaffolding included
     prompt_frac: float = 0.2  # the prompt's share of the text budget; A and B split the rest evenly
     layout: str = "plain"  # plain ("User prompt / Model A / Model B" + question) | chat (chat template)
@@ -79,7 +79,7 @@ class LLMConfig:
     truncation_side: str = "left"  # left keeps the end of long conversations, right the start
     swap_augment: bool = False  # train on each battle and its A/B swap (doubles the frozen pass)
     swap_tta: bool = False  # average with the unswapped prediction of the swapped battle (doubles inference)
-    max_train_rows: int = 256  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
+    max_train_rows: int = 512  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
     pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
