@@ -13,6 +13,12 @@ import numpy as np
 from .metrics import clip_normalize, log_loss
 
 
+#: Fewer held-out rows than this cannot tell a model from the prior (nor pick its checkpoint): the
+#: fold predicts the prior. Measured: on 100 real Kaggle rows (16 held-out rows per fold) a dual tower
+#: whose checkpoint and calibration passed on 17 rows scored 1.235 on its fold against a prior of 1.098.
+MIN_CALIBRATION_ROWS = 30
+
+
 @dataclass
 class LinearProbe:
     """A multinomial logistic regression expressed as one linear layer on the raw features:
@@ -120,8 +126,10 @@ def fit_calibration(proba: np.ndarray, y: np.ndarray, prior) -> Calibration:
     from scipy.special import expit
 
     prior = tuple(float(v) for v in prior)
-    if len(y) == 0:
-        return Calibration(prior=prior)
+    if len(y) < MIN_CALIBRATION_ROWS:  # too few held-out rows to show that the model beats the prior
+        print(f"only {len(y)} held-out calibration rows (< {MIN_CALIBRATION_ROWS}): this fold predicts the "
+              f"class prior", flush=True)
+        return Calibration(1.0, 1.0, prior, len(y))
 
     def unpack(v) -> Calibration:
         return Calibration(float(np.exp(np.clip(v[0], np.log(0.5), np.log(20.0)))), float(expit(v[1])), prior, len(y))
