@@ -1,7 +1,9 @@
-"""Blend benchmark: every OOF file in an artifacts folder, alone and blended (fitted weights and the
-seeds' fixed 0.2 LightGBM / 0.8 LLM), beside the class prior.
+"""Blend benchmark: every OOF file in an artifacts folder, alone and blended (both methods, in-sample
+and cross-fitted, with prompt-bootstrap intervals, and the seeds' fixed 0.2 LightGBM / 0.8 LLM),
+beside the class prior; then each pair of models, cross-fitted.
 
     python bench/bench_blend.py --artifacts bench/out/pandalm
+    python bench/bench_blend.py --artifacts /work/pl_run/artifacts --method stack
 
 The folder needs prepared/train.parquet (bench_lgbm.py --artifacts writes it) and oof/<model>.parquet
 files made on the same rows and folds (the bench scripts all use 5 prompt-grouped folds, seed 42).
@@ -16,8 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ensemble.blend import fit_blend, read_oof  # noqa: E402
+from ensemble.blend import BlendConfig, fitters, read_folds, read_oof_folds  # noqa: E402
 from ensemble.blend import run as run_blend  # noqa: E402
+from ensemble.stacking import crossfit  # noqa: E402
 from ensemble.data import load_battles  # noqa: E402
 from ensemble.metrics import log_loss  # noqa: E402
 
@@ -25,21 +28,27 @@ from ensemble.metrics import log_loss  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", default=str(ROOT / "bench" / "out" / "pandalm"))
+    ap.add_argument("--method", default="weights", choices=["weights", "stack"])
     args = ap.parse_args()
     art = Path(args.artifacts)
     models = sorted(p.stem for p in (art / "oof").glob("*.parquet"))
     known = ("lgbm", "dual_tower", "llm")
     order = [m for m in known if m in models] + [m for m in models if m not in known]
     params = {"blend": {"models": order, "fixed_weights": {"lgbm": 0.2, "llm": 0.8}}}
-    run_blend(params, art)  # prints the table; writes blend.json / metrics.json into the bench folder
+    # prints the table; writes blend.json / metrics.json / metrics_headline.json into the bench folder
+    run_blend(params, art, method=args.method, metrics_path=art / "metrics_headline.json")
     train = load_battles(art / "prepared" / "train.parquet").set_index("id")
-    y = train["label"].to_numpy()
-    probas = dict(zip(order, read_oof(art, order, train)))
+    y, frame = train["label"].to_numpy(), train.reset_index()
+    matrices, fold_of = read_oof_folds(art, order, train, read_folds(art, train))
+    probas = dict(zip(order, matrices))
+    cfg = BlendConfig()
     for pair in [("lgbm", "dual_tower"), ("lgbm", "llm"), ("dual_tower", "llm")]:
         if set(pair) <= set(order):
-            b = fit_blend([probas[m] for m in pair], y, list(pair))
-            print(f"fitted blend {'+'.join(pair):<18} weights {[round(float(w), 3) for w in b.weights]}  "
-                  f"log loss {log_loss(y, b.apply([probas[m] for m in pair])):.4f}")
+            p = [probas[m] for m in pair]
+            scores = {m: log_loss(y, crossfit(fit, p, y, fold_of, frame))
+                      for m, fit in fitters(cfg, list(pair)).items()}
+            print(f"pair {'+'.join(pair):<18} cross-fitted log loss "
+                  + ", ".join(f"{m} {v:.4f}" for m, v in scores.items()))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def _child(args) -> None:
     if args.mode == "dynamic_nodedupe":
         import functools
 
-        DualTowerModel._pair_pooled = functools.partialmethod(DualTowerModel._pair_pooled, dedupe=False)
+        from ensemble.tower_cache import TowerPooler
+
+        TowerPooler.pair_pooled = functools.partialmethod(TowerPooler.pair_pooled, dedupe=False)
     model.predict_proba(frame.iloc[:4])  # warm-up: kernels, lazy imports
     proc = psutil.Process()
     before = proc.memory_info().rss
@@ -119,10 +121,11 @@ def training_figures(frame, config: dict, rows: int) -> dict:
     """Rows/s of the training loop alone (model load and tokenization excluded; with a frozen encoder
     the tower vectors are computed before the loop, so they are timed apart as `encode_s`)."""
     import ensemble.models.dual_tower as dt
+    from ensemble.tower_cache import POOLED_CACHE, TowerPooler
 
     timings = {}
-    original, original_cached = dt.train_loop, dt.DualTowerModel._cached_pooled
-    dt._POOLED_CACHE.update(key=None, vectors={})  # time the encoding, not a cache hit
+    original, original_cached = dt.train_loop, TowerPooler.cached_pooled
+    POOLED_CACHE.update(key=None, vectors={})  # time the encoding, not a cache hit
 
     def cached(self, enc):
         start = time.perf_counter()
@@ -136,7 +139,7 @@ def training_figures(frame, config: dict, rows: int) -> dict:
         timings["loop"], timings["steps"] = time.perf_counter() - start, result.steps
         return result
 
-    dt.train_loop, dt.DualTowerModel._cached_pooled = timed, cached
+    dt.train_loop, TowerPooler.cached_pooled = timed, cached
     try:
         model = dt.DualTowerModel(config)
         sample = frame.iloc[:rows].reset_index(drop=True)
@@ -144,7 +147,7 @@ def training_figures(frame, config: dict, rows: int) -> dict:
         model.fit(sample, None)
         fit = time.perf_counter() - start
     finally:
-        dt.train_loop, dt.DualTowerModel._cached_pooled = original, original_cached
+        dt.train_loop, TowerPooler.cached_pooled = original, original_cached
     cfg = model.config.train
     copies = 2 if model.config.swap_augment else 1
     items = min(len(sample) * copies * cfg.epochs, timings["steps"] * cfg.batch_size * cfg.grad_accum)

@@ -160,9 +160,10 @@ def main() -> None:
         for name in ("prepare", "folds", "lgbm"):
             r = run_stage(work, art, name, args.protocol, lgbm_params)
             print(f"stage {name:<8} {r['seconds']:8.1f} s   peak RSS {r['peak_rss_mb']:8.0f} MB", flush=True)
+        fit_seconds = json.loads((art / "timings" / "lgbm.json").read_text())["fit_seconds"]
         for fold in sorted((art / "models" / "lgbm").glob("fold_*")):
             rounds = lgb.Booster(model_file=str(fold / "booster.txt")).current_iteration()
-            fit = json.loads((fold / "done.json").read_text())["fit_seconds"]
+            fit = fit_seconds[fold.name.removeprefix("fold_")]
             print(f"  {fold.name}: fit {fit:6.1f} s, {rounds} boosting rounds kept")
         train = pd.read_parquet(art / "prepared" / "train.parquet", columns=["id", "label"])
         oof = pd.read_parquet(art / "oof" / "lgbm.parquet").set_index("id").loc[train["id"]]

@@ -118,6 +118,7 @@ def _memory_child(args) -> dict:
 
     from ensemble.data import read_battles
     from ensemble.hf import load_tokenizer
+    from ensemble.llm_backbone import base_path
     from ensemble.models.llm import LLMModel
 
     import bitsandbytes  # noqa: F401  (imported before the baseline in every mode: same interpreter cost)
@@ -128,7 +129,7 @@ def _memory_child(args) -> dict:
     frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)
     model = LLMModel({"base_model": args.base_model, "quantization": quant, "compute_dtype": dtype,
                       "num_layers": 0, "max_len": args.max_len, "swap_tta": False})
-    model.tokenizer = load_tokenizer(model._base_path())
+    model.tokenizer = load_tokenizer(base_path(model.config))
     baseline = _rss_mb()
     _reset_hwm()
     start = time.perf_counter()

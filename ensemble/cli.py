@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -13,6 +14,10 @@ def fail_cleanly(main: Callable[[], int]) -> int:
         return main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        stage = os.environ.get("DVC_STAGE")
+        if stage:  # dvc removed the stage's (non-persistent) outputs before running it
+            print(f"hint: fix it and rerun `dvc repro`; until then `dvc checkout {stage}` brings back the "
+                  f"stage's last good outputs", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

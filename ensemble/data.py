@@ -30,6 +30,12 @@ class DataError(UserError, ValueError):
     """Bad input: the message names the file, column and rows; CLIs turn it into exit code 2."""
 
 
+@dataclass
+class DataConfig:
+    train: str = "artifacts/demo/demo_train.csv"  # Kaggle-format CSV with labels
+    test: str = "artifacts/demo/demo_test.csv"  # the same without labels
+
+
 def _rows(ids, limit: int = 10) -> str:
     ids = [str(i) for i in ids]
     shown = ", ".join(ids[:limit])

@@ -17,11 +17,13 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from . import TARGETS
+from .config import Range
 from .io import write_csv
 
 MODELS = tuple(f"demo-model-{i}" for i in range(1, 9))
@@ -500,13 +502,40 @@ def make_demo(n_train: int = 1000, n_test: int = 200, seed: int = 0) -> tuple[pd
     return train, test
 
 
+@dataclass
+class DemoConfig:
+    n_train: int = 1000
+    n_test: int = 200
+    seed: int = 0
+
+    constraints: ClassVar[dict] = {"n_train": Range(1), "n_test": Range(0)}
+
+
+def _inside(path: str, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(folder.resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the synthetic demo train/test CSVs.")
     parser.add_argument("--out-dir", type=Path, default=Path("data/demo"))
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--used-by", nargs="*", default=None, metavar="PATH",
+                        help="data.train and data.test: build the demo only if one of them lies in --out-dir")
     args = parser.parse_args(argv)
+    if args.used_by is not None and not any(_inside(p, args.out_dir) for p in args.used_by):
+        # the DVC stage still runs (dvc.yaml has no conditional stages) but builds nothing
+        from .io import write_text
+
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for old in args.out_dir.glob("demo_*.csv"):
+            old.unlink()
+        write_text(args.out_dir / "NOT_USED.txt", f"data.train / data.test point at {' and '.join(args.used_by)}; "
+                                                  f"the synthetic demo set is not built.\n")
+        print(f"data points at real files ({', '.join(args.used_by)}): the synthetic demo is not built")
+        return 0
+    (args.out_dir / "NOT_USED.txt").unlink(missing_ok=True)
     train, test = make_demo(args.n_train, args.n_test, args.seed)
     write_csv(args.out_dir / "demo_train.csv", train)
     write_csv(args.out_dir / "demo_test.csv", test)

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Something the user can fix (file, column, rows, params key); never a library traceback."""
+
+
+class ModelLoadError(UserError, RuntimeError):
+    """A backbone/tokenizer that cannot be loaded; the message names it and the fix."""

@@ -14,6 +14,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from .data import as_turns
+
 #: Bump when any feature's definition changes so cached feature files are rebuilt.
 FEATURE_VERSION = 1
 
@@ -73,16 +75,6 @@ def feature_names() -> list[str]:
             + list(CROSS_FEATURES))
 
 
-def _as_turns(cell) -> list[str]:
-    """Tolerate hand-built frames: a bare string is one turn, None/NaN is no turn."""
-    if cell is None:
-        return []
-    if isinstance(cell, str):
-        return [cell]
-    if isinstance(cell, float) and np.isnan(cell):
-        return []
-    return ["" if t is None else str(t) for t in cell]
-
 
 def _count(texts: pd.Series, pattern: re.Pattern) -> np.ndarray:
     return texts.str.count(pattern).to_numpy(dtype=np.float64)
@@ -110,7 +102,7 @@ def _turn_stats(turn_lists: list[list[str]]) -> dict[str, np.ndarray]:
 
 
 def _side_features(cells: pd.Series) -> dict[str, np.ndarray]:
-    turn_lists = [_as_turns(c) for c in cells.tolist()]
+    turn_lists = [as_turns(c) for c in cells.tolist()]
     texts_list = ["\n".join(t) for t in turn_lists]
     texts = pd.Series(texts_list, dtype=object)
 
@@ -166,7 +158,7 @@ _SIDE_CACHE_MAX = 1_000_000
 
 
 def _cached_side_features(cells: pd.Series) -> dict[str, np.ndarray]:
-    keys = [tuple(_as_turns(c)) for c in cells.tolist()]
+    keys = [tuple(as_turns(c)) for c in cells.tolist()]
     missing = list(dict.fromkeys(k for k in keys if k not in _SIDE_CACHE))
     if missing:
         if len(_SIDE_CACHE) + len(missing) > _SIDE_CACHE_MAX:
@@ -182,7 +174,7 @@ def numeric_features(frame: pd.DataFrame) -> pd.DataFrame:
     """Numeric features of a parsed battle frame, one row per battle in input order."""
     a = _cached_side_features(frame["response_a"])
     b = _cached_side_features(frame["response_b"])
-    p_turns = [_as_turns(c) for c in frame["prompt"].tolist()]
+    p_turns = [as_turns(c) for c in frame["prompt"].tolist()]
     p_texts = ["\n".join(t) for t in p_turns]
     p = {
         "chars": np.fromiter((len(s) for s in p_texts), dtype=np.float64, count=len(p_texts)),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .config import Range
 from .data import DataError
 
 
@@ -14,6 +18,14 @@ def prompt_groups(frame: pd.DataFrame) -> np.ndarray:
     straddle train and valid."""
     key = frame["prompt"].map(lambda turns: "\x1f".join(t.strip().lower() for t in turns))
     return pd.factorize(key)[0]
+
+
+@dataclass
+class FoldsConfig:
+    n_splits: int = 5
+    seed: int = 42
+
+    constraints: ClassVar[dict] = {"n_splits": Range(2)}
 
 
 def make_folds(frame: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:

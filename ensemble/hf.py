@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import UserError
+from . import progress
+from .errors import ModelLoadError  # noqa: F401  (re-exported: callers catch it from here)
 
 EMBEDDED_MINILM = "embedded:minilm"
 #: Files any tokenizer class can be built from; a folder with none of them has no tokenizer
@@ -28,10 +29,6 @@ ABSURD_MAX_LENGTH = 1_000_000
 HOW_TO_SUPPLY = ("supply the weights as a local folder path in params.yaml (a save_pretrained folder with "
                  "config.json, the weights and the tokenizer files), or set HF_HUB_OFFLINE=1 with HF_HOME "
                  "pointing to a Hugging Face cache that already holds the model")
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A backbone/tokenizer that cannot be loaded; the message names it and the fix."""
 
 
 def _minilm_dir() -> str:
@@ -111,6 +108,10 @@ def load_pretrained(loader: Any, name_or_path: str, what: str = "model", **kwarg
     library's OSError/ValueError turned into a ModelLoadError that names the model."""
     resolved = resolve_pretrained(name_or_path)
     local = os.path.isdir(resolved)
+    if not progress.live():  # transformers' "Loading weights" bar would redraw into the log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     label = name_or_path if resolved == name_or_path else f"{name_or_path} ({resolved})"
     if local and what in ("config", "model") and not (Path(resolved) / "config.json").is_file():
         raise ModelLoadError(f"{label}: folder has no config.json, so it is not a Hugging Face model "

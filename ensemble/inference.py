@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from . import progress
 from .training import resolve_device
 
 
@@ -82,8 +82,8 @@ def run_sharded(
     shards = shard_batches(batches, lengths, len(devices))
     for device in devices:  # sequentially: two threads must not build the same replica
         replicas.get(device)
-    bar = tqdm(total=sum(len(b) for b in batches), desc=desc, disable=desc is None, dynamic_ncols=True,
-               leave=False)
+    bar = progress.bar(sum(len(b) for b in batches), desc, leave=False)
+    timer = progress.Timer()
     lock = threading.Lock()
 
     def work(k: int) -> None:
@@ -104,6 +104,8 @@ def run_sharded(
                     future.result()  # re-raises a shard's exception here
     finally:
         bar.close()
+    if desc:
+        progress.log_quiet(f"{desc}: {n_rows} rows on {', '.join(map(str, devices))} in {timer.seconds:.1f} s")
     covered = np.zeros(n_rows, dtype=bool)
     for b in batches:
         covered[b] = True

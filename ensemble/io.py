@@ -14,6 +14,10 @@ from typing import Any, Iterator
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
+    if os.environ.get("ENSEMBLE_TRAIN_TRACE"):  # which process writes what (ensemble.distributed, DDP tests)
+        Path(os.environ["ENSEMBLE_TRAIN_TRACE"]).mkdir(parents=True, exist_ok=True)
+        with open(Path(os.environ["ENSEMBLE_TRAIN_TRACE"]) / "writes.tsv", "a", encoding="utf-8") as fh:
+            fh.write(f"{os.environ.get('RANK', '0')}\t{path}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -27,6 +31,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_tmp(*paths: str | os.PathLike) -> list[Path]:
+    """What a killed writer leaves: for a folder, every `.*.tmp` file and `*.tmp` folder inside it; for a
+    file, its `.<name>.*.tmp` siblings. Call it only while no other process writes these paths."""
+    import shutil
+
+    removed = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            stale = [p for p in path.rglob("*.tmp") if p.is_dir() or p.name.startswith(".")]
+        else:
+            stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+        for p in sorted(stale, key=lambda p: -len(p.parts)):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+            removed.append(p)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import TARGETS
+from . import TARGETS, progress
+from . import distributed as dist
 from .config import to_dict
 from .folds import attach_folds
-from .io import write_json, write_parquet
+from .io import remove_stale_tmp, write_json, write_parquet
+from .metrics import log_loss, prior_proba
 from .models import create, load
 
 DONE_FILE = "done.json"
@@ -66,40 +68,58 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     timings = {}
     code = code_digest()
     model_for_report = None
+    main = dist.is_main()  # under DDP every process trains, only rank 0 touches the artifacts
+    if main:
+        remove_stale_tmp(model_root, *(artifacts / d / f"{name}{ext}" for d, ext in
+                                       (("oof", ".parquet"), ("test", ".parquet"), ("timings", ".json"))))
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         model = create(name, config)
         key = fingerprint(name, to_dict(model.config), train, fold_of, k, code)
         done = fold_dir / DONE_FILE
-        if done.exists() and json.loads(done.read_text()).get("fingerprint") == key:
-            print(f"[{name}] fold {k}: already done, reusing {fold_dir}", flush=True)
-            model = load(fold_dir)
-            timings[k] = json.loads(done.read_text()).get("fit_seconds")
+        # rank 0 decides for every process, before it changes the folder
+        reuse = dist.from_main(main and done.exists() and json.loads(done.read_text()).get("fingerprint") == key)
+        if reuse:
+            progress.log(f"[{name}] fold {k}: already done, reusing {fold_dir}")
+            model = load(fold_dir) if main else None
+            timings[k] = 0.0
         else:
-            if fold_dir.exists():
+            if main and fold_dir.exists():
                 shutil.rmtree(fold_dir)
-            print(f"[{name}] fold {k}: training on {len(tr)} rows, validating on {len(va)}", flush=True)
+            progress.log(f"[{name}] fold {k}: training on {len(tr)} rows, validating on {len(va)}")
             start = time.perf_counter()
             model.fit(train.iloc[tr].reset_index(drop=True), train.iloc[va].reset_index(drop=True))
             timings[k] = time.perf_counter() - start
-            tmp_dir = fold_dir.with_name(fold_dir.name + ".tmp")
-            if tmp_dir.exists():
-                shutil.rmtree(tmp_dir)
-            model.save(tmp_dir)
-            tmp_dir.rename(fold_dir)
-        valid_pred = _predict_cached(model, train.iloc[va].reset_index(drop=True), fold_dir / "valid_pred.npy", key)
-        oof[va] = valid_pred
-        if test is not None:
-            test_sum += _predict_cached(model, test, fold_dir / "test_pred.npy", key + _frame_key(test))
-        write_json(done, {"fingerprint": key, "fit_seconds": timings[k], "valid_rows": len(va)})
+            if main:
+                tmp_dir = fold_dir.with_name(fold_dir.name + ".tmp")
+                if tmp_dir.exists():
+                    shutil.rmtree(tmp_dir)
+                model.save(tmp_dir)
+                tmp_dir.rename(fold_dir)
+        if main:
+            valid_pred = _predict_cached(model, train.iloc[va].reset_index(drop=True), fold_dir / "valid_pred.npy", key)
+            oof[va] = valid_pred
+            if test is not None:
+                test_sum += _predict_cached(model, test, fold_dir / "test_pred.npy", key + _frame_key(test))
+            write_json(done, {"fingerprint": key, "valid_rows": len(va)})  # no timings: DVC hashes this folder
+            if "label" in train:
+                labels = train["label"].to_numpy()[va]
+                progress.log(f"[{name}] fold {k}: fit {timings[k]:.1f} s, fold log loss {log_loss(labels, valid_pred):.4f}"
+                             f" (fold prior {log_loss(labels, prior_proba(train['label'].to_numpy()[tr], len(va))):.4f})")
+        dist.barrier(f"fold {k} saved and predicted")
         model_for_report = model
+    if not main:
+        dist.barrier("OOF and test files written")
+        return {"folds": n_folds, "fit_seconds": timings}
     report = getattr(model_for_report, "input_report", None) if model_for_report is not None else None
     if report is not None:  # what the model saw of the texts (transformers: truncation at max_len)
         write_json(model_root / INPUT_REPORT, report(train))
     write_parquet(artifacts / "oof" / f"{name}.parquet", proba_frame(train["id"], oof, fold_of))
     if test is not None:
         write_parquet(artifacts / "test" / f"{name}.parquet", proba_frame(test["id"], test_sum / n_folds))
+    write_json(artifacts / "timings" / f"{name}.json", {"fit_seconds": timings})  # untracked: differs per run
+    dist.barrier()
     return {"folds": n_folds, "fit_seconds": timings}
 
 

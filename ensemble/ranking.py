@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-7
-
-
-def band_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Log loss without renormalising (the band's rows sum to 1 by construction)."""
-    p = np.clip(proba[np.arange(len(labels)), labels], EPS, 1.0)
-    return float(-np.log(p).mean())
+from .metrics import log_loss
 
 
 def band_proba(d: np.ndarray, t: float, s: float) -> np.ndarray:
@@ -29,9 +23,7 @@ def fit_band(d: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
     def loss(x):
         t, s = float(np.logaddexp(0.0, x[0])), float(np.exp(x[1]))
-        p = band_proba(d, t, s)
-        p = p / p.sum(1, keepdims=True)
-        return band_log_loss(np.clip(p, EPS, 1.0), labels)
+        return log_loss(labels, band_proba(d, t, s))
 
     spread = float(np.std(d)) or 1.0
     res = minimize(loss, x0=np.array([np.log(np.expm1(0.5 * spread)), np.log(spread)]), method="Nelder-Mead",

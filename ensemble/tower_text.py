@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pandas as pd
 
 from .battle_text import CHARS_PER_TOKEN
@@ -70,3 +71,27 @@ def encode_frame(frame: pd.DataFrame, tokenizer, cfg) -> tuple[list[list[int]], 
     cls_id, sep_id = special_ids(tokenizer)
     return tuple([build_tower(p, r, cfg.max_len, cfg.truncation, cfg.prompt_frac, cls_id, sep_id)
                   for p, r in zip(p_ids, side_r)] for side_r in side_ids)  # type: ignore[return-value]
+
+
+def truncation_report(frame: pd.DataFrame, tokenizer, cfg) -> dict:
+    """How much of each tower's text (prompt + response) survives truncation at max_len: mean share
+    of tokens kept and share of battles cut, per side."""
+    cut = CHARS_PER_TOKEN * cfg.max_len
+    specials = {i for i in special_ids(tokenizer) if i is not None}
+    out: dict = {"max_len": cfg.max_len, "battles": int(len(frame))}
+    towers = encode_frame(frame, tokenizer, cfg)
+    any_cut = np.zeros(len(frame), dtype=bool)
+    for side, ids in zip(("response_a", "response_b"), towers):
+        texts = [[t[-cut:] for t in as_turns(p)] + [t[:cut] for t in as_turns(r)]
+                 for p, r in zip(frame["prompt"], frame[side])]
+        lengths = tokenizer([t for row in texts for t in row] or [""], add_special_tokens=False,
+                            return_attention_mask=False)["input_ids"]
+        pos = iter(lengths)
+        total = np.array([sum(len(next(pos)) for _ in row) for row in texts], dtype=float)
+        kept = np.array([sum(t not in specials for t in tower) for tower in ids], dtype=float)
+        cut_rows = kept < total
+        any_cut |= cut_rows
+        out[f"tower_{side}"] = {"kept_share": round(float(np.where(total > 0, kept / np.maximum(total, 1), 1).mean()), 4),
+                                "battles_cut": round(float(cut_rows.mean()), 4)}
+    out["battles_cut_any"] = round(float(any_cut.mean()), 4)
+    return out

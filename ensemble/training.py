@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .config import ConfigError
+from . import progress
+from .config import Choice, ConfigError, Range
 
 
 @dataclass
@@ -37,6 +36,13 @@ class TrainConfig:
     awp_eps: float = 0.0  # adversarial weight perturbation size (relative); 0 = off
     awp_lr: float = 1.0
     awp_start_epoch: float = 1.0
+
+    constraints: ClassVar[dict] = {
+        "epochs": Range(0), "batch_size": Range(1), "grad_accum": Range(1), "lr": Range(0, low_open=True),
+        "weight_decay": Range(0), "warmup_ratio": Range(0, 1), "scheduler": Choice("linear", "cosine", "constant"),
+        "max_grad_norm": Range(0), "precision": Choice("auto", "fp32", "fp16", "bf16"), "eval_every": Range(0),
+        "patience": Range(0), "max_steps": Range(0), "awp_eps": Range(0), "awp_lr": Range(0),
+        "awp_start_epoch": Range(0)}
 
 
 @dataclass
@@ -91,7 +97,9 @@ def intra_op_threads(n: int | None):
 
 
 def is_distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    from .distributed import is_distributed as distributed
+
+    return distributed()
 
 
 def make_accelerator(cfg: TrainConfig, device: torch.device):
@@ -103,7 +111,12 @@ def make_accelerator(cfg: TrainConfig, device: torch.device):
         AcceleratorState._reset_state(reset_partial_state=True)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from .distributed import process_group_kwargs
+
     return Accelerator(
+        kwargs_handlers=[InitProcessGroupKwargs(**process_group_kwargs())],
         mixed_precision=mixed_precision(cfg.precision, device),
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=device.type == "cpu",
@@ -200,11 +213,16 @@ def train_loop(
     eval_every = cfg.eval_every or steps_per_epoch
 
     result, best_state, bad_evals, step, running = TrainResult(), None, 0, 0, None
-    bar = tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    from .distributed import Trace
+
+    trace = Trace(desc)  # ENSEMBLE_TRAIN_TRACE: what this process trained on, for the DDP tests
+    bar = progress.bar(total, desc, enabled=accelerator.is_local_main_process)
+    timer, main = progress.Timer(), accelerator.is_local_main_process
     model.train()
     stop = False
     while not stop:
         for batch in train_loader:
+            trace.batch(batch)
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
@@ -224,6 +242,9 @@ def train_loop(
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
+            if main and desc and (step % steps_per_epoch == 0 or step == total) and evaluate is None:
+                progress.log_quiet(f"{desc}: step {step}/{total} (epoch {step / steps_per_epoch:.2f}), "
+                                   f"train loss {running:.4f}, {timer.seconds:.1f} s")
             if evaluate is not None and (step % eval_every == 0 or step == total):
                 model.eval()
                 score = float(evaluate(accelerator.unwrap_model(model)))
@@ -235,6 +256,10 @@ def train_loop(
                 else:
                     bad_evals += 1
                 bar.set_postfix(loss=f"{running:.4f}", valid=f"{score:.4f}", best=f"{result.best_score:.4f}")
+                if main and desc:
+                    progress.log_quiet(f"{desc}: step {step}/{total} (epoch {step / steps_per_epoch:.2f}), train loss "
+                                       f"{running:.4f}, held-out {score:.4f} (best {result.best_score:.4f}), "
+                                       f"{timer.seconds:.1f} s")
                 if cfg.patience and bad_evals >= cfg.patience:
                     stop = True
             if step >= total:
@@ -247,5 +272,18 @@ def train_loop(
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
+    trace.finish(model)
     accelerator.free_memory()
     return result
+
+
+def layer_depth(name: str, n_layers: int) -> int:
+    """A transformer parameter's depth for layer-wise learning rates and freezing: 0 for the
+    embeddings, i+1 for layer i, n_layers for anything else (top norms, DeBERTa's relative
+    embeddings)."""
+    import re
+
+    if ".embeddings." in name:
+        return 0
+    m = re.search(r"\.layers?\.(\d+)\.", name)
+    return int(m.group(1)) + 1 if m else n_layers

@@ -1,5 +1,11 @@
-"""DVC stage for any base model: `python stages/oof.py <model>` (OOF + fold-averaged test predictions)."""
+"""DVC stage for any base model: out-of-fold and fold-averaged test predictions, its params section
+named by the model (`lgbm`, `dual_tower`, `llm`).
 
+    python stages/oof.py lgbm --train artifacts/prepared/train.parquet --test artifacts/prepared/test.parquet \
+        --folds artifacts/folds.parquet --out artifacts
+"""
+
+import argparse
 import sys
 
 import pandas as pd
@@ -7,15 +13,24 @@ import pandas as pd
 from ensemble.cli import fail_cleanly
 from ensemble.config import load_params
 from ensemble.data import load_battles
+from ensemble.distributed import relaunch
+from ensemble.models import create
 from ensemble.oof import run_oof
 
 
 def main() -> int:
-    name = sys.argv[1]
-    params = load_params()
-    run_oof(name, params.get(name, {}), load_battles("artifacts/prepared/train.parquet"),
-            pd.read_parquet("artifacts/folds.parquet"), "artifacts",
-            test=load_battles("artifacts/prepared/test.parquet"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="registry name, also its params.yaml section")
+    ap.add_argument("--train", default="artifacts/prepared/train.parquet", help="prepared training battles")
+    ap.add_argument("--test", default="artifacts/prepared/test.parquet", help="prepared test battles")
+    ap.add_argument("--folds", default="artifacts/folds.parquet")
+    ap.add_argument("--out", default="artifacts", help="writes oof/, test/, models/<model>/, timings/ under it")
+    args = ap.parse_args()
+    section = load_params().get(args.model, {})
+    create(args.model, section)  # params checked before any data or weights are read
+    relaunch(args.model, sys.argv)  # ENSEMBLE_LAUNCH_<NAME>: under `accelerate launch`, still from `dvc repro`
+    run_oof(args.model, section, load_battles(args.train), pd.read_parquet(args.folds), args.out,
+            test=load_battles(args.test))
     return 0
 
 

@@ -137,3 +137,37 @@ def oof_log_loss(name: str, config: dict, frame: pd.DataFrame, artifacts: Path, 
     labels = frame["label"].to_numpy()
     proba = oof[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
     return log_loss(labels, proba), log_loss(labels, prior_proba(labels, len(labels)))
+
+
+# ----------------------------------------------------------------------------- a tiny DebertaV2
+
+WORDS = ("the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code in python "
+         "because answers should be helpful honest short or long please explain why hello world").split()
+EXOTIC = ["écrire un poème sur la mer", "日本語のテキスト", "Привет мир", "emoji 😀🔥👍🏽 party", "مرحبا بالعالم"]
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import DebertaV2Config, DebertaV2Model, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_deberta")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    corpus = [" ".join(WORDS[i:i + 7]) for i in range(len(WORDS))] + EXOTIC
+    tok.train_from_iterator(corpus * 3, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = DebertaV2Config(
+        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=256, relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"],
+        position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+    import torch
+
+    torch.manual_seed(0)
+    DebertaV2Model(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)

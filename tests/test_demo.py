@@ -145,3 +145,17 @@ def test_empty_and_bad_sizes():
     assert len(train) == len(test) == 0
     with pytest.raises(ValueError):
         make_demo(-1, 10)
+
+
+def test_demo_stage_builds_nothing_when_data_points_at_real_files(tmp_path):
+    """The `demo` DVC stage always runs; with data.train/test pointing at real files it builds no
+    synthetic set (and removes one built before), pointing back at it builds it again."""
+    from ensemble.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--out-dir", str(out), "--n-train", "20", "--n-test", "5",
+                 "--used-by", str(out / "demo_train.csv"), str(out / "demo_test.csv")]) == 0
+    assert (out / "demo_train.csv").is_file() and not (out / "NOT_USED.txt").exists()
+    real = tmp_path / "real.csv"
+    assert main(["--out-dir", str(out), "--used-by", str(real), str(real)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["NOT_USED.txt"]

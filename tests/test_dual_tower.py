@@ -20,37 +20,9 @@ from ensemble.ranking import band_proba, fit_band
 from ensemble.tower_text import build_tower, encode_frame
 from ensemble.training import train_loop
 
-WORDS = ("the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code in python "
-         "because answers should be helpful honest short or long please explain why hello world").split()
-EXOTIC = ["écrire un poème sur la mer", "日本語のテキスト", "Привет мир", "emoji 😀🔥👍🏽 party", "مرحبا بالعالم"]
-
+from conftest import EXOTIC, WORDS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory) -> str:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import DebertaV2Config, DebertaV2Model, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny_deberta")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    corpus = [" ".join(WORDS[i:i + 7]) for i in range(len(WORDS))] + EXOTIC
-    tok.train_from_iterator(corpus * 3, trainers.WordPieceTrainer(
-        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = DebertaV2Config(
-        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=256, relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"],
-        position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
-    torch.manual_seed(0)
-    DebertaV2Model(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return str(folder)
 
 
 def _text(rng, lo, hi) -> str:
@@ -193,20 +165,42 @@ def test_fit_predict_valid_probabilities(fitted):
     assert fitted.history and np.isfinite(fitted.history[-1]["valid_logloss"])
 
 
-def test_save_load_reproduces_predictions_without_backbone(fitted, tiny_backbone, tmp_path):
+@pytest.mark.parametrize("freeze_layers, saved", [(0, "all"), (1, "top"), (-1, "none")],
+                         ids=["fine_tune", "bottom_frozen", "frozen"])
+def test_save_keeps_only_trained_encoder_weights(tiny_backbone, tmp_path, freeze_layers, saved):
+    """A fold folder holds what the fold trained: frozen encoder weights are re-read from the
+    backbone on load (checked by digest), so a frozen MiniLM is not copied into every fold."""
+    from safetensors.torch import load_file
+
+    model = _model(tiny_backbone, freeze_layers=freeze_layers).fit(_frame(24, 0))
     frame = _frame(10, 6)
-    expected = fitted.predict_proba(frame)
-    fitted.save(tmp_path / "fold")
-    # load must not need the original backbone folder
-    moved = tmp_path / "gone"
-    shutil.copytree(tiny_backbone, moved)
-    shutil.rmtree(tiny_backbone)
-    try:
-        loaded = DualTowerModel.load(tmp_path / "fold")
-        np.testing.assert_array_equal(loaded.predict_proba(frame), expected)
-    finally:
-        shutil.copytree(moved, tiny_backbone)
-    assert (tmp_path / "fold" / "encoder" / "model.safetensors").is_file()
+    model.save(tmp_path / "fold")
+    stored = tmp_path / "fold" / "encoder_trained.safetensors"
+    names = set(load_file(str(stored))) if stored.is_file() else set()
+    every = set(model.net.encoder.state_dict())
+    if saved == "all":
+        assert names == every
+    elif saved == "top":
+        assert names and names < every and not any(n.startswith("embeddings.") or ".layer.0." in n for n in names)
+    else:
+        assert not names
+    np.testing.assert_array_equal(DualTowerModel.load(tmp_path / "fold").predict_proba(frame),
+                                  model.predict_proba(frame))
+
+
+def test_load_refuses_a_backbone_whose_frozen_weights_changed(tiny_backbone, tmp_path):
+    from transformers import DebertaV2Model
+
+    model = _model(tiny_backbone, freeze_layers=-1).fit(_frame(24, 0))
+    model.save(tmp_path / "fold")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_backbone, other)
+    encoder = DebertaV2Model.from_pretrained(other)
+    with torch.no_grad():
+        encoder.embeddings.word_embeddings.weight.add_(0.01)
+    encoder.save_pretrained(other)
+    with pytest.raises(ModelLoadError, match="no longer has the weights"):
+        DualTowerModel.load(tmp_path / "fold", backbone=str(other))
 
 
 def test_save_load_ranking_and_features(tiny_backbone, tmp_path):

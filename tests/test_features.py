@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble.data import read_battles, swap_ab
+from ensemble.data import as_turns, read_battles, swap_ab
 from ensemble.features import FEATURE_VERSION, SIDE_FEATURES, feature_names, numeric_features
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -137,7 +137,7 @@ def test_counts(feats, frame):
 def test_turn_stats(feats, frame):
     for i in range(len(frame)):
         for side in ("a", "b"):
-            lengths = np.array([len(t or "") for t in frame.loc[i, f"response_{side}"]], dtype=float)
+            lengths = np.array([len(t) for t in as_turns(frame.loc[i, f"response_{side}"])], dtype=float)  # one turn parser
             got = feats.loc[i]
             assert got[f"{side}_turns"] == len(lengths)
             if len(lengths) == 0:
@@ -148,7 +148,7 @@ def test_turn_stats(feats, frame):
             assert got[f"{side}_turn_max"] == pytest.approx(lengths.max())
             assert got[f"{side}_turn_median"] == pytest.approx(np.median(lengths))
             assert got[f"{side}_turn_std"] == pytest.approx(lengths.std(), abs=1e-3)
-    assert feats.loc[7, "p_turns"] == 3 and feats.loc[3, "p_turns"] == 0
+    assert feats.loc[7, "p_turns"] == 3 and feats.loc[3, "p_turns"] == 1  # an empty prompt list is one empty turn (data.as_turns)
 
 
 def test_row_order_preserved(frame, feats):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -42,10 +44,10 @@ def test_oof_beats_prior_and_resumes(shared_data, tmp_path, capsys):
     (tmp_path / "models" / "lgbm" / "fold_2" / "done.json").unlink()
     capsys.readouterr()
     run_oof("lgbm", FAST, frame, folds, tmp_path)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "fold 0: already done" in out and "fold 2: training" in out
     run_oof("lgbm", {**FAST, "num_leaves": 7}, frame, folds, tmp_path)
-    assert "already done" not in capsys.readouterr().out
+    assert "already done" not in capsys.readouterr().err
 
 
 def test_counted_once_matrices_match_featurizing_from_scratch(shared_data):
@@ -72,3 +74,23 @@ def test_lgbm_learns_a_planted_marker_through_run_oof(tmp_path):
     oof, prior = oof_log_loss("lgbm", {**FAST, "min_child_samples": 5, "vectorizer": {"max_features": 300, "min_df": 1}},
                               frame, tmp_path)
     assert oof <= 0.5 * prior, f"lgbm OOF log loss {oof:.4f} vs prior {prior:.4f}"
+
+
+def test_saved_fold_is_byte_identical_across_processes(tmp_path):
+    """DVC hashes the fold folders: a rerun on the same machine must write the same bytes, whatever
+    the process's string-hash seed (CountVectorizer pickles set-ordered state and a memory address)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import battle_frame; "
+            "from ensemble.models.lgbm import LGBMModel; "
+            "LGBMModel({'n_estimators': 20}).fit(battle_frame(200)).save(sys.argv[1])")
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=Path(__file__).resolve().parents[1],
+                       env={**os.environ, "PYTHONHASHSEED": seed}, timeout=300)
+        digests.append({f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in sorted(out.iterdir())})
+    assert digests[0] == digests[1]

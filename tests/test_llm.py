@@ -101,7 +101,7 @@ def test_chat_template_layout(tmp_path):
 
 def test_training_step_lowers_loss_in_4bit(tiny_llm):
     import bitsandbytes as bnb
-    from ensemble.models.llm import collate
+    from ensemble.batching import collate_battles as collate
 
     model = LLMModel(tiny_config(tiny_llm, lora_layers=0))
     from ensemble.hf import load_tokenizer
@@ -131,7 +131,7 @@ def test_training_step_lowers_loss_in_4bit(tiny_llm):
 def test_top_layers_from_cached_states_equal_the_full_forward(tiny_llm):
     """lora_layers > 0 runs the top layers from the cached hidden states of the frozen ones: it must
     compute what the whole stack computes."""
-    from ensemble.models.llm import collate
+    from ensemble.batching import collate_battles as collate
 
     model = LLMModel(tiny_config(tiny_llm, lora_layers=1, quantization="none"))
     from ensemble.hf import load_tokenizer

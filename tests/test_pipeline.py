@@ -71,6 +71,10 @@ def test_repro_writes_every_artifact(project):
         assert len(list((art / "models" / name).glob("fold_*/done.json"))) == 3
     metrics = yaml.safe_load((art / "metrics.json").read_text())
     assert metrics["blend"]["log_loss"] < metrics["prior_log_loss"]
+    head = yaml.safe_load((work / "metrics.json").read_text())  # the small git-tracked one DVC shows
+    assert head["blend"]["log_loss_crossfit"] == metrics["blend"]["crossfit"]["log_loss"]
+    assert len(head["blend"]["diff_vs_best_ci"]) == 2 and "winner_tie" not in head["blend"]
+    assert "blend.log_loss_crossfit" in run(["dvc", "metrics", "show"], work).stdout
     for f in ["calibration_winner_model_a.csv", "calibration_winner_tie.csv", "confusion.csv"]:
         assert len(pd.read_csv(art / "plots" / f)) > 0
     sub = pd.read_csv(art / "submission.csv", dtype={"id": str})
@@ -82,18 +86,27 @@ def test_repro_writes_every_artifact(project):
 
 def test_changing_lgbm_param_reruns_only_downstream(project):
     work, params, _ = project
+    original = (work / "params.yaml").read_text()
     params["lgbm"]["num_leaves"] = 7
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], work).stdout
     changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t")}
     assert {"lgbm", "blend", "submit", "report"} >= changed >= {"lgbm"}
     assert not changed & {"demo", "prepare", "folds"}
+    # submit refuses fold models trained for other params
+    proc = run([sys.executable, "-m", "ensemble.submit", "artifacts/demo/demo_test.csv", "-o", "s.csv"], work, check=False)
+    assert proc.returncode == 2 and "lgbm.num_leaves changed" in proc.stderr and "Traceback" not in proc.stderr
+    (work / "params.yaml").write_text(original)
+    params["lgbm"]["num_leaves"] = yaml.safe_load(original)["lgbm"].get("num_leaves", 15)
 
 
 def test_blend_cli_refits_in_seconds(project):
     work, _, _ = project
+    before = (work / "metrics.json").read_text()
     proc = run([sys.executable, "-m", "ensemble.blend"], work)
-    assert "blend (fit)" in proc.stdout and "class prior" in proc.stdout
+    assert (work / "metrics.json").read_text() == before  # deterministic: a rerun leaves git clean
+    assert "blend weights, in-sample" in proc.stdout and "blend weights, crossfit" in proc.stdout
+    assert "class prior" in proc.stdout
 
 
 def test_submit_cli_valid_submission(project, tmp_path):

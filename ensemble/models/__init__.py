@@ -18,7 +18,9 @@ REGISTRY: dict[str, str] = {
 
 def model_class(name: str) -> type[BaseModel]:
     if name not in REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+        from ..config import ConfigError
+
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import NotFittedError
 
 from ..config import from_dict, to_dict
 from ..io import write_json
@@ -27,6 +28,8 @@ class BaseModel(ABC):
     name: ClassVar[str]
     #: dataclass holding this model's params.yaml section
     Config: ClassVar[type]
+    #: the attribute fit and load set (None before): what check_fitted looks at
+    fitted_attr: ClassVar[str]
 
     def __init__(self, config=None, **overrides: Any):
         if config is None or isinstance(config, dict):
@@ -34,6 +37,11 @@ class BaseModel(ABC):
             merged.update(overrides)
             config = from_dict(self.Config, merged, self.name)
         self.config = config
+
+    def check_fitted(self, what: str = "predict_proba") -> None:
+        """The one predict-before-fit guard (scikit-learn's NotFittedError)."""
+        if getattr(self, self.fitted_attr, None) is None:
+            raise NotFittedError(f"{self.name}: {what} before fit or load")
 
     @abstractmethod
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "BaseModel":

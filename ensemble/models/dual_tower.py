@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,21 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..battle_text import CHARS_PER_TOKEN
-from ..batching import LengthGroupedBatches, pad
-from ..config import ConfigError
-from ..data import SWAP_INDEX, as_turns
-from ..hf import EMBEDDED_MINILM, load_pretrained, load_tokenizer, set_seed, token_budget_batches
+from ..batching import LengthGroupedBatches, collate_towers
+from ..config import Choice, ConfigError, Range
+from ..data import SWAP_INDEX
+from ..hf import EMBEDDED_MINILM, ModelLoadError, load_pretrained, load_tokenizer, set_seed
 from ..probe import Calibration, calibration_split, class_prior, fit_calibration
-from ..ranking import band_log_loss, band_proba, fit_band
-from ..tower_cache import FRAME_CACHE as _FRAME_CACHE, FRAME_CACHE_SIZE as _FRAME_CACHE_SIZE, \
-    POOLED_CACHE as _POOLED_CACHE, ids_key as _ids_key, remember as _remember, tower_key as _tower_key
+from ..metrics import log_loss
+from ..ranking import band_proba, fit_band
+from ..tower_cache import TowerPooler, remember as _remember, tensor_digest
 from ..tower_features import TowerFeatures
-from ..tower_text import build_tower, encode_frame, special_ids
-from ..training import TrainConfig, intra_op_threads, mixed_precision, resolve_device, train_loop
+from ..tower_text import encode_frame, truncation_report
+from ..distributed import train_device
+from ..training import TrainConfig, intra_op_threads, layer_depth, resolve_device, train_loop
 from .base import BaseModel
 
-ENCODER_DIR = "encoder"
+ENCODER_FILE = "encoder_trained.safetensors"  # the encoder weights the fold trained (none when frozen)
 HEAD_FILE = "head.safetensors"
 STATE_FILE = "state.json"
 
@@ -75,21 +77,17 @@ class DualTowerConfig:
     cpu_fallback: bool = False
     train: DualTowerTrain = field(default_factory=DualTowerTrain)
 
-
-_CHOICES = {"truncation": ("left", "right"), "pooling": ("mean", "cls"),
-            "head": ("interact", "concat"), "mode": ("classification", "ranking")}
+    constraints: ClassVar[dict] = {
+        "truncation": Choice("left", "right"), "pooling": Choice("mean", "cls"), "head": Choice("interact", "concat"),
+        "mode": Choice("classification", "ranking"), "max_len": Range(16), "prompt_frac": Range(0, 1, True, True),
+        "dropout": Range(0, 1, high_open=True), "rank_margin": Range(0, low_open=True),
+        "label_smoothing": Range(0, 1, high_open=True), "calib_frac": Range(0, 0.9, high_open=True),
+        "head_lr": Range(0), "layer_decay": Range(0, 1, low_open=True), "freeze_layers": Range(-1),
+        "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
 
 
 def _check_config(cfg: DualTowerConfig) -> None:
-    for key, allowed in _CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"params dual_tower.{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
-    if cfg.max_len < 16:
-        raise ConfigError(f"params dual_tower.max_len: {cfg.max_len} is too small (at least 16 tokens)")
-    if not 0.0 < cfg.prompt_frac < 1.0:
-        raise ConfigError(f"params dual_tower.prompt_frac: {cfg.prompt_frac} must lie strictly between 0 and 1")
-    if not 0.0 <= cfg.calib_frac < 0.9:
-        raise ConfigError(f"params dual_tower.calib_frac: {cfg.calib_frac} must lie in [0, 0.9)")
+    """What one key's constraint cannot say (types, choices and ranges are checked by from_dict)."""
     if cfg.infer_max_tokens < cfg.max_len:
         raise ConfigError(f"params dual_tower.infer_max_tokens: {cfg.infer_max_tokens} is below one tower "
                           f"(max_len = {cfg.max_len})")
@@ -153,6 +151,7 @@ class DualTowerNet(nn.Module):
 class DualTowerModel(BaseModel):
     name = "dual_tower"
     Config = DualTowerConfig
+    fitted_attr = "net"
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -163,12 +162,13 @@ class DualTowerModel(BaseModel):
         self.band: tuple[float, float] = (0.5, 1.0)
         self.calibration = Calibration()
         self.history: list[dict] = []
-        self._fp: str | None = None  # fingerprint of the (frozen) encoder weights
+        self.pooler: TowerPooler | None = None  # towers -> pooled vectors (cached when frozen)
 
     # -- pieces
 
     def _device(self) -> torch.device:
-        return resolve_device(self.config.device, self.config.cpu_fallback)
+        device = resolve_device(self.config.device, self.config.cpu_fallback)
+        return train_device([device], listed=False) or device  # under DDP: this process's GPU
 
     def _build(self, backbone: str, n_features: int) -> None:
         from transformers import AutoModel
@@ -187,7 +187,7 @@ class DualTowerModel(BaseModel):
         if isinstance(pooler, nn.Module):  # unused by our pooling; frozen so DDP sees no idle grads
             pooler.requires_grad_(False)
         self.net = DualTowerNet(encoder, n_features, self.config)
-        self._fp = None
+        self.pooler = TowerPooler(self.net, self.tokenizer, self.config, self._frozen_by_config())
 
     def _encode(self, frame: pd.DataFrame) -> dict:
         ids_a, ids_b = encode_frame(frame, self.tokenizer, self.config)
@@ -203,22 +203,26 @@ class DualTowerModel(BaseModel):
         freeze = n if self.config.freeze_layers < 0 else self.config.freeze_layers
         return 0 < freeze >= n
 
+    def _stays_frozen(self, name: str) -> bool:
+        """An encoder parameter that fine-tuning leaves as the backbone has it (freeze_layers)."""
+        n = self._n_layers()
+        freeze = n if self.config.freeze_layers < 0 else self.config.freeze_layers
+        return freeze > 0 and layer_depth(name, n) <= freeze
+
     def _param_groups(self) -> list[dict]:
         """Head at head_lr; encoder layer i at lr * layer_decay^(depth from the top), embeddings
         lowest; no weight decay on biases and norms; frozen bottom layers left out."""
         cfg, net = self.config, self.net
         n_layers = self._n_layers()
-        freeze = n_layers if cfg.freeze_layers < 0 else cfg.freeze_layers
         groups: dict[tuple, dict] = {}
         for name, p in net.named_parameters():
             if not p.requires_grad:
                 continue
             if name.startswith("encoder."):
-                depth = _layer_depth(name, n_layers)
-                if freeze > 0 and depth <= freeze:
+                if self._stays_frozen(name):
                     p.requires_grad_(False)
                     continue
-                lr = cfg.train.lr * cfg.layer_decay ** (n_layers - depth)
+                lr = cfg.train.lr * cfg.layer_decay ** (n_layers - layer_depth(name, n_layers))
             else:
                 lr = cfg.head_lr or cfg.train.lr
             wd = 0.0 if p.ndim < 2 else cfg.train.weight_decay
@@ -235,126 +239,7 @@ class DualTowerModel(BaseModel):
         return loss.mean()
 
     def _collate(self, enc: dict, labels: np.ndarray, pooled: tuple[np.ndarray, np.ndarray] | None = None):
-        """Items 0..n-1 are the battles, n..2n-1 the same battles swapped (labels [1,0,2]). With
-        `pooled` (frozen encoder) batches carry cached vectors instead of token ids."""
-        pad_id = self.tokenizer.pad_token_id
-        n = len(enc["a"])
-
-        def collate(items: list[int]) -> dict:
-            rows = np.array([i % n for i in items])
-            swapped = np.array([i >= n for i in items])
-            batch = {"labels": torch.from_numpy(np.where(swapped, np.asarray(SWAP_INDEX)[labels[rows]],
-                                                         labels[rows]))}
-            if pooled is not None:
-                pa = np.where(swapped[:, None], pooled[1][rows], pooled[0][rows])
-                pb = np.where(swapped[:, None], pooled[0][rows], pooled[1][rows])
-                batch["pooled"] = torch.from_numpy(np.concatenate([pa, pb]))
-            else:
-                a = [enc["b"][r] if s else enc["a"][r] for r, s in zip(rows, swapped)]
-                b = [enc["a"][r] if s else enc["b"][r] for r, s in zip(rows, swapped)]
-                batch["input_ids"], batch["attention_mask"] = pad(a + b, pad_id)
-            if enc["features"] is not None:
-                f = enc["features"]
-                fa = np.where(swapped[:, None], f[rows, 1], f[rows, 0])
-                fb = np.where(swapped[:, None], f[rows, 0], f[rows, 1])
-                batch["features"] = torch.from_numpy(np.concatenate([fa, fb]))
-            return batch
-
-        return collate
-
-    def _autocast(self, device: torch.device):
-        amp = mixed_precision(self.config.train.precision, device)
-        if amp == "no":
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-    # -- inference core
-
-    @torch.inference_mode()
-    def _pool_towers(self, towers: list[list[int]], order: list[int], pad_to_max_len: bool = False) -> torch.Tensor:
-        """Pooled vectors (CPU float32) of towers[order[k]] at row k, encoded in that order in
-        token-budget batches padded to the batch's longest tower (or to max_len when asked)."""
-        cfg, net = self.config, self.net
-        net.eval()
-        device = next(net.parameters()).device
-        lengths = np.full(len(order), cfg.max_len) if pad_to_max_len else np.array([len(towers[i]) for i in order])
-        out = torch.zeros(len(order), net.encoder.config.hidden_size)
-        # `order` is already longest-first (or all equal), so the stable sort inside keeps it
-        for batch in token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows):
-            ids, mask = pad([towers[order[j]] for j in batch], self.tokenizer.pad_token_id,
-                             cfg.max_len if pad_to_max_len else None)
-            with self._autocast(device):
-                out[torch.as_tensor(batch, dtype=torch.long)] = net.pool(ids.to(device), mask.to(device)).float().cpu()
-        return out
-
-    def _pair_pooled(self, enc: dict, pad_to_max_len: bool | None = None,
-                     dedupe: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled vectors of tower A and B for every row, in row order.
-
-        Towers (not rows) are batched longest first, so each pads only to similar-length towers;
-        ties are broken by the ids themselves, so the batches are a function of the set of towers
-        only and a swapped battle meets bit-identical encoder input (exact swap symmetry). Identical
-        towers (the arena repeats prompt+response pairs) are encoded once. pad_to_max_len (the
-        benchmark baseline) pads every tower to max_len and keeps row order instead.
-        """
-        pad_to_max_len = self.config.pad_to_max_len if pad_to_max_len is None else pad_to_max_len
-        towers, n = enc["a"] + enc["b"], len(enc["a"])
-        if pad_to_max_len:  # row by row, the row's two towers in canonical order
-            order = [j for i in range(n) for j in ((i, i + n) if towers[i] <= towers[i + n] else (i + n, i))]
-        elif not dedupe:
-            order = sorted(range(2 * n), key=lambda i: (-len(towers[i]), towers[i]))
-        else:
-            distinct = sorted({tuple(t) for t in towers}, key=lambda t: (-len(t), t))
-            where = {t: k for k, t in enumerate(distinct)}
-            pooled = self._pool_towers(distinct, list(range(len(distinct))))
-            v = pooled[torch.as_tensor([where[tuple(t)] for t in towers], dtype=torch.long)]
-            return v[:n], v[n:]
-        v = torch.empty(2 * n, self.net.encoder.config.hidden_size)
-        v[torch.as_tensor(order, dtype=torch.long)] = self._pool_towers(towers, order, pad_to_max_len)
-        return v[:n], v[n:]
-
-    def _fingerprint(self) -> str:
-        if self._fp is None:
-            import hashlib
-
-            h = hashlib.sha1(f"{type(self.net.encoder).__name__}|{self.config.pooling}|{self.config.infer_max_tokens}|"
-                             f"{self.config.infer_max_rows}|{self.config.train.precision}".encode())
-            for name, t in self.net.encoder.state_dict().items():
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            self._fp = h.hexdigest()
-        return self._fp
-
-    def _frame_pooled(self, enc: dict, pad_to_max_len: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """_pair_pooled, memoized across folds when the encoder is frozen (bit-identical either way)."""
-        pad = self.config.pad_to_max_len if pad_to_max_len is None else pad_to_max_len
-        if not self._frozen_by_config():
-            return self._pair_pooled(enc, pad)
-        key = (self._fingerprint(), str(next(self.net.parameters()).device), _ids_key(enc), pad)
-        if key not in _FRAME_CACHE:
-            if len(_FRAME_CACHE) >= _FRAME_CACHE_SIZE:
-                _FRAME_CACHE.pop(next(iter(_FRAME_CACHE)))
-            _FRAME_CACHE[key] = self._pair_pooled(enc, pad)
-        return _FRAME_CACHE[key]
-
-    @torch.inference_mode()
-    def _cached_pooled(self, enc: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Frozen encoder only: pooled vectors of both towers, each distinct tower encoded once per
-        process (not bit-stable across batchings, so used for training and evaluation only)."""
-        key = self._fingerprint()
-        if _POOLED_CACHE["key"] != key:
-            _POOLED_CACHE["key"], _POOLED_CACHE["vectors"] = key, {}
-        cache = _POOLED_CACHE["vectors"]
-        towers = enc["a"] + enc["b"]
-        keys = [_tower_key(t) for t in towers]
-        todo = list({k: i for i, k in enumerate(keys) if k not in cache}.values())
-        if todo:
-            todo.sort(key=lambda i: -len(towers[i]))
-            for i, vec in zip(todo, self._pool_towers(towers, todo).numpy()):
-                cache[keys[i]] = vec
-        n = len(enc["a"])
-        vectors = np.stack([cache[k] for k in keys])
-        return vectors[:n], vectors[n:]
+        return partial(collate_towers, enc=enc, labels=labels, pad_id=self.tokenizer.pad_token_id, pooled=pooled)
 
     def _joined(self, pa, pb, feats) -> tuple[torch.Tensor, torch.Tensor]:
         """Head inputs of towers A and B: pooled vectors (+ their features), on the head's device."""
@@ -408,7 +293,7 @@ class DualTowerModel(BaseModel):
 
         labels = train["label"].to_numpy(dtype=np.int64)
         enc = self._encode(train)
-        pooled = self._cached_pooled(enc) if frozen else None
+        pooled = self.pooler.cached_pooled(enc) if frozen else None
         lengths = np.maximum([len(x) for x in enc["a"]], [len(x) for x in enc["b"]])
         if cfg.swap_augment:
             lengths = np.concatenate([lengths, lengths])
@@ -416,82 +301,70 @@ class DualTowerModel(BaseModel):
         loader = torch.utils.data.DataLoader(range(len(lengths)), batch_sampler=sampler,
                                              collate_fn=self._collate(enc, labels, pooled))
 
-        evaluate, valid = None, held_out
+        held_out_loss, valid = None, held_out  # the held-out log loss the loop selects on
         if len(valid):
             valid_enc, valid_y = self._encode(valid), valid["label"].to_numpy(dtype=np.int64)
             valid_pooled = None
             if frozen:  # the predict path's own vectors: predict_proba(valid) after fit reuses them
-                valid_pooled = self._frame_pooled(valid_enc)
+                valid_pooled = self.pooler.frame_pooled(valid_enc)
                 _remember(valid_enc, valid_pooled)
 
-            def evaluate(net) -> float:
-                pa, pb = valid_pooled if frozen else self._pair_pooled(valid_enc)
+            def loss_on_held_out(net) -> float:
+                pa, pb = valid_pooled if frozen else self.pooler.pair_pooled(valid_enc)
                 if cfg.mode == "ranking":  # selection metric: the best band this ranking allows
                     d = self._score_diff(pa, pb, valid_enc["features"])
-                    return band_log_loss(band_proba(d, *fit_band(d, valid_y)), valid_y)
-                return band_log_loss(self._proba(pa, pb, valid_enc["features"]), valid_y)
+                    return log_loss(valid_y, band_proba(d, *fit_band(d, valid_y)))
+                return log_loss(valid_y, self._proba(pa, pb, valid_enc["features"]))
+
+            held_out_loss = loss_on_held_out
 
         # frozen encoder: every op of a step is microseconds, and intra-op threads only add
         # synchronisation (on a busy 2-core box, 100x); the previous setting comes back after
         with intra_op_threads(1 if frozen and device.type == "cpu" else None):
             result = train_loop(self.net, loader, self._loss, cfg.train, device,
-                                param_groups=groups, evaluate=evaluate, desc="dual_tower")
+                                param_groups=groups, evaluate=held_out_loss, desc="dual_tower")
         self.history = result.history
         if cfg.mode == "ranking":
-            pa, pb = pooled if frozen else self._pair_pooled(enc)
+            pa, pb = pooled if frozen else self.pooler.pair_pooled(enc)
             self.band = fit_band(self._score_diff(pa, pb, enc["features"]), labels)
         if len(held_out):
             self.calibration = fit_calibration(self._uncalibrated(held_out), held_out["label"].to_numpy(), prior)
         return self
 
     def predict_proba(self, frame: pd.DataFrame, pad_to_max_len: bool | None = None) -> np.ndarray:
-        if self.net is None:
-            raise RuntimeError("dual_tower: predict_proba before fit/load")
+        self.check_fitted()
         if len(frame) == 0:
             return np.zeros((0, 3))
         return self.calibration.apply(self._uncalibrated(frame, pad_to_max_len))
 
     def _uncalibrated(self, frame: pd.DataFrame, pad_to_max_len: bool | None = None) -> np.ndarray:
         enc = self._encode(frame)
-        pa, pb = self._frame_pooled(enc, pad_to_max_len)
+        pa, pb = self.pooler.frame_pooled(enc, pad_to_max_len)
         p = self._proba(pa, pb, enc["features"])
         return p / p.sum(axis=1, keepdims=True)
 
     def input_report(self, frame: pd.DataFrame) -> dict:
         """How much of each tower's text (prompt + response) survives truncation at max_len."""
-        if self.net is None:
-            raise RuntimeError("dual_tower: input_report before fit/load")
-        cut = CHARS_PER_TOKEN * self.config.max_len
-        specials = {i for i in special_ids(self.tokenizer) if i is not None}
-        out: dict = {"max_len": self.config.max_len, "battles": int(len(frame))}
-        towers = encode_frame(frame, self.tokenizer, self.config)
-        any_cut = np.zeros(len(frame), dtype=bool)
-        for side, ids in zip(("response_a", "response_b"), towers):
-            texts = [[t[-cut:] for t in as_turns(p)] + [t[:cut] for t in as_turns(r)]
-                     for p, r in zip(frame["prompt"], frame[side])]
-            lengths = self.tokenizer([t for row in texts for t in row] or [""], add_special_tokens=False,
-                                     return_attention_mask=False)["input_ids"]
-            pos = iter(lengths)
-            total = np.array([sum(len(next(pos)) for _ in row) for row in texts], dtype=float)
-            kept = np.array([sum(t not in specials for t in tower) for tower in ids], dtype=float)
-            cut_rows = kept < total
-            any_cut |= cut_rows
-            out[f"tower_{side}"] = {"kept_share": round(float(np.where(total > 0, kept / np.maximum(total, 1), 1).mean()), 4),
-                                    "battles_cut": round(float(cut_rows.mean()), 4)}
-        out["battles_cut_any"] = round(float(any_cut.mean()), 4)
-        return out
+        self.check_fitted("input_report")
+        return truncation_report(frame, self.tokenizer, self.config)
 
     def _save_state(self, path: Path) -> None:
+        """Head, scaler, calibration and only the encoder weights this fold trained: the frozen ones
+        are re-read from `backbone` on load and checked against their digest (a frozen MiniLM
+        costs nothing per fold instead of 87 MB)."""
         from safetensors.torch import save_file
 
-        encoder_dir = path / ENCODER_DIR
-        self.net.encoder.save_pretrained(encoder_dir)
-        self.tokenizer.save_pretrained(encoder_dir)
+        encoder = {k: v for k, v in self.net.encoder.state_dict().items()}
+        trained = {k: v.detach().cpu().contiguous() for k, v in encoder.items() if not self._stays_frozen(f"encoder.{k}")}
+        frozen = [(k, v) for k, v in encoder.items() if self._stays_frozen(f"encoder.{k}")]
+        if trained:
+            save_file(trained, str(path / ENCODER_FILE))
         head = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()
                 if not k.startswith("encoder.")}
         save_file(head, str(path / HEAD_FILE))
         state = {"band": list(self.band), "history": self.history, "calibration": self.calibration.to_json(),
-                 "features": self.features.to_json() if self.features is not None else None}
+                 "features": self.features.to_json() if self.features is not None else None,
+                 "frozen_encoder_digest": tensor_digest(frozen)}
         (path / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
     def _load_state(self, path: Path) -> None:
@@ -502,23 +375,17 @@ class DualTowerModel(BaseModel):
         self.band, self.history = tuple(state["band"]), state.get("history", [])
         self.calibration = Calibration.from_json(state["calibration"])
         n_feat = len(self.features.names) if self.features is not None else 0
-        self._build(str(path / ENCODER_DIR), n_feat)
+        self._build(self.config.backbone, n_feat)
+        encoder = self.net.encoder.state_dict()
+        digest = tensor_digest((k, v) for k, v in encoder.items() if self._stays_frozen(f"encoder.{k}"))
+        if digest != state["frozen_encoder_digest"]:
+            raise ModelLoadError(f"{path}: dual_tower.backbone {self.config.backbone} no longer has the weights "
+                                 f"this fold was trained on; retrain the fold (dvc repro)")
+        if (path / ENCODER_FILE).is_file():
+            self.net.encoder.load_state_dict(load_file(str(path / ENCODER_FILE)), strict=False)
         missing, unexpected = self.net.load_state_dict(load_file(str(path / HEAD_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
         if missing or unexpected:
             raise RuntimeError(f"{path}: head weights do not match the config (missing {missing}, "
                                f"unexpected {unexpected})")
         self.net.to(self._device()).eval()
-
-
-
-def _layer_depth(name: str, n_layers: int) -> int:
-    """0 for embeddings, i+1 for transformer layer i, n_layers for anything else (top norms,
-    DeBERTa's relative embeddings)."""
-    import re
-
-    if ".embeddings." in name:
-        return 0
-    m = re.search(r"\.layers?\.(\d+)\.", name)
-    return int(m.group(1)) + 1 if m else n_layers
-

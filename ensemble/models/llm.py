@@ -12,33 +12,30 @@ tokenizer; the base model is re-read from `base_model` on load.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..batching import collate_battles
 from ..battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
-from ..batching import pad
-from ..config import ConfigError
+from ..config import Choice, ConfigError, Range
 from ..data import SWAP_INDEX, unswap_proba
+from ..distributed import train_device
 from ..folds import prompt_groups
-from ..hf import ModelLoadError, load_config, load_pretrained, load_tokenizer, resolve_pretrained, set_seed, \
-    token_budget_batches
+from ..hf import ModelLoadError, load_tokenizer, set_seed, token_budget_batches
 from ..inference import Replicas, resolve_devices, run_sharded
-from ..llm_backbone import LAYERWISE_MODEL_TYPES, LLAMA_LINEAR_MODULES, FrozenCache, check_quantization, cpu_has_bf16, forward_from, \
-    no_cpu_repacking, quiet_transformers, sequence_key
+from ..llm_backbone import DEFAULT_BASE, base_path, check_cache_memory, forward_from, frozen_pass, layer_plan, \
+    load_base, lora_config, sequence_key
 from ..probe import Calibration, calibration_split, class_prior, fit_calibration, fit_linear_probe
-from ..training import TrainConfig, is_distributed, train_loop
+from ..training import TrainConfig, train_loop
 from .base import BaseModel
 
-DEFAULT_BASE = "artifacts/pretrained/smollm2"
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "head.safetensors"
@@ -83,39 +80,25 @@ class LLMConfig:
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
     pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
-    devices: list = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on the first
+    devices: list | str = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on the first
     cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
 
-
-_CHOICES = {"quantization": ("4bit", "8bit", "none"), "compute_dtype": ("auto", "fp32", "bf16", "fp16"),
-            "layout": ("plain", "chat"), "turns": ("interleaved", "grouped"),
-            "truncation_side": ("left", "right"), "pooling": ("last", "last_and_spans")}
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    constraints: ClassVar[dict] = {
+        "quantization": Choice("4bit", "8bit", "none"), "compute_dtype": Choice("auto", "fp32", "bf16", "fp16"),
+        "layout": Choice("plain", "chat"), "turns": Choice("interleaved", "grouped"),
+        "truncation_side": Choice("left", "right"), "pooling": Choice("last", "last_and_spans"),
+        "num_layers": Range(0), "lora_layers": Range(0), "lora_r": Range(1), "lora_alpha": Range(0, low_open=True),
+        "lora_dropout": Range(0, 1, high_open=True), "calib_frac": Range(0, 0.9, high_open=True),
+        "max_len": Range(16), "prompt_frac": Range(0, 1, high_open=True), "max_train_rows": Range(0),
+        "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
 
 
 def _check_config(cfg: LLMConfig) -> None:
-    for key, allowed in _CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"params llm.{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
-    for key in ("swap_augment", "swap_tta", "pad_to_max_len", "cpu_fallback"):
-        if not isinstance(getattr(cfg, key), bool):
-            raise ConfigError(f"params llm.{key}: {getattr(cfg, key)!r} must be true or false")
-    for key in ("num_layers", "lora_layers", "max_train_rows", "max_len", "lora_r", "infer_max_tokens", "infer_max_rows"):
-        value = getattr(cfg, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"params llm.{key}: {value!r} must be a whole number >= 0")
-    if cfg.max_len < 16:
-        raise ConfigError(f"params llm.max_len: {cfg.max_len} is too small (at least 16 tokens)")
-    if not 0.0 <= cfg.prompt_frac < 1.0:
-        raise ConfigError(f"params llm.prompt_frac: {cfg.prompt_frac} must lie in [0, 1)")
-    if not 0.0 <= cfg.calib_frac < 0.9:
-        raise ConfigError(f"params llm.calib_frac: {cfg.calib_frac} must lie in [0, 0.9)")
+    """What one key's constraint cannot say (types, choices and ranges are checked by from_dict)."""
     if cfg.infer_max_tokens < cfg.max_len:
         raise ConfigError(f"params llm.infer_max_tokens: {cfg.infer_max_tokens} is below one row "
                           f"(max_len = {cfg.max_len})")
-    if cfg.lora_r < 1:
-        raise ConfigError(f"params llm.lora_r: {cfg.lora_r} must be >= 1")
     if cfg.num_layers and cfg.lora_layers > cfg.num_layers:
         raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} is more than num_layers ({cfg.num_layers})")
     cs = cfg.probe_c if isinstance(cfg.probe_c, list) else [cfg.probe_c]
@@ -171,29 +154,12 @@ class PairClassifier(nn.Module):
         return self.score(self.pool(self.hidden_states(attention_mask, input_ids, hidden), attention_mask, tags))
 
 
-def collate(idx, ids: list, tags: list, pad_id: int, hidden: list | None = None, labels=None,
-            pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Right padding (the head pools the last real token): ids or cached hidden states, mask, tags."""
-    idx = list(idx)
-    input_ids, mask = pad([ids[i] for i in idx], pad_id, pad_to)
-    batch = {"attention_mask": mask, "tags": pad([tags[i] for i in idx], -1, pad_to)[0]}
-    if hidden is None:
-        batch["input_ids"] = input_ids
-    else:  # (B, L, h) states entering the first trained layer, zero past each row's end
-        states = torch.zeros((len(idx), mask.shape[1], hidden[idx[0]].shape[-1]), dtype=hidden[idx[0]].dtype)
-        for r, i in enumerate(idx):
-            states[r, :len(ids[i])] = hidden[i]
-        batch["hidden"] = states
-    if labels is not None:
-        batch["labels"] = torch.as_tensor([int(labels[i]) for i in idx], dtype=torch.long)
-    return batch
-
-
 # ----------------------------------------------------------------------------- the model
 
 class LLMModel(BaseModel):
     name = "llm"
     Config = LLMConfig
+    fitted_attr = "adapter_state"
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -210,18 +176,8 @@ class LLMModel(BaseModel):
         return resolve_devices(self.config.devices, self.config.cpu_fallback)
 
     def _train_device(self) -> torch.device:
-        if is_distributed() and torch.cuda.is_available():  # `accelerate launch`: one GPU per process
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return self._devices()[0]
-
-    def _dtype(self, device: torch.device) -> torch.dtype:
-        if self.config.compute_dtype != "auto":
-            return _DTYPES[self.config.compute_dtype]
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if self.config.quantization == "4bit" and cpu_has_bf16():
-            return torch.bfloat16  # only the matmuls: norms, embeddings and residuals stay fp32 (kbit prep)
-        return torch.float32  # unquantized weights in bf16 would put the residual stream in bf16 too
+        devices = self._devices()  # under DDP: this process's GPU, which `devices` must list
+        return train_device(devices) or devices[0]
 
     def _encoder(self) -> BattleEncoder:
         limit = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
@@ -229,93 +185,13 @@ class LLMModel(BaseModel):
         return BattleEncoder(self.tokenizer, max_len, self.config.prompt_frac, self.config.layout,
                              self.config.turns, self.config.truncation_side)
 
-    def _base_path(self) -> str:
-        base = self.config.base_model
-        if base == DEFAULT_BASE and not Path(base).is_dir():
-            raise ModelLoadError(f"{base}: no such model folder; build it with `python -m ensemble.convert --out "
-                                 f"{base}` (the convert_llm stage of `dvc repro`), or set llm.base_model to a "
-                                 f"local Hugging Face folder or `embedded:smollm2`")
-        return resolve_pretrained(base)
-
-    def _layers(self) -> tuple[int, int]:
-        """(kept layers, first LoRA layer), checked against the base model's config."""
-        cfg = self.config
-        config = load_config(self._base_path())
-        available = int(getattr(config, "num_hidden_layers", 0) or 0)
-        if cfg.num_layers and available and cfg.num_layers > available:
-            raise ConfigError(f"params llm.num_layers: {cfg.num_layers} but {cfg.base_model} has only "
-                              f"{available} layers")
-        kept = cfg.num_layers or available
-        if cfg.lora_layers > kept:
-            raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} but only {kept} layers are kept")
-        start = kept - cfg.lora_layers if cfg.lora_layers else 0
-        if start and getattr(config, "model_type", None) not in LAYERWISE_MODEL_TYPES:
-            raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} (frozen lower layers computed once) "
-                              f"supports model types {', '.join(LAYERWISE_MODEL_TYPES)}, not "
-                              f"{getattr(config, 'model_type', '?')!r}; set lora_layers: 0")
-        return kept, start
-
-    def _backbone_key(self, device: torch.device) -> str:
-        cfg = self.config
-        return json.dumps([self._base_path(), cfg.quantization, str(self._dtype(device)), self._layers(), cfg.pooling])
-
-    def _lora_config(self, kept: int, start: int):
-        from peft import LoraConfig, TaskType
-
-        targets = self.config.lora_target_modules
-        if start and targets == "all-linear":  # peft takes layers_to_transform with a list of names only
-            targets = list(LLAMA_LINEAR_MODULES)
-        return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=self.config.lora_r,
-                          lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout,
-                          target_modules=targets if isinstance(targets, str) else list(targets),
-                          layers_to_transform=list(range(start, kept)) if start else None,
-                          layers_pattern="layers" if start else None)
-
-    def _load_base(self, device: torch.device, training: bool = False):
-        from transformers import AutoModel, BitsAndBytesConfig
-
-        cfg = self.config
-        path = self._base_path()
-        kept, _ = self._layers()
-        check_quantization(cfg.quantization, device)
-        dtype = self._dtype(device)
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if cfg.num_layers:
-            kwargs["num_hidden_layers"] = kept
-        if cfg.quantization != "none":
-            if cfg.quantization == "4bit":
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=dtype)
-            else:
-                kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-            kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": str(device)}
-        with quiet_transformers():
-            model = load_pretrained(AutoModel, path, "model", **kwargs)
-        if cfg.quantization == "none":
-            model.to(device)
-        elif cfg.quantization == "4bit":
-            no_cpu_repacking(model)
-        if len(self.tokenizer) > model.get_input_embeddings().num_embeddings:
-            # a pad token added by load_tokenizer: its row is never attended nor pooled, so it is not saved
-            model.resize_token_embeddings(len(self.tokenizer))
-        model.config.pad_token_id = self.tokenizer.pad_token_id
-        if cfg.quantization != "none":
-            # fp32 norms/embeddings, frozen base; run for inference too so dtypes match training
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=training and cfg.train.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
-
     def _build_replica(self, device: torch.device, training: bool = False) -> PairClassifier:
         from peft import get_peft_model, set_peft_model_state_dict
 
         set_seed(self.config.train.seed)  # same LoRA/head initialisation for the same fold
-        kept, start = self._layers()
-        base = self._load_base(device, training)
-        net = PairClassifier(get_peft_model(base, self._lora_config(kept, start)), base.config.hidden_size,
+        kept, start = layer_plan(self.config)
+        base = load_base(self.config, self.tokenizer, device, training)
+        net = PairClassifier(get_peft_model(base, lora_config(self.config, kept, start)), base.config.hidden_size,
                              self.config.pooling, start).to(device)
         net.score.float()
         if self.adapter_state is not None:
@@ -332,33 +208,6 @@ class LLMModel(BaseModel):
             net.eval()
         return net
 
-    # -- the frozen pass: hidden states entering the first LoRA layer and the probe's features
-    def _frozen(self, net: PairClassifier, enc_ids: list, enc_tags: list, device: torch.device) -> FrozenCache:
-        cache = FrozenCache(self._backbone_key(device))
-        keys = [sequence_key(i, t) for i, t in zip(enc_ids, enc_tags)]
-        todo = cache.missing(keys)
-        if not todo:
-            return cache
-        lengths = np.array([len(enc_ids[j]) for j in todo])
-        pad_id = self.tokenizer.pad_token_id
-        was_training = net.training
-        net.eval()
-        plan = token_budget_batches(lengths, self.config.infer_max_tokens, self.config.infer_max_rows)
-        with torch.inference_mode(), net.backbone.disable_adapter():
-            for batch in tqdm(plan, desc=f"llm frozen layers ({len(todo)} new sequences)", dynamic_ncols=True, leave=False):
-                rows = [todo[b] for b in batch]
-                x = collate(rows, enc_ids, enc_tags, pad_id)
-                mask = x["attention_mask"].to(device)
-                out = net.base(input_ids=x["input_ids"].to(device), attention_mask=mask,
-                               output_hidden_states=bool(net.start))
-                pooled = net.pool(out.last_hidden_state, mask, x["tags"].to(device)).cpu().numpy()
-                for r, j in enumerate(rows):
-                    n = len(enc_ids[j])
-                    hidden = out.hidden_states[net.start][r, :n].to("cpu", copy=True) if net.start else None
-                    cache.put(keys[j], hidden, pooled[r])
-        net.train(was_training)
-        return cache
-
     # -- inference
     def _raw_proba(self, enc: Encoded, net_for=None, devices=None) -> np.ndarray:
         """Uncalibrated probabilities of each battle (swap-averaged when enc holds the twins)."""
@@ -373,7 +222,7 @@ class LLMModel(BaseModel):
         first = replicas.get(devices[0])
         hidden = None
         if first.start:
-            cache = self._frozen(first, ids, tags, devices[0])
+            cache = frozen_pass(cfg, first, ids, tags, self.tokenizer.pad_token_id, devices[0])
             hidden = cache.hidden([sequence_key(i, t) for i, t in zip(ids, tags)])
         lengths = np.array([len(x) for x in enc.ids])
         if enc.swap_ids is not None:  # one plan for both passes: a battle and its twin land in identical batches
@@ -388,7 +237,7 @@ class LLMModel(BaseModel):
         pad_id, pad_to = self.tokenizer.pad_token_id, (cfg.max_len if cfg.pad_to_max_len else None)
 
         def predict_batch(net, device, idx):
-            batch = {k: v.to(device) for k, v in collate(idx, ids, tags, pad_id, hidden, pad_to=pad_to).items()}
+            batch = {k: v.to(device) for k, v in collate_battles(idx, ids, tags, pad_id, hidden, pad_to=pad_to).items()}
             with torch.inference_mode():
                 logits = net(**batch)
             return torch.softmax(logits.double(), dim=-1).cpu().numpy()
@@ -400,18 +249,14 @@ class LLMModel(BaseModel):
         return 0.5 * (out[:n] + unswap_proba(out[n:]))
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        self._check_fitted()
+        self.check_fitted()
         enc = self._encoder().encode_frame(frame, swapped=self.config.swap_tta)
         return self.calibration.apply(self._raw_proba(enc))
 
     def input_report(self, frame: pd.DataFrame) -> dict:
         """How much of the prompt and of each response survives truncation at max_len."""
-        self._check_fitted()
+        self.check_fitted("input_report")
         return {"max_len": self.config.max_len, **self._encoder().encode_frame(frame, swapped=False).truncation.summary()}
-
-    def _check_fitted(self) -> None:
-        if self.tokenizer is None or self.adapter_state is None:
-            raise RuntimeError("llm: predict before fit/load")
 
     # -- training
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "LLMModel":
@@ -420,7 +265,7 @@ class LLMModel(BaseModel):
         cfg = self.config
         set_seed(cfg.train.seed)
         device = self._train_device()
-        self.tokenizer = load_tokenizer(self._base_path(), cfg.max_len)
+        self.tokenizer = load_tokenizer(base_path(cfg), cfg.max_len)
         encoder = self._encoder()
         encoder.check_budget()
         self._replicas.clear()
@@ -437,10 +282,10 @@ class LLMModel(BaseModel):
         g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
         net = self._build_replica(device, training=True)
         if net.start:
-            self._check_cache_memory(ids, net)
+            check_cache_memory(cfg, ids, net.base.config.hidden_size)
 
         # 1. linear probe on the frozen model's pooled features (LP)
-        cache = self._frozen(net, ids, tags, device)
+        cache = frozen_pass(cfg, net, ids, tags, self.tokenizer.pad_token_id, device)
         keys = [sequence_key(i, t) for i, t in zip(ids, tags)]
         probe = fit_linear_probe(cache.pooled(keys), y, g, cfg.probe_c, cfg.train.seed)
         with torch.no_grad():
@@ -460,7 +305,7 @@ class LLMModel(BaseModel):
             loader = torch.utils.data.DataLoader(
                 items.tolist(), batch_size=cfg.train.batch_size, shuffle=True,
                 generator=torch.Generator().manual_seed(cfg.train.seed),
-                collate_fn=lambda idx: collate(idx, ids, tags, pad_id, hidden, y))
+                collate_fn=lambda idx: collate_battles(idx, ids, tags, pad_id, hidden, y))
 
             def loss_fn(m, batch) -> torch.Tensor:
                 logits = m(batch["attention_mask"], batch["tags"], batch.get("input_ids"), batch.get("hidden"))
@@ -486,18 +331,6 @@ class LLMModel(BaseModel):
                          "calibration": self.calibration.to_json(), "truncation": enc.truncation.summary()}
         return self
 
-    def _check_cache_memory(self, ids: list, net: PairClassifier) -> None:
-        """The frozen states of every battle stay in RAM (fp32): refuse before computing them when
-        the training part alone (x1.5 for valid and test rows) would take over half the memory."""
-        hidden = net.base.config.hidden_size
-        need = 1.5 * sum(len(x) for x in ids) * hidden * 4
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        if need > 0.5 * total:
-            raise ConfigError(f"params llm.lora_layers: {self.config.lora_layers} keeps the frozen layers' states "
-                              f"of every battle in memory, about {need / 2**30:.1f} GiB here against "
-                              f"{total / 2**30:.0f} GiB of RAM; set lora_layers: 0 (every layer trains, nothing "
-                              f"cached), lower max_len, or use fewer rows")
-
     @staticmethod
     def _trainable_state(net: PairClassifier) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
@@ -511,12 +344,11 @@ class LLMModel(BaseModel):
     def _save_state(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        if self.adapter_state is None or self.tokenizer is None:
-            raise RuntimeError("llm: save before fit")
+        self.check_fitted("save")
         adapter = path / ADAPTER_DIR
         adapter.mkdir(parents=True, exist_ok=True)
-        kept, start = self._layers()
-        self._lora_config(kept, start).save_pretrained(str(adapter))
+        kept, start = layer_plan(self.config)
+        lora_config(self.config, kept, start).save_pretrained(str(adapter))
         lora = {k: v.contiguous() for k, v in self.adapter_state.items() if k.startswith("backbone.")}
         head = {k: v.contiguous() for k, v in self.adapter_state.items() if k.startswith("score.")}
         save_file(lora, str(adapter / ADAPTER_FILE))

@@ -1,0 +1,100 @@
+"""Apply a params profile: `python -m ensemble.profile profiles/real-cpu.yaml [--set key=value ...]`.
+
+A profile is a partial params.yaml (a real CPU run, a GPU run). Its keys are merged into params.yaml
+in place, comments kept (ruamel.yaml round trip, which DVC itself uses for `dvc exp run -S`); every
+key must already exist there, and the result is checked like any params before it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import yaml
+
+from .cli import fail_cleanly
+from .config import DEFAULT_PARAMS, ConfigError, load_params
+from .io import write_text
+
+#: sections checked by their model's config class (the others are plain values)
+MODEL_SECTIONS = ("lgbm", "dual_tower", "llm")
+
+
+def _merge(target, overlay: dict, where: str, changes: list[str]) -> None:
+    for key, value in overlay.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in target:
+            raise ConfigError(f"profile key {name} is not in params.yaml (known here: {', '.join(map(str, target))})")
+        if isinstance(value, dict) and isinstance(target[key], dict):
+            _merge(target[key], value, name, changes)
+        elif target[key] != value:
+            changes.append(f"{name}: {target[key]!r} -> {value!r}")
+            target[key] = value
+
+
+def _parse_set(items: list[str]) -> dict:
+    overlay: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. data.train=data/train.csv")
+        node = overlay
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return overlay
+
+
+def _represent_float(representer, value: float):
+    """1e-05 is a string to YAML 1.1 readers (PyYAML); write 1.0e-05."""
+    text = repr(value)
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def apply_profile(profile: Path | None, sets: list[str], params_path: Path = DEFAULT_PARAMS) -> list[str]:
+    from ruamel.yaml import YAML
+
+    from .models import create
+
+    overlays = []
+    if profile is not None:
+        overlays.append(load_params(profile))
+    overlays.append(_parse_set(sets))
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.representer.add_representer(float, _represent_float)
+    load_params(params_path)  # a clear error for a missing or broken params file
+    doc = rt.load(params_path.read_text(encoding="utf-8"))
+    changes: list[str] = []
+    for overlay in overlays:
+        _merge(doc, overlay, "", changes)
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    merged = yaml.safe_load(buf.getvalue())
+    for section in MODEL_SECTIONS:
+        if section in merged:
+            create(section, merged[section])
+    write_text(params_path, buf.getvalue())
+    return changes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("profile", type=Path, nargs="?", help="a partial params file, e.g. profiles/real-cpu.yaml")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more key, e.g. --set data.train=data/train.csv (applied after the profile)")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    args = parser.parse_args(argv)
+    changes = apply_profile(args.profile, args.sets, args.params)
+    print("\n".join(changes) if changes else "params.yaml already matches")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(fail_cleanly(main))

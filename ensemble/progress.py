@@ -1,0 +1,43 @@
+"""Progress that suits where it runs: a live tqdm bar in a terminal; in a log (CI, nohup, a
+notebook's captured output) no bar redraws, only a few summary lines (per fold, per epoch)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from tqdm.auto import tqdm
+
+
+def live() -> bool:
+    """Whether stderr is a terminal (ENSEMBLE_PROGRESS=bar|log forces either)."""
+    forced = os.environ.get("ENSEMBLE_PROGRESS", "").strip().lower()
+    if forced in ("bar", "log"):
+        return forced == "bar"
+    return sys.stderr.isatty()
+
+
+def bar(total: int, desc: str | None, enabled: bool = True, leave: bool = True) -> tqdm:
+    """A live bar in a terminal; a disabled one (no output at all) anywhere else."""
+    return tqdm(total=total, desc=desc, disable=not (enabled and desc and live()), dynamic_ncols=True, leave=leave)
+
+
+def log(message: str) -> None:
+    """One summary line; in a terminal the bars already show it unless `always`."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def log_quiet(message: str) -> None:
+    """A summary line only where no live bar is drawn."""
+    if not live():
+        log(message)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,165 @@
+"""Submit against a small finished LightGBM run: the fold set must match the folds, models from
+elsewhere come in through their files, and every bad input is one line and exit 2."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import battle_frame
+
+from ensemble.blend import run as run_blend
+from ensemble.cli import fail_cleanly
+from ensemble.data import DataError, load_battles, save_battles
+from ensemble.folds import make_folds
+from ensemble.oof import proba_frame, run_oof
+from ensemble.submit import main, make_submission
+
+TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
+LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1,
+        "vectorizer": {"max_features": 50, "min_df": 1}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fixed_code_digest():
+    """The fingerprint hashes the ensemble code; pinned so an edit elsewhere mid-run changes nothing."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("ensemble.oof.code_digest", lambda: "code-v1")
+        mp.setattr("ensemble.submit.code_digest", lambda: "code-v1")
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, fixed_code_digest):
+    art = tmp_path_factory.mktemp("submit") / "artifacts"
+    frame = battle_frame(150, seed=3)
+    train, test = frame.iloc[:120].reset_index(drop=True), frame.iloc[120:].drop(columns="label").reset_index(drop=True)
+    save_battles(art / "prepared" / "train.parquet", train)
+    save_battles(art / "prepared" / "test.parquet", test)
+    folds = make_folds(train, 3, seed=0)
+    folds.to_parquet(art / "folds.parquet")
+    run_oof("lgbm", LGBM, train, folds, art, test=test)
+    # a model from elsewhere: informative OOF on the project's folds, and test predictions
+    rng = np.random.default_rng(0)
+    ext = 0.5 * np.eye(3)[train["label"]] + 0.5 * rng.dirichlet(np.ones(3), len(train))
+    proba_frame(train["id"], ext, folds["fold"].to_numpy()).to_parquet(art / "oof" / "gemma.parquet")
+    proba_frame(test["id"][::-1], rng.dirichlet(np.ones(3), len(test))).to_parquet(art / "test" / "gemma.parquet")
+    return art, train, test
+
+
+def params_for(models, **blend):
+    return {"lgbm": LGBM, "blend": {"models": models, "bootstrap": 50, **blend}}
+
+
+@pytest.fixture
+def art(finished, tmp_path):
+    """A private copy, so a test may break it."""
+    src, train, test = finished
+    shutil.copytree(src, tmp_path / "artifacts")
+    return tmp_path / "artifacts", train, test
+
+
+@pytest.mark.parametrize("method", ["weights", "stack"])
+def test_fresh_prediction_matches_cached_and_external_model_is_used(art, method):
+    art, train, test = art
+    params = params_for(["lgbm", "gemma"], method=method)
+    run_blend(params, art, metrics_path=art / "head.json")
+    fresh = make_submission(test, art, params=params)
+    cached = make_submission(test, art, reuse_cached=True, params=params)
+    assert list(fresh["id"]) == list(test["id"])
+    np.testing.assert_allclose(fresh[TARGETS].to_numpy(), cached[TARGETS].to_numpy(), atol=1e-9)
+    saved = json.loads((art / "blend.json").read_text())
+    assert saved["method"] == method
+    if method == "stack" or saved["weights"]["gemma"] > 0.01:  # gemma's test file is what submit reads for it
+        path = art / "test" / "gemma.parquet"
+        gemma = pd.read_parquet(path)
+        gemma[TARGETS] = gemma[TARGETS].to_numpy()[::-1]
+        gemma.to_parquet(path)
+        changed = make_submission(test, art, params=params)
+        assert not np.allclose(changed[TARGETS].to_numpy(), fresh[TARGETS].to_numpy())
+
+
+def _fails(art, test, params, message, tmp_path, reuse=False):
+    test_csv = tmp_path / "t.parquet"
+    save_battles(test_csv, test)
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    argv = [str(test_csv), "-o", str(tmp_path / "sub.csv"), "--artifacts", str(art), "--params",
+            str(tmp_path / "params.yaml")] + (["--reuse-test-predictions"] if reuse else [])
+    with pytest.raises(DataError) as err:
+        main(argv)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert fail_cleanly(lambda: main(argv)) == 2 and not (tmp_path / "sub.csv").exists()
+
+
+def test_missing_extra_or_stale_fold_models_are_refused(art, tmp_path, fixed_code_digest):
+    art, train, test = art
+    params = params_for(["lgbm"])
+    run_blend(params, art, metrics_path=art / "head.json")
+    folds = art / "models" / "lgbm"
+    (folds / "fold_1" / "done.json").rename(tmp_path / "done.json")
+    _fails(art, test, params, "fold_1 missing or unfinished for the 3 folds", tmp_path)
+    (tmp_path / "done.json").rename(folds / "fold_1" / "done.json")
+    shutil.copytree(folds / "fold_0", folds / "fold_3")  # left by a run with n_splits 4
+    _fails(art, test, params, "fold_3 beyond the 3 folds", tmp_path)
+    shutil.rmtree(folds / "fold_3")
+    stale = {**params, "lgbm": {**LGBM, "n_estimators": 16}}
+    _fails(art, test, stale, "fold_0: no longer matches its fingerprint: params lgbm.n_estimators changed", tmp_path)
+    fixed_code_digest.setattr("ensemble.submit.code_digest", lambda: "code-v2")
+    _fails(art, test, params, "fold_0: no longer matches its fingerprint: the training rows, folds or ensemble code",
+           tmp_path)
+    assert len(make_submission(test, art, params=params, check_code=False)) == len(test)  # --skip-code-check
+    fixed_code_digest.setattr("ensemble.submit.code_digest", lambda: "code-v1")
+    assert len(make_submission(test, art, params=params)) == len(test)
+    labels = load_battles(art / "prepared" / "train.parquet")
+    save_battles(art / "prepared" / "train.parquet", labels.assign(label=(labels["label"] + 1) % 3))
+    _fails(art, test, params, "the training rows, folds or ensemble code changed", tmp_path)
+
+
+def test_external_test_file_must_cover_the_test_file(art, tmp_path):
+    art, train, test = art
+    params = params_for(["lgbm", "gemma"])
+    run_blend(params, art, metrics_path=art / "head.json")
+    path = art / "test" / "gemma.parquet"
+    pd.read_parquet(path).iloc[1:].to_parquet(path)
+    _fails(art, test, params, "gemma.parquet: no predictions for 1 of the 30 ids", tmp_path)
+    _fails(art, test, params, "gemma is a model from elsewhere", tmp_path)
+
+
+BAD_OOF = {  # how the external OOF file is broken -> what the one-line message says
+    "missing id": (lambda f: f.iloc[1:], "no OOF rows for 1 training ids"),
+    "extra id": (lambda f: pd.concat([f, f.iloc[:1].assign(id="stranger")]), "1 id(s) that are not training ids"),
+    "duplicate id": (lambda f: pd.concat([f, f.iloc[:1]]), "1 duplicate id(s)"),
+    "other folds": (lambda f: f.assign(fold=(f["fold"] + 1) % 3), "column fold differs from"),
+    "float folds": (lambda f: f.assign(fold=f["fold"] + 0.5), "column fold has dtype float64"),
+    "no fold column": (lambda f: f.drop(columns="fold"), "missing column(s) fold"),
+    "NaN": (lambda f: f.assign(winner_tie=np.where(np.arange(len(f)) == 3, np.nan, f["winner_tie"])), "NaN/inf"),
+    "negative": (lambda f: f.assign(winner_model_a=-f["winner_model_a"]), "outside [0, 1]"),
+    "unnormalised": (lambda f: f.assign(**{t: 0.9 * f[t] for t in TARGETS}), "do not sum to 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OOF))
+def test_malformed_external_oof_is_one_line_exit_2(art, case, tmp_path, capsys):
+    from ensemble.blend import main as blend_main
+
+    art, _, _ = art
+    path = art / "oof" / "gemma.parquet"
+    breaks, message = BAD_OOF[case]
+    breaks(pd.read_parquet(path)).to_parquet(path)
+    (tmp_path / "params.yaml").write_text(json.dumps(params_for(["lgbm", "gemma"])))
+    code = fail_cleanly(lambda: blend_main(["--params", str(tmp_path / "params.yaml"), "--artifacts", str(art),
+                                            "--metrics", str(tmp_path / "m.json")]))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "gemma.parquet" in err and message in err, err
+
+
+def test_blend_checks_the_external_test_file_up_front(art, tmp_path):
+    art, _, _ = art
+    path = art / "test" / "gemma.parquet"
+    pd.read_parquet(path).iloc[:-2].to_parquet(path)
+    with pytest.raises(DataError, match="gemma.parquet: no predictions for 2 of the 30 ids of .*prepared/test.parquet"):
+        run_blend(params_for(["lgbm", "gemma"]), art, metrics_path=tmp_path / "m.json")
+    path.unlink()
+    with pytest.raises(DataError, match="gemma.parquet: no prediction file for model 'gemma'; it is a model from"):
+        run_blend(params_for(["lgbm", "gemma"]), art, metrics_path=tmp_path / "m.json")
