@@ -11,6 +11,9 @@ from .errors import UserError
 
 def fail_cleanly(main: Callable[[], int]) -> int:
     try:
+        from . import progress
+
+        progress.live()  # a bad ENSEMBLE_PROGRESS is refused before any work
         return main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -54,6 +56,8 @@ class Range:
         self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
 
     def allows(self, value: Any) -> bool:
+        if not math.isfinite(value):  # NaN compares false with everything; no setting means infinity
+            return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
         return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
@@ -64,6 +68,27 @@ class Range:
         if self.low is None:
             return f"a number {'<' if self.high_open else '<='} {self.high}"
         return f"a number in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+class AnyOf:
+    """Allowed when any of the rules allows it, e.g. AnyOf(Choice(0), Range(2)): 0 or at least 2."""
+
+    def __init__(self, *rules: Any):
+        self.rules = rules
+
+    def allows(self, value: Any) -> bool:
+        return any(rule.allows(value) for rule in self.rules)
+
+    def __str__(self) -> str:
+        return " or ".join(map(str, self.rules))
+
+
+#: 3e-5 without a dot is a string to PyYAML (YAML 1.1) but a float to DVC's ruamel (YAML 1.2)
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _takes_float(hint: Any) -> bool:
+    return hint is float or float in typing.get_args(hint)
 
 
 def _type_error(value: Any, hint: Any) -> str | None:
@@ -116,6 +141,8 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, key)
         else:
+            if isinstance(value, str) and _takes_float(hint) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+                value = float(value)
             problem = _type_error(value, hint)
             if problem:
                 raise ConfigError(f"params {key}: {value!r} ({type(value).__name__}) {problem}")

@@ -85,6 +85,19 @@ def barrier(reason: str = "") -> None:
     dist.barrier()
 
 
+def finish(reason: str = "") -> None:
+    """The last meeting point of a run: all processes meet, then each tears its process group down before the
+    interpreter exits. Left to interpreter shutdown, gloo's background threads can outlive the group and abort
+    the process ("terminate called without an active exception", exit -6) after the work is done."""
+    if not is_distributed():
+        return
+    barrier(reason)
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def train_device(configured: Sequence[torch.device], listed: bool = True) -> torch.device | None:
     """The device this process trains on under DDP (None in one process: the model's own choice).
 

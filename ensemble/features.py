@@ -17,7 +17,7 @@ import pandas as pd
 from .data import as_turns
 
 #: Bump when any feature's definition changes so cached feature files are rebuilt.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: a None/NaN cell is one empty turn (data.as_turns), was no turn
 
 # Anchored per line; `[ \t]*` rather than `\s*` so a match never spans blank lines.
 _HEADER = re.compile(r"^#{1,6}[ \t]", re.M)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .config import Range
+from .config import Range, from_dict
 from .data import DataError
 
 
@@ -31,10 +31,9 @@ class FoldsConfig:
 def make_folds(frame: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
     if "label" not in frame:
         raise DataError("folds need a labelled training frame")
+    from_dict(FoldsConfig, {"n_splits": n_splits, "seed": seed}, "folds")  # the one check of the values
     groups = prompt_groups(frame)
     n_groups = len(np.unique(groups))
-    if n_splits < 2:
-        raise DataError(f"folds.n_splits must be at least 2, got {n_splits}")
     if n_groups < n_splits:
         raise DataError(f"only {n_groups} distinct prompts for {n_splits} prompt-grouped folds; "
                         f"lower folds.n_splits or add data")

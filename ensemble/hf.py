@@ -142,6 +142,23 @@ def load_config(name_or_path: str, max_len: int | None = None, **kwargs: Any):
     return load_pretrained(AutoConfig, name_or_path, "config", **kwargs)
 
 
+def fit_embeddings(model, tokenizer) -> None:
+    """Grow `model`'s input embeddings to the tokenizer's vocabulary (a pad token added by load_tokenizer),
+    the new rows set to the mean of the existing ones. transformers' own `mean_resizing` samples them at
+    random, so two loads of one backbone would differ: a fold could not be checked against, nor rebuilt
+    from, the backbone it was trained on."""
+    import torch
+
+    emb = model.get_input_embeddings()
+    old = emb.num_embeddings
+    if len(tokenizer) <= old:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[old:] = weight[:old].float().mean(dim=0).to(weight.dtype)
+
+
 def load_tokenizer(name_or_path: str, max_len: int | None = None, **kwargs: Any):
     """AutoTokenizer offline-first, with a pad token and a sane model_max_length.
 

@@ -23,7 +23,7 @@ import torch
 from . import progress
 from .batching import collate_battles
 from .config import ConfigError
-from .hf import ModelLoadError, load_config, load_pretrained, resolve_pretrained, token_budget_batches
+from .hf import ModelLoadError, fit_embeddings, load_config, load_pretrained, resolve_pretrained, token_budget_batches
 
 # bitsandbytes warns, once per process, that the optional `kernels` package (a hub download) is
 # missing for its AVX512-BF16 4-bit kernel; no_cpu_repacking turns that kernel path off, so the
@@ -231,9 +231,8 @@ def load_base(cfg, tokenizer, device: torch.device, training: bool = False):
         model.to(device)
     elif cfg.quantization == "4bit":
         no_cpu_repacking(model)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        # a pad token added by load_tokenizer: its row is never attended nor pooled, so it is not saved
-        model.resize_token_embeddings(len(tokenizer))
+    # a pad token added by load_tokenizer: its row (deterministic, never attended nor pooled) is not saved
+    fit_embeddings(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.quantization != "none":
         # fp32 norms/embeddings, frozen base; run for inference too so dtypes match training

@@ -110,7 +110,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         dist.barrier(f"fold {k} saved and predicted")
         model_for_report = model
     if not main:
-        dist.barrier("OOF and test files written")
+        dist.finish("OOF and test files written")
         return {"folds": n_folds, "fit_seconds": timings}
     report = getattr(model_for_report, "input_report", None) if model_for_report is not None else None
     if report is not None:  # what the model saw of the texts (transformers: truncation at max_len)
@@ -119,7 +119,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     if test is not None:
         write_parquet(artifacts / "test" / f"{name}.parquet", proba_frame(test["id"], test_sum / n_folds))
     write_json(artifacts / "timings" / f"{name}.json", {"fit_seconds": timings})  # untracked: differs per run
-    dist.barrier()
+    dist.finish()
     return {"folds": n_folds, "fit_seconds": timings}
 
 

@@ -17,9 +17,7 @@ import yaml
 from .cli import fail_cleanly
 from .config import DEFAULT_PARAMS, ConfigError, load_params
 from .io import write_text
-
-#: sections checked by their model's config class (the others are plain values)
-MODEL_SECTIONS = ("lgbm", "dual_tower", "llm")
+from .sections import check_params
 
 
 def _merge(target, overlay: dict, where: str, changes: list[str]) -> None:
@@ -27,7 +25,11 @@ def _merge(target, overlay: dict, where: str, changes: list[str]) -> None:
         name = f"{where}.{key}" if where else str(key)
         if key not in target:
             raise ConfigError(f"profile key {name} is not in params.yaml (known here: {', '.join(map(str, target))})")
-        if isinstance(value, dict) and isinstance(target[key], dict):
+        if isinstance(target[key], dict) != isinstance(value, dict):  # `llm:` left empty would wipe the section
+            raise ConfigError(f"profile key {name}: {value!r} would replace "
+                              f"{'a section of keys' if isinstance(target[key], dict) else repr(target[key])}; "
+                              f"give {'its keys, indented under it' if isinstance(target[key], dict) else 'a value'}")
+        if isinstance(value, dict):
             _merge(target[key], value, name, changes)
         elif target[key] != value:
             changes.append(f"{name}: {target[key]!r} -> {value!r}")
@@ -60,8 +62,6 @@ def _represent_float(representer, value: float):
 def apply_profile(profile: Path | None, sets: list[str], params_path: Path = DEFAULT_PARAMS) -> list[str]:
     from ruamel.yaml import YAML
 
-    from .models import create
-
     overlays = []
     if profile is not None:
         overlays.append(load_params(profile))
@@ -76,10 +76,7 @@ def apply_profile(profile: Path | None, sets: list[str], params_path: Path = DEF
         _merge(doc, overlay, "", changes)
     buf = io.StringIO()
     rt.dump(doc, buf)
-    merged = yaml.safe_load(buf.getvalue())
-    for section in MODEL_SECTIONS:
-        if section in merged:
-            create(section, merged[section])
+    check_params(yaml.safe_load(buf.getvalue()), str(params_path))  # every section, before anything is written
     write_text(params_path, buf.getvalue())
     return changes
 

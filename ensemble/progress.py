@@ -13,7 +13,11 @@ from tqdm.auto import tqdm
 def live() -> bool:
     """Whether stderr is a terminal (ENSEMBLE_PROGRESS=bar|log forces either)."""
     forced = os.environ.get("ENSEMBLE_PROGRESS", "").strip().lower()
-    if forced in ("bar", "log"):
+    if forced and forced not in ("bar", "log"):
+        from .config import ConfigError
+
+        raise ConfigError(f"environment ENSEMBLE_PROGRESS={forced!r}: expected bar, log or unset")
+    if forced:
         return forced == "bar"
     return sys.stderr.isatty()
 
@@ -24,7 +28,7 @@ def bar(total: int, desc: str | None, enabled: bool = True, leave: bool = True) 
 
 
 def log(message: str) -> None:
-    """One summary line; in a terminal the bars already show it unless `always`."""
+    """One summary line, wherever it runs (log_quiet: only where no bar shows it)."""
     print(message, file=sys.stderr, flush=True)
 
 

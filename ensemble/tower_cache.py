@@ -51,7 +51,7 @@ def tensor_digest(named, head: str = "") -> str:
     h = hashlib.sha1(head.encode())
     for name, t in named:
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
     return h.hexdigest()
 
 

@@ -188,6 +188,45 @@ def test_save_keeps_only_trained_encoder_weights(tiny_backbone, tmp_path, freeze
                                   model.predict_proba(frame))
 
 
+def test_frozen_fold_loads_when_the_tokenizer_needed_a_new_pad_token(tiny_backbone, tmp_path):
+    """A tokenizer without pad, eos or unk gets '<pad>' added and the embeddings grow by one row; that row
+    is frozen and not saved, so it must come out the same on every load (not random) for the digest."""
+    from transformers import PreTrainedTokenizerFast
+
+    backbone = tmp_path / "no_pad"
+    shutil.copytree(tiny_backbone, backbone)
+    for f in backbone.glob("*token*"):
+        f.unlink()
+    bare = PreTrainedTokenizerFast.from_pretrained(tiny_backbone).backend_tokenizer
+    PreTrainedTokenizerFast(tokenizer_object=bare, cls_token="[CLS]", sep_token="[SEP]").save_pretrained(backbone)
+    model = _model(str(backbone), freeze_layers=-1).fit(_frame(24, 0))
+    assert model.tokenizer.pad_token == "<pad>"
+    assert model.net.encoder.get_input_embeddings().num_embeddings == len(model.tokenizer)
+    frame = _frame(10, 6)
+    model.save(tmp_path / "fold")
+    np.testing.assert_array_equal(DualTowerModel.load(tmp_path / "fold").predict_proba(frame),
+                                  model.predict_proba(frame))
+
+
+def test_load_refuses_a_fold_whose_trained_encoder_file_is_incomplete(tiny_backbone, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = _model(tiny_backbone, freeze_layers=1).fit(_frame(24, 0))
+    model.save(tmp_path / "fold")
+    stored = tmp_path / "fold" / "encoder_trained.safetensors"
+    tensors = load_file(str(stored))
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, str(stored))
+    with pytest.raises(ModelLoadError, match=r"encoder_trained.safetensors: holds .*\(missing"):
+        DualTowerModel.load(tmp_path / "fold")
+
+
+def test_tensor_digest_takes_scalars():
+    from ensemble.tower_cache import tensor_digest
+
+    assert tensor_digest([("s", torch.tensor(1.0))]) != tensor_digest([("s", torch.tensor(2.0))])
+
+
 def test_load_refuses_a_backbone_whose_frozen_weights_changed(tiny_backbone, tmp_path):
     from transformers import DebertaV2Model
 

@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
     ("llm", {"train": {"epochs": -1}}, r"llm\.train\.epochs: -1.0 is not allowed"),
     ("llm", {"lora_r": 0}, r"llm\.lora_r: 0 is not allowed"),
     ("nonsense", {}, r"unknown model 'nonsense'; known: lgbm, dual_tower, llm"),
+    ("lgbm", {"learning_rate": float("nan")}, r"lgbm\.learning_rate: nan is not allowed; expected a number > 0"),
+    ("lgbm", {"early_stopping_folds": 1}, r"lgbm\.early_stopping_folds: 1 is not allowed; expected one of 0 or a number >= 2"),
+    ("llm", {"train": {"lr": "3e-5x"}}, r"llm\.train\.lr: '3e-5x' \(str\) must be a number"),
 ])
 def test_bad_params_are_refused_at_construction(model, section, match):
     with pytest.raises(ConfigError, match=match):
@@ -40,6 +43,15 @@ def test_bad_params_are_refused_at_construction(model, section, match):
 def test_good_values_pass_and_ints_become_floats():
     cfg = from_dict(LGBMConfig, {"learning_rate": 1, "vectorizer": {"ngram_max": 3}}, "lgbm")
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float) and cfg.vectorizer.ngram_max == 3
+
+
+def test_yaml_1_1_exponent_floats_and_scalar_probe_c_are_accepted():
+    """PyYAML reads `lr: 3e-5` (no dot) as a string, DVC's ruamel as a float: both mean 3e-5 here."""
+    params = yaml.safe_load("lr: 3e-5\nweight_decay: 1E-2\n")
+    assert params["lr"] == "3e-5"
+    model = create("llm", {"train": params, "probe_c": 0.001})
+    assert model.config.train.lr == 3e-5 and model.config.train.weight_decay == 0.01
+    assert model.config.probe_c == [0.001]
 
 
 def test_stage_exits_2_on_bad_params_before_reading_anything(tmp_path):
@@ -84,17 +96,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def test_params_yaml_lists_every_key_with_the_code_defaults():
     """One set of defaults: params.yaml (what DVC tracks and users edit) holds every key of every
     section, with exactly the value the config dataclass defaults to (what library users get)."""
-    from ensemble.blend import BlendConfig
     from ensemble.config import to_dict
-    from ensemble.data import DataConfig
-    from ensemble.demo import DemoConfig
-    from ensemble.folds import FoldsConfig
-    from ensemble.models.dual_tower import DualTowerConfig
-    from ensemble.models.llm import LLMConfig
+    from ensemble.sections import SECTIONS, section_class
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    sections = {"data": DataConfig, "demo": DemoConfig, "folds": FoldsConfig, "lgbm": LGBMConfig,
-                "dual_tower": DualTowerConfig, "llm": LLMConfig, "blend": BlendConfig}
+    sections = {name: section_class(name) for name in SECTIONS}
     assert set(params) == set(sections)
     for name, cls in sections.items():
         code = _flat(to_dict(cls()))

@@ -40,7 +40,12 @@ def test_bad_profile_keys_and_values_exit_2(tmp_path):
     before = params.read_text()
     for sets, message in ((["llm.nope=1"], "profile key llm.nope is not in params.yaml"),
                           (["lgbm.n_estimators=lots"], "params lgbm.n_estimators: 'lots' (str) must be a whole number"),
-                          (["data.train"], "expected key=value")):
+                          (["data.train"], "expected key=value"),
+                          (["llm="], "profile key llm: None would replace a section of keys"),
+                          (["data.train.path=x"], "profile key data.train: {'path': 'x'} would replace"),
+                          (["folds.n_splits=1"], "params folds.n_splits: 1 is not allowed"),
+                          (["blend.method=average"], "params blend.method: 'average' is not allowed"),
+                          (["demo.n_train=-5"], "params demo.n_train: -5 is not allowed")):
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             apply_profile(None, sets, params)
     assert params.read_text() == before  # nothing half-applied

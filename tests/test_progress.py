@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +14,7 @@ from torch import nn
 from ensemble.training import TrainConfig, train_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(monkeypatch, mode: str, evaluate=None) -> str:
@@ -37,3 +43,11 @@ def test_terminal_mode_draws_a_live_bar(monkeypatch, capfd):
     _run(monkeypatch, "bar")
     err = capfd.readouterr().err
     assert "\r" in err and "toy train" in err and "120/120" in err
+
+
+def test_unknown_progress_mode_is_refused_up_front(tmp_path):
+    env = {**os.environ, "ENSEMBLE_PROGRESS": "bars", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "ensemble.blend"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: environment ENSEMBLE_PROGRESS='bars': expected bar, log or unset"

@@ -23,7 +23,7 @@ from torch import nn
 from ..batching import LengthGroupedBatches, collate_towers
 from ..config import Choice, ConfigError, Range
 from ..data import SWAP_INDEX
-from ..hf import EMBEDDED_MINILM, ModelLoadError, load_pretrained, load_tokenizer, set_seed
+from ..hf import EMBEDDED_MINILM, ModelLoadError, fit_embeddings, load_pretrained, load_tokenizer, set_seed
 from ..probe import Calibration, calibration_split, class_prior, fit_calibration
 from ..metrics import log_loss
 from ..ranking import band_proba, fit_band
@@ -181,8 +181,7 @@ class DualTowerModel(BaseModel):
         if limit and getattr(encoder.config, "position_biased_input", True) and self.config.max_len > limit:
             raise ConfigError(f"params dual_tower.max_len: {self.config.max_len} exceeds the {limit} absolute "
                               f"positions of {backbone}")
-        if len(self.tokenizer) > encoder.get_input_embeddings().num_embeddings:
-            encoder.resize_token_embeddings(len(self.tokenizer))
+        fit_embeddings(encoder, self.tokenizer)  # deterministic: the frozen rows are checked on load
         pooler = getattr(encoder, "pooler", None)
         if isinstance(pooler, nn.Module):  # unused by our pooling; frozen so DDP sees no idle grads
             pooler.requires_grad_(False)
@@ -381,11 +380,17 @@ class DualTowerModel(BaseModel):
         if digest != state["frozen_encoder_digest"]:
             raise ModelLoadError(f"{path}: dual_tower.backbone {self.config.backbone} no longer has the weights "
                                  f"this fold was trained on; retrain the fold (dvc repro)")
-        if (path / ENCODER_FILE).is_file():
-            self.net.encoder.load_state_dict(load_file(str(path / ENCODER_FILE)), strict=False)
+        trained = load_file(str(path / ENCODER_FILE)) if (path / ENCODER_FILE).is_file() else {}
+        expected = {k for k in encoder if not self._stays_frozen(f"encoder.{k}")}
+        if set(trained) != expected:  # the trained and the frozen weights together are the whole encoder
+            raise ModelLoadError(f"{path / ENCODER_FILE}: holds {len(trained)} encoder tensors, the config's "
+                                 f"freeze_layers trains {len(expected)} (missing {sorted(expected - set(trained))[:3]}, "
+                                 f"unexpected {sorted(set(trained) - expected)[:3]}); retrain the fold (dvc repro)")
+        if trained:
+            self.net.encoder.load_state_dict(trained, strict=False)
         missing, unexpected = self.net.load_state_dict(load_file(str(path / HEAD_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
         if missing or unexpected:
-            raise RuntimeError(f"{path}: head weights do not match the config (missing {missing}, "
-                               f"unexpected {unexpected})")
+            raise ModelLoadError(f"{path}: head weights do not match the config (missing {missing}, "
+                                 f"unexpected {unexpected}); retrain the fold (dvc repro)")
         self.net.to(self._device()).eval()

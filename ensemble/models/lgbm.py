@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
-from ..config import Choice, Range
+from ..config import AnyOf, Choice, Range
 from ..data import SWAP_INDEX, swap_ab, unswap_proba
 from ..features import numeric_features
 from .base import BaseModel
@@ -67,7 +67,7 @@ class LGBMConfig:
         "feature_fraction_bynode": Range(0, 1, low_open=True), "bagging_fraction": Range(0, 1, low_open=True),
         "bagging_freq": Range(0), "lambda_l2": Range(0), "early_stopping_rounds": Range(0), "n_jobs": Range(-1),
         "early_stopping": Choice("inner", "valid"), "early_stopping_frac": Range(0, 0.9, low_open=True),
-        "early_stopping_folds": Range(0)}
+        "early_stopping_folds": AnyOf(Choice(0), Range(2))}  # 1 fold would be no split
 
 
 def _stable(vec: CountVectorizer | None) -> CountVectorizer | None:

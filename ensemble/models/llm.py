@@ -67,7 +67,7 @@ class LLMConfig:
     lora_dropout: float = 0.05
     lora_target_modules: Any = "all-linear"  # or a list such as [q_proj, v_proj]
     pooling: str = "last_and_spans"  # last (the last token, as AutoModelForSequenceClassification) | last_and_spans
-    probe_c: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
+    probe_c: list | float = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
     calib_frac: float = 0.2  # share of training prompts held out to fit temperature and prior shrinkage
     max_len: int = 256  # tokens per battle, scaffolding included
     prompt_frac: float = 0.2  # the prompt's share of the text budget; A and B split the rest evenly
