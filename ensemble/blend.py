@@ -254,21 +254,17 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
 
 
 def headline(metrics: dict) -> dict:
-    """The small, deterministic metrics.json DVC tracks in git (`dvc metrics show/diff`, `dvc exp show`)."""
+    """The small, deterministic metrics.json DVC tracks in git (`dvc metrics show/diff`, `dvc exp show`): one
+    figure per model and for the blend, and the weights, so `dvc metrics show` stays a short table. The
+    intervals ride along as [lo, hi] lists (DVC's tables skip lists); everything else is in the details."""
     b = metrics["blend"]
-
-    def ci(key: str, value: list | None) -> dict:  # the list, and its ends as scalars: DVC's tables skip lists
-        return {key: value, f"{key}_lo": value[0], f"{key}_hi": value[1]} if value else {}
-
-    out = {"rows": metrics["rows"], "class_prior": metrics["class_prior"], "prior_log_loss": metrics["prior_log_loss"],
-           "models": {m: {"log_loss": r["log_loss"], **ci("diff_vs_prior_ci", r["diff_vs_prior_ci"])}
+    out = {"prior_log_loss": metrics["prior_log_loss"],
+           "models": {m: {"log_loss": r["log_loss"], "diff_vs_prior_ci": r["diff_vs_prior_ci"]}
                       for m, r in metrics["models"].items()},
-           "blend": {"method": metrics["method"], "log_loss_insample": b["log_loss"],
-                     "log_loss_crossfit": b["crossfit"]["log_loss"],
-                     **{f"log_loss_crossfit_{m}": v for m, v in b["crossfit_by_method"].items()},
-                     "best_model": b["best_model"], **ci("diff_vs_best_ci", b["diff_vs_best_ci"])}}
+           "blend": {"method": metrics["method"], "log_loss_crossfit": b["crossfit"]["log_loss"],
+                     "log_loss_insample": b["log_loss"], "diff_vs_best_ci": b["diff_vs_best_ci"]}}
     if "weights" in metrics:
-        out.update(weights={m: round(w, 6) for m, w in metrics["weights"].items()}, temperature=metrics["temperature"])
+        out["weights"] = {m: round(w, 4) for m, w in metrics["weights"].items()}
     else:
         out["stack_C"] = metrics["stack"]["C"]
     return out

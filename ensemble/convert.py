@@ -57,16 +57,20 @@ def convert(out: str | Path, gguf: str | Path | None = None, dtype: str = "float
     dequantized 4-bit values with float16 scales.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .progress import no_library_bars_in_logs
+
+    no_library_bars_in_logs()
     gguf = Path(gguf) if gguf else find_gguf()
     out = Path(out)
     folder, name = str(gguf.parent), gguf.name
     print(f"converting {gguf} -> {out} ({dtype})", file=sys.stderr)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    # A fresh model from the same config carries no GGUF bookkeeping, so save_pretrained works.
+    # A fresh model from a copy of the config carries no GGUF bookkeeping, so save_pretrained works (a
+    # copy, not AutoConfig on the GGUF again: every GGUF read parses the whole file, ~5 s here).
+    config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
     config.architectures = [type(loaded).__name__]
     config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     model = type(loaded)(config)

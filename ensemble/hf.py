@@ -108,10 +108,7 @@ def load_pretrained(loader: Any, name_or_path: str, what: str = "model", **kwarg
     library's OSError/ValueError turned into a ModelLoadError that names the model."""
     resolved = resolve_pretrained(name_or_path)
     local = os.path.isdir(resolved)
-    if not progress.live():  # transformers' "Loading weights" bar would redraw into the log
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    progress.no_library_bars_in_logs()
     label = name_or_path if resolved == name_or_path else f"{name_or_path} ({resolved})"
     if local and what in ("config", "model") and not (Path(resolved) / "config.json").is_file():
         raise ModelLoadError(f"{label}: folder has no config.json, so it is not a Hugging Face model "

@@ -22,6 +22,17 @@ def live() -> bool:
     return sys.stderr.isatty()
 
 
+def no_library_bars_in_logs() -> None:
+    """Outside a terminal, transformers' and huggingface_hub's own bars ("Loading weights", GGUF conversion,
+    "Writing model shards") would redraw into the log: off there."""
+    if not live():
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+
+
 def bar(total: int, desc: str | None, enabled: bool = True, leave: bool = True) -> tqdm:
     """A live bar in a terminal; a disabled one (no output at all) anywhere else."""
     return tqdm(total=total, desc=desc, disable=not (enabled and desc and live()), dynamic_ncols=True, leave=leave)

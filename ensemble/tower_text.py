@@ -69,7 +69,7 @@ def encode_frame(frame: pd.DataFrame, tokenizer, cfg) -> tuple[list[list[int]], 
     p_ids = [[next(pos) for _ in turns] for turns in prompts]
     side_ids = [[[next(pos) for _ in turns] for turns in side] for side in sides]
     cls_id, sep_id = special_ids(tokenizer)
-    return tuple([build_tower(p, r, cfg.max_len, cfg.truncation, cfg.prompt_frac, cls_id, sep_id)
+    return tuple([build_tower(p, r, cfg.max_len, cfg.truncation_side, cfg.prompt_frac, cls_id, sep_id)
                   for p, r in zip(p_ids, side_r)] for side_r in side_ids)  # type: ignore[return-value]
 
 

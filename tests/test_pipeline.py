@@ -124,7 +124,8 @@ def test_submit_cli_valid_submission(project, tmp_path):
     cached = pd.read_csv(work / "artifacts" / "submission.csv", dtype={"id": str})
     np.testing.assert_allclose(values, cached[TARGETS].to_numpy(), atol=1e-6)
     # a labelled file reports its log loss
-    train_csv = work / "artifacts" / "demo" / "demo_train.csv"
+    train_csv = tmp_path / "labelled.csv"
+    pd.read_csv(work / "artifacts" / "demo" / "demo_train.csv").head(30).to_csv(train_csv, index=False)
     assert "log loss against the file's labels" in run(
         [sys.executable, "-m", "ensemble.submit", str(train_csv), "-o", str(tmp_path / "s2.csv")], work).stdout
     # bad input: clear message, exit 2, nothing written
@@ -133,3 +134,22 @@ def test_submit_cli_valid_submission(project, tmp_path):
     proc = run([sys.executable, "-m", "ensemble.submit", str(bad), "-o", str(tmp_path / "s3.csv")], work, check=False)
     assert proc.returncode == 2 and "prompt" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "s3.csv").exists()
+
+
+def test_converted_smollm2_trains_and_predicts(project):
+    """The `convert_llm` stage's SmolLM2 folder (GGUF -> safetensors, converted once by the pipeline above) is a
+    normal HF model folder: 4-bit LoRA fits on it, predicts, and the battle text starts with the layout."""
+    from conftest import battle_frame
+    from ensemble.models.llm import LLMModel
+
+    work, _, _ = project
+    folder = work / "artifacts" / "pretrained" / "smollm2"
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    frame = battle_frame(16)
+    model = LLMModel(dict(base_model=str(folder), quantization="4bit", max_len=64, num_layers=4,
+                          train={"epochs": 1, "batch_size": 8}))
+    model.fit(frame.iloc[:8].reset_index(drop=True), frame.iloc[8:].reset_index(drop=True))
+    proba = model.predict_proba(frame.iloc[8:])
+    assert proba.shape == (8, 3) and np.isfinite(proba).all()
+    text = model.tokenizer.decode(model._encoder().encode_frame(frame.iloc[:1]).ids[0])
+    assert text.startswith("User prompt:\nquestion 0") and "Model B:\n" in text

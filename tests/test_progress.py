@@ -47,7 +47,7 @@ def test_terminal_mode_draws_a_live_bar(monkeypatch, capfd):
 
 def test_unknown_progress_mode_is_refused_up_front(tmp_path):
     env = {**os.environ, "ENSEMBLE_PROGRESS": "bars", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "ensemble.blend"], cwd=tmp_path, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "ensemble.profile"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: environment ENSEMBLE_PROGRESS='bars': expected bar, log or unset"

@@ -55,7 +55,7 @@ class DualTowerTrain(TrainConfig):
 class DualTowerConfig:
     backbone: str = EMBEDDED_MINILM
     max_len: int = 128
-    truncation: str = "left"
+    truncation_side: str = "left"
     prompt_frac: float = 0.4
     pooling: str = "mean"
     head: str = "interact"
@@ -78,7 +78,7 @@ class DualTowerConfig:
     train: DualTowerTrain = field(default_factory=DualTowerTrain)
 
     constraints: ClassVar[dict] = {
-        "truncation": Choice("left", "right"), "pooling": Choice("mean", "cls"), "head": Choice("interact", "concat"),
+        "truncation_side": Choice("left", "right"), "pooling": Choice("mean", "cls"), "head": Choice("interact", "concat"),
         "mode": Choice("classification", "ranking"), "max_len": Range(16), "prompt_frac": Range(0, 1, True, True),
         "dropout": Range(0, 1, high_open=True), "rank_margin": Range(0, low_open=True),
         "label_smoothing": Range(0, 1, high_open=True), "calib_frac": Range(0, 0.9, high_open=True),
