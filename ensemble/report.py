@@ -193,6 +193,10 @@ def summary_rows(data: ReportInputs) -> list[dict]:
         rows.append({"name": name, "weight": None, "log_loss": float(entry["log_loss"]),
                      "accuracy": float(accuracy) if isinstance(accuracy, (int, float)) else None,
                      "ci": intervals(entry)})
+    crossfit = next((r for r in rows if r["name"] == "blend, crossfit"), None)
+    fitted = next((r for r in rows if r["name"] == BLEND), None)
+    if crossfit is not None and fitted is not None and "diff_vs_best" in fitted["ci"]:
+        crossfit["ci"]["diff_vs_best"] = fitted["ci"].pop("diff_vs_best")  # it is the cross-fitted blend's
     return rows
 
 

@@ -143,29 +143,37 @@ def _num(value, digits: int = 4) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _ci(row: dict, key: str) -> str:
-    ci = row["ci"].get(key)
-    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+def _ci(row: dict, best: str) -> str:
+    """Every interval metrics.json holds for this row: of its log loss or accuracy, or of a log-loss difference
+    (a model vs the class prior, the cross-fitted blend vs the best single model), as the blend stage writes."""
+    labels = {"log_loss": "", "accuracy": "accuracy ", "diff_vs_prior": "vs prior ", "diff_vs_best": f"vs {best} "}
+    fmt = lambda k, v: f"[{v:+.4f}" if k.startswith("diff") else f"[{v:.4f}"
+    parts = []
+    for key, (lo, hi) in row["ci"].items():
+        label = labels.get(key, f"{key} ")
+        parts.append(_e(label) + fmt(key, lo) + ", " + fmt(key, hi)[1:] + "]")
+    return "<br>".join(parts)
 
 
 def _summary(data: ReportInputs) -> str:
     rows = summary_rows(data)
     prior = float(-np.log(np.bincount(data.labels, minlength=3)[data.labels] / len(data.labels)).mean())
+    best = str(data.metrics.get("blend", {}).get("best_model", "best model"))
     has_ci = any(r["ci"] for r in rows)
-    head = ["model", "blend weight", "log loss"] + (["95% CI"] if has_ci else []) + ["accuracy"] + \
-        (["95% CI"] if has_ci else []) + ["gain over prior (nats)"]
+    head = ["model", "blend weight", "log loss", "accuracy", "gain over prior (nats)"] + \
+        (["95% interval (of the log loss, or of the difference)"] if has_ci else [])
     out = ["<table><tr>" + "".join(f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(head)) + "</tr>"]
-    out.append(f'<tr><td class="l">class prior</td><td></td><td>{prior:.4f}</td>' + ("<td></td>" if has_ci else "")
-               + "<td></td>" + ("<td></td>" if has_ci else "") + "<td>0</td></tr>")
+    out.append(f'<tr><td class="l">class prior</td><td></td><td>{prior:.4f}</td><td></td><td>0</td>'
+               + ("<td></td>" if has_ci else "") + "</tr>")
     for r in rows:
-        cells = [f'<td class="l">{"<b>blend</b>" if r["name"] == BLEND else _e(r["name"])}</td>',
-                 f"<td>{_num(r['weight'], 3)}</td>", f"<td>{_num(r['log_loss'])}</td>"]
-        cells += [f"<td>{_ci(r, 'log_loss')}</td>"] if has_ci else []
-        cells += [f"<td>{_num(r['accuracy'])}</td>"] + ([f"<td>{_ci(r, 'accuracy')}</td>"] if has_ci else [])
-        cells += [f"<td>{_num(prior - r['log_loss'])}</td>"]
+        cells = [f'<td class="l">{"<b>blend</b>, in-sample" if r["name"] == BLEND else _e(r["name"])}</td>',
+                 f"<td>{_num(r['weight'], 3)}</td>", f"<td>{_num(r['log_loss'])}</td>",
+                 f"<td>{_num(r['accuracy'])}</td>", f"<td>{_num(prior - r['log_loss'])}</td>"]
+        cells += [f'<td class="l">{_ci(r, best)}</td>'] if has_ci else []
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
-    note = "Confidence intervals come from metrics.json." if has_ci else \
+    note = ("Intervals: 95%, paired bootstrap over prompts, from metrics.json; one that contains 0 says the "
+            "difference may be noise.") if has_ci else \
         "No confidence intervals in metrics.json yet (no key containing <code>ci</code>)."
     return "\n".join(out) + f'<p class="note">Scores are recomputed from the OOF files. {note}</p>'
 

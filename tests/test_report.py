@@ -144,3 +144,14 @@ def test_load_inputs_raises_data_error(art):
     with pytest.raises(DataError, match="train.parquet: file not found"):
         load_inputs(art / "prepared" / "train.parquet", art / "oof", art / "blend_oof.parquet",
                     art / "blend.json", art / "metrics.json", art / "models")
+
+
+def test_difference_intervals_are_labelled_on_their_rows():
+    """The intervals the blend stage writes are of differences: each model vs the prior, the cross-fitted blend
+    vs the best model (moved from the in-sample blend entry onto the cross-fitted row)."""
+    from ensemble.report_html import _ci
+
+    assert _ci({"ci": {"diff_vs_prior": (-0.2, -0.1)}}, "lgbm") == "vs prior [-0.2000, -0.1000]"
+    assert _ci({"ci": {"diff_vs_best": (-0.02, 0.002)}}, "lgbm") == "vs lgbm [-0.0200, +0.0020]"
+    assert _ci({"ci": {"log_loss": (0.81, 0.99)}}, "lgbm") == "[0.8100, 0.9900]"
+
