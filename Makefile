@@ -31,7 +31,7 @@ repro: setup
 	dvc repro
 	dvc metrics show
 
-# two workers, whole files each (session fixtures are built once per worker): 4 min against 6.5 on 2 cores
+# two workers, whole files each (session fixtures are built once per worker): ~5 min on 2 cores (3 workers: 6.4)
 test: setup
 	python -m pytest -q -n 2 --dist loadfile
 

@@ -59,9 +59,15 @@ def convert(out: str | Path, gguf: str | Path | None = None, dtype: str = "float
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .progress import no_library_bars_in_logs
+    from . import progress
 
-    no_library_bars_in_logs()
+    progress.no_library_bars_in_logs()
+    if not progress.live():  # the GGUF reader's bar is a plain tqdm that ignores transformers' switch
+        from functools import partial
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        gguf_utils.tqdm = partial(gguf_utils.tqdm, disable=True)
     gguf = Path(gguf) if gguf else find_gguf()
     out = Path(out)
     folder, name = str(gguf.parent), gguf.name
