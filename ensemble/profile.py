@@ -76,8 +76,14 @@ def apply_profile(profile: Path | None, sets: list[str], params_path: Path = DEF
         _merge(doc, overlay, "", changes)
     buf = io.StringIO()
     rt.dump(doc, buf)
-    check_params(yaml.safe_load(buf.getvalue()), str(params_path))  # every section, before anything is written
+    merged = yaml.safe_load(buf.getvalue())
+    check_params(merged, str(params_path))  # every section, before anything is written
     write_text(params_path, buf.getvalue())
+    for key in ("train", "test"):  # not an error: the files may be copied in after the profile is applied
+        path = params_path.parent / str(merged["data"][key])
+        if not path.is_file():
+            print(f"warning: data.{key} {merged['data'][key]} does not exist (yet); `dvc repro` fails until it does",
+                  file=sys.stderr)
     return changes
 
 
