@@ -71,13 +71,14 @@ class ReadReport:
     path: str
     rows_read: int = 0
     raw_cells: dict[str, int] = field(default_factory=dict)
+    raw_ids: dict[str, list[str]] = field(default_factory=dict)  # the rows behind raw_cells, to look them up
     duplicates_dropped: int = 0
 
     def summary(self) -> str:
         raw = sum(self.raw_cells.values())
         parts = [f"{self.path}: {self.rows_read} rows"]
         if raw:
-            detail = ", ".join(f"{c}={n}" for c, n in self.raw_cells.items() if n)
+            detail = "; ".join(f"{c}={n}, ids {_rows(self.raw_ids.get(c, []))}" for c, n in self.raw_cells.items() if n)
             parts.append(f"{raw} cells were not JSON lists and were read as one raw turn ({detail})")
         if self.duplicates_dropped:
             parts.append(f"{self.duplicates_dropped} exact duplicate battles dropped")
@@ -154,6 +155,7 @@ def read_battles(path: str | Path, labels: bool | None = None, drop_duplicates: 
         parsed = [parse_turns(v) for v in frame[col].tolist()]
         out[col] = [p[0] for p in parsed]
         report.raw_cells[col] = sum(p[1] for p in parsed)
+        report.raw_ids[col] = [i for i, p in zip(out["id"], parsed) if p[1]]
 
     has_labels = all(c in frame.columns for c in TARGETS)
     if labels is True or (labels is None and has_labels):

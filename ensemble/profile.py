@@ -71,18 +71,19 @@ def apply_profile(profile: Path | None, sets: list[str], params_path: Path = DEF
     rt.representer.add_representer(float, _represent_float)
     load_params(params_path)  # a clear error for a missing or broken params file
     doc = rt.load(params_path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{params_path}: empty or not a mapping of sections; nothing to apply a profile to")
     changes: list[str] = []
     for overlay in overlays:
         _merge(doc, overlay, "", changes)
     buf = io.StringIO()
     rt.dump(doc, buf)
-    merged = yaml.safe_load(buf.getvalue())
-    check_params(merged, str(params_path))  # every section, before anything is written
+    checked = check_params(yaml.safe_load(buf.getvalue()), str(params_path))  # every section, before writing
     write_text(params_path, buf.getvalue())
-    for key in ("train", "test"):  # not an error: the files may be copied in after the profile is applied
-        path = params_path.parent / str(merged["data"][key])
-        if not path.is_file():
-            print(f"warning: data.{key} {merged['data'][key]} does not exist (yet); `dvc repro` fails until it does",
+    data = checked.get("data")
+    for key in ("train", "test") if data is not None else ():  # a warning: the files may be copied in later
+        if not (params_path.parent / getattr(data, key)).is_file():
+            print(f"warning: data.{key} {getattr(data, key)} does not exist (yet); `dvc repro` fails until it does",
                   file=sys.stderr)
     return changes
 

@@ -8,30 +8,34 @@ import importlib
 from typing import Any
 
 from .config import ConfigError, from_dict
+from .models import REGISTRY, model_class
 
-SECTIONS: dict[str, str] = {
+#: the sections that are not a model's; a model's section is checked by its registered class's Config
+OTHER_SECTIONS: dict[str, str] = {
     "data": "ensemble.data:DataConfig",
     "demo": "ensemble.demo:DemoConfig",
     "folds": "ensemble.folds:FoldsConfig",
-    "lgbm": "ensemble.models.lgbm:LGBMConfig",
-    "dual_tower": "ensemble.models.dual_tower:DualTowerConfig",
-    "llm": "ensemble.models.llm:LLMConfig",
     "blend": "ensemble.blend:BlendConfig",
 }
+SECTIONS = (*OTHER_SECTIONS, *REGISTRY)
 
 
 def section_class(name: str) -> type:
-    module, cls = SECTIONS[name].split(":")
+    if name in REGISTRY:
+        return model_class(name).Config
+    module, cls = OTHER_SECTIONS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
-def check_params(params: dict[str, Any], source: str = "params.yaml") -> None:
+def check_params(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
     """Every section of a whole params file against its config class: unknown sections, keys, types,
-    choices and ranges are ConfigErrors naming the key."""
+    choices and ranges are ConfigErrors naming the key. Returns the built configs by section."""
     unknown = sorted(set(params) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(map(str, unknown))}; known: {', '.join(SECTIONS)}")
     for name, values in params.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {name} is {values!r}; expected a mapping of keys")
-        from_dict(section_class(name), values, name)
+    # a model section through its model, which also checks what one key cannot (e.g. llm.infer_max_tokens >= max_len)
+    return {name: model_class(name)(values).config if name in REGISTRY else from_dict(section_class(name), values, name)
+            for name, values in params.items()}
