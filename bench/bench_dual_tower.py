@@ -40,15 +40,15 @@ def _child(args) -> None:
     """One timed predict_proba in a fresh process, so RSS figures belong to this mode alone."""
     import psutil
 
-    from ensemble.data import read_battles
-    from ensemble.models.dual_tower import DualTowerModel
+    from ensemble.core.data import read_battles
+    from ensemble.models.dual_tower.model import DualTowerModel
 
     frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)
     model = DualTowerModel.load(args.model_dir)
     if args.mode == "dynamic_nodedupe":
         import functools
 
-        from ensemble.tower_cache import TowerPooler
+        from ensemble.models.dual_tower.cache import TowerPooler
 
         TowerPooler.pair_pooled = functools.partialmethod(TowerPooler.pair_pooled, dedupe=False)
     model.predict_proba(frame.iloc[:4])  # warm-up: kernels, lazy imports
@@ -78,7 +78,7 @@ def _child(args) -> None:
 
 def token_counts(model, frame) -> dict:
     """Tokens the encoder actually computes (padding included) in each mode."""
-    from ensemble.hf import token_budget_batches
+    from ensemble.nn.hf import token_budget_batches
 
     cfg = model.config
     enc = model._encode(frame)
@@ -120,8 +120,8 @@ def inference_figures(args, model_dir: Path) -> dict:
 def training_figures(frame, config: dict, rows: int) -> dict:
     """Rows/s of the training loop alone (model load and tokenization excluded; with a frozen encoder
     the tower vectors are computed before the loop, so they are timed apart as `encode_s`)."""
-    import ensemble.models.dual_tower as dt
-    from ensemble.tower_cache import POOLED_CACHE, TowerPooler
+    import ensemble.models.dual_tower.model as dt
+    from ensemble.models.dual_tower.cache import POOLED_CACHE, TowerPooler
 
     timings = {}
     original, original_cached = dt.train_loop, TowerPooler.cached_pooled
@@ -175,7 +175,7 @@ def main(argv=None) -> None:
     if args.child:
         return _child(args)
 
-    from ensemble.data import read_battles
+    from ensemble.core.data import read_battles
 
     config = parse_sets(args.set)
     frame = read_battles(args.csv)

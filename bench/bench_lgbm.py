@@ -31,8 +31,8 @@ TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
 def stage(work: Path, art: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
     """Runs inside a child process; returns its figures (peak RSS is this process's)."""
-    from ensemble.data import load_battles, read_battles, save_battles
-    from ensemble.folds import make_folds
+    from ensemble.core.data import load_battles, read_battles, save_battles
+    from ensemble.core.folds import make_folds
     from ensemble.oof import run_oof
 
     start = time.perf_counter()
@@ -114,7 +114,7 @@ def kaggle_scale_files(work: Path, n_train: int, n_test: int, seed: int = 0) -> 
 
 
 def blend_timing(n: int, repeats: int = 5) -> list[float]:
-    from ensemble.blend import fit_blend
+    from ensemble.blend.run import fit_blend
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, n)
@@ -142,8 +142,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import lightgbm as lgb
 
-    from ensemble.config import load_params
-    from ensemble.metrics import log_loss, prior_proba
+    from ensemble.core.config import load_params
+    from ensemble.core.metrics import log_loss, prior_proba
 
     lgbm_params = load_params(args.params).get("lgbm", {})
     if args.no_early_stopping:

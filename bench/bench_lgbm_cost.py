@@ -35,10 +35,10 @@ def main() -> None:
 
     from bench_lgbm import kaggle_scale_files
     from common import parse_sets
-    from ensemble.config import load_params
-    from ensemble.data import read_battles
-    from ensemble.folds import attach_folds, make_folds
-    from ensemble.models.lgbm import LGBMModel
+    from ensemble.core.config import load_params
+    from ensemble.core.data import read_battles
+    from ensemble.core.folds import attach_folds, make_folds
+    from ensemble.models.lgbm.model import LGBMModel
 
     base = load_params(ROOT / "params.yaml").get("lgbm", {})
     variants = {"params.yaml": base} | {v: parse_sets(v.split(), base) for v in args.variants}

@@ -20,11 +20,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ensemble.config import load_params  # noqa: E402
-from ensemble.data import load_battles  # noqa: E402
-from ensemble.folds import attach_folds  # noqa: E402
-from ensemble.metrics import log_loss, prior_proba  # noqa: E402
-from ensemble.models.lgbm import LGBMModel  # noqa: E402
+from ensemble.core.config import load_params  # noqa: E402
+from ensemble.core.data import load_battles  # noqa: E402
+from ensemble.core.folds import attach_folds  # noqa: E402
+from ensemble.core.metrics import log_loss, prior_proba  # noqa: E402
+from ensemble.models.lgbm.model import LGBMModel  # noqa: E402
 
 VARIANTS = {  # name -> lgbm overrides
     "valid fold (old default)": {"early_stopping": "valid"},

@@ -64,8 +64,8 @@ def _malloc_trim() -> None:
 # ----------------------------------------------------------------------------- throughput child
 
 def _throughput_child(args) -> dict:
-    from ensemble.data import read_battles
-    from ensemble.models.llm import LLMModel
+    from ensemble.core.data import read_battles
+    from ensemble.models.llm.model import LLMModel
 
     frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)
     overrides = {"max_len": args.max_len} if args.max_len else {}
@@ -79,7 +79,7 @@ def _throughput_child(args) -> dict:
     real = sum(map(len, seqs))
     computed = len(seqs) * model.config.max_len if args.mode == "padded" else None
     if computed is None:  # what the dynamic batches actually pad to
-        from ensemble.hf import token_budget_batches
+        from ensemble.nn.hf import token_budget_batches
 
         lengths = np.array([len(x) for x in orig])
         if swap:
@@ -116,10 +116,10 @@ def throughput_figures(args, model_dir: Path) -> dict:
 def _memory_child(args) -> dict:
     import torch
 
-    from ensemble.data import read_battles
-    from ensemble.hf import load_tokenizer
-    from ensemble.llm_backbone import base_path
-    from ensemble.models.llm import LLMModel
+    from ensemble.core.data import read_battles
+    from ensemble.nn.hf import load_tokenizer
+    from ensemble.models.llm.backbone import base_path
+    from ensemble.models.llm.model import LLMModel
 
     import bitsandbytes  # noqa: F401  (imported before the baseline in every mode: same interpreter cost)
     import peft  # noqa: F401
@@ -188,8 +188,8 @@ def main(argv=None) -> None:
         print(json.dumps(result))
         return
 
-    from ensemble.data import read_battles
-    from ensemble.models.llm import LLMModel
+    from ensemble.core.data import read_battles
+    from ensemble.models.llm.model import LLMModel
 
     args.csv, args.artifacts = args.csv.resolve(), args.artifacts.resolve()  # before the chdir below
     os.chdir(ROOT)  # the default base_model (artifacts/pretrained/smollm2) is relative to the project

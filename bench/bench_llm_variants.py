@@ -30,8 +30,8 @@ def main() -> int:
     add_common_args(ap)
     ap.add_argument("variants", nargs="*", default=[""], help='space-separated key=value overrides; "" = params.yaml')
     args = ap.parse_args()
-    from ensemble.config import load_params
-    from ensemble.data import read_battles
+    from ensemble.core.config import load_params
+    from ensemble.core.data import read_battles
 
     base = load_params(ROOT / "params.yaml").get("llm", {})
     frame = read_battles(args.csv)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 import pandas as pd
-from ensemble.data import load_battles
+from ensemble.core.data import load_battles
 from ensemble.models.llm import LLMModel
 frame = load_battles(sys.argv[1]).iloc[:64].reset_index(drop=True)
 model = LLMModel({"base_model": sys.argv[2], "num_layers": 4, "lora_layers": 1, "max_len": 128, "calib_frac": 0,

@@ -13,8 +13,8 @@ def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifac
     import pandas as pd
 
     from ensemble import TARGETS
-    from ensemble.folds import attach_folds, make_folds
-    from ensemble.metrics import log_loss
+    from ensemble.core.folds import attach_folds, make_folds
+    from ensemble.core.metrics import log_loss
     from ensemble.oof import run_oof
 
     folds = make_folds(frame, n_folds, seed)

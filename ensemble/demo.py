@@ -22,9 +22,9 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from . import TARGETS
-from .config import Range
-from .io import write_csv
+from ensemble import TARGETS
+from ensemble.core.config import Range
+from ensemble.core.io import write_csv
 
 MODELS = tuple(f"demo-model-{i}" for i in range(1, 9))
 # Per-model habits (mean body sentences, P(markdown), P(refusal), hidden skill) so model
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.used_by is not None and not any(_inside(p, args.out_dir) for p in args.used_by):
         # the DVC stage still runs (dvc.yaml has no conditional stages) but builds nothing
-        from .io import write_text
+        from ensemble.core.io import write_text
 
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for old in args.out_dir.glob("demo_*.csv"):

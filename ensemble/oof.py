@@ -15,26 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import TARGETS, progress
-from . import distributed as dist
-from .config import to_dict
-from .folds import attach_folds
-from .io import remove_stale_tmp, write_json, write_parquet
-from .metrics import log_loss, prior_proba
-from .models import create, load
+from ensemble import TARGETS
+from ensemble.core import progress
+from ensemble.nn import distributed as dist
+from ensemble.core.config import to_dict
+from ensemble.core.folds import attach_folds
+from ensemble.core.io import remove_stale_tmp, write_json, write_parquet
+from ensemble.core.metrics import log_loss, prior_proba
+from ensemble.core.predictions import proba_frame
+from ensemble.models import create, load
 
 DONE_FILE = "done.json"
 #: models/<name>/input.json: how much of each text the model saw (written when the model reports it).
 INPUT_REPORT = "input.json"
-
-
-def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
-    frame = pd.DataFrame({"id": pd.Series(ids, dtype=str).to_numpy()})
-    if fold is not None:
-        frame["fold"] = fold
-    for j, col in enumerate(TARGETS):
-        frame[col] = proba[:, j].astype(np.float64)
-    return frame
 
 
 def code_digest() -> str:
@@ -134,7 +127,7 @@ def _predict_cached(model, frame: pd.DataFrame, path: Path, key: str) -> np.ndar
         return np.load(path)
     proba = np.asarray(model.predict_proba(frame), dtype=np.float64)
     _check_proba(proba, len(frame), model.name)
-    from .io import atomic_path, write_text
+    from ensemble.core.io import atomic_path, write_text
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, proba)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from .cli import fail_cleanly
-from .config import DEFAULT_PARAMS, ConfigError, load_params
-from .io import write_text
-from .sections import check_params
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.config import DEFAULT_PARAMS, ConfigError, load_params
+from ensemble.core.io import write_text
+from ensemble.sections import check_params
 
 
 def _merge(target, overlay: dict, where: str, changes: list[str]) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import TARGETS
-from .data import DataError, as_turns, load_battles
-from .io import write_csv
-from .metrics import clip_normalize, log_loss, prior_proba
+from ensemble import TARGETS
+from ensemble.core.data import DataError, as_turns, load_battles
+from ensemble.core.io import write_csv
+from ensemble.core.metrics import clip_normalize, log_loss, prior_proba
 
 CLASS_NAMES = ("model_a", "model_b", "tie")
 BLEND = "blend"

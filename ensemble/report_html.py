@@ -17,9 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import TARGETS  # noqa: E402
-from .report import BLEND, ReportInputs, confusion, reliability, slice_table, summary_rows, \
-    truncation_flags  # noqa: E402
+from ensemble import TARGETS  # noqa: E402
+from ensemble.report import BLEND, ReportInputs, confusion, reliability, slice_table, summary_rows, truncation_flags
 
 CLASS_TITLES = ("P(A wins)", "P(B wins)", "P(tie)")
 OUTCOMES = ("A wins", "B wins", "tie")

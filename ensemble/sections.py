@@ -7,15 +7,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import ConfigError, from_dict
-from .models import REGISTRY, model_class
+from ensemble.core.config import ConfigError, from_dict
+from ensemble.models import REGISTRY, model_class
 
 #: the sections that are not a model's; a model's section is checked by its registered class's Config
 OTHER_SECTIONS: dict[str, str] = {
-    "data": "ensemble.data:DataConfig",
+    "data": "ensemble.core.data:DataConfig",
     "demo": "ensemble.demo:DemoConfig",
-    "folds": "ensemble.folds:FoldsConfig",
-    "blend": "ensemble.blend:BlendConfig",
+    "folds": "ensemble.core.folds:FoldsConfig",
+    "blend": "ensemble.blend.run:BlendConfig",
 }
 SECTIONS = (*OTHER_SECTIONS, *REGISTRY)
 

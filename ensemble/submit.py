@@ -18,19 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import TARGETS
-from .blend import load_blender
-from .cli import fail_cleanly
-from .config import load_params, to_dict
-from .data import DataError, load_battles, read_battles
-from .external import is_external, read_test_file
-from .folds import attach_folds
-from .io import write_csv
-from .metrics import log_loss
-from .models import create
-from .models import load as load_model
-from .models.base import CONFIG_FILE
-from .oof import DONE_FILE, code_digest, fingerprint, proba_frame
+from ensemble import TARGETS
+from ensemble.blend.run import load_blender
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.config import load_params, to_dict
+from ensemble.core.data import DataError, load_battles, read_battles
+from ensemble.core.predictions import is_external, read_test_file
+from ensemble.core.folds import attach_folds
+from ensemble.core.io import write_csv
+from ensemble.core.metrics import log_loss
+from ensemble.models import create
+from ensemble.models import load as load_model
+from ensemble.models.base import CONFIG_FILE
+from ensemble.oof import DONE_FILE, code_digest, fingerprint
+from ensemble.core.predictions import proba_frame
 
 
 def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code: bool = True) -> list[Path]:

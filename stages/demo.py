@@ -7,9 +7,9 @@ points into the output folder (real data: nothing is built).
 import argparse
 import sys
 
-from ensemble.cli import fail_cleanly
-from ensemble.config import read_section
-from ensemble.data import DataConfig
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.config import read_section
+from ensemble.core.data import DataConfig
 from ensemble.demo import DemoConfig, main as build
 
 

@@ -7,11 +7,11 @@ every base model.
 import argparse
 import sys
 
-from ensemble.cli import fail_cleanly
-from ensemble.config import read_section
-from ensemble.data import load_battles
-from ensemble.folds import FoldsConfig, make_folds
-from ensemble.io import write_parquet
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.config import read_section
+from ensemble.core.data import load_battles
+from ensemble.core.folds import FoldsConfig, make_folds
+from ensemble.core.io import write_parquet
 
 
 def main() -> int:

@@ -10,10 +10,10 @@ import sys
 
 import pandas as pd
 
-from ensemble.cli import fail_cleanly
-from ensemble.config import load_params
-from ensemble.data import load_battles
-from ensemble.distributed import relaunch
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.config import load_params
+from ensemble.core.data import load_battles
+from ensemble.nn.distributed import relaunch
 from ensemble.models import create
 from ensemble.oof import run_oof
 

@@ -7,10 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ensemble.cli import fail_cleanly
-from ensemble.config import read_section
-from ensemble.data import DataConfig, read_battles, save_battles
-from ensemble.io import write_json
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.config import read_section
+from ensemble.core.data import DataConfig, read_battles, save_battles
+from ensemble.core.io import write_json
 
 
 def main() -> int:

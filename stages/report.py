@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ensemble.cli import fail_cleanly
-from ensemble.io import write_text
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.io import write_text
 from ensemble.report import load_inputs, write_plots
 
 

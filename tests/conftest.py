@@ -50,7 +50,7 @@ def raw_csv(frame: pd.DataFrame, path: Path, labels: bool = True) -> Path:
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for tiny models, restored afterwards (see ensemble.training.intra_op_threads)."""
-    from ensemble.training import intra_op_threads
+    from ensemble.nn.training import intra_op_threads
 
     with intra_op_threads(1):
         yield
@@ -128,8 +128,8 @@ def marker_frame(n: int, words: list[str], marker: str, seed: int = 0) -> pd.Dat
 
 def oof_log_loss(name: str, config: dict, frame: pd.DataFrame, artifacts: Path, n_splits: int = 3) -> tuple[float, float]:
     """(OOF log loss, class-prior log loss) of `name` trained through run_oof on prompt-grouped folds."""
-    from ensemble.folds import make_folds
-    from ensemble.metrics import log_loss, prior_proba
+    from ensemble.core.folds import make_folds
+    from ensemble.core.metrics import log_loss, prior_proba
     from ensemble.oof import run_oof
 
     run_oof(name, config, frame, make_folds(frame, n_splits, seed=0), artifacts)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_8bit_training_step_save_and_load_on_cpu(tiny_llm, tmp_path):
     import bitsandbytes as bnb
 
-    from ensemble.models.llm import LLMModel
+    from ensemble.models.llm.model import LLMModel
 
     config = tiny_config(tiny_llm, quantization="8bit", lora_layers=0, calib_frac=0.0, swap_augment=False,
                          swap_tta=False, train={"max_steps": 2, "batch_size": 4, "lr": 5e-3, "seed": 0})
@@ -33,8 +33,8 @@ def test_8bit_training_step_save_and_load_on_cpu(tiny_llm, tmp_path):
 def test_8bit_that_bitsandbytes_cannot_run_is_one_clear_error_up_front(monkeypatch):
     import bitsandbytes as bnb
 
-    from ensemble.hf import ModelLoadError
-    from ensemble.llm_backbone import check_quantization
+    from ensemble.nn.hf import ModelLoadError
+    from ensemble.models.llm.backbone import check_quantization
 
     def refuse(*args, **kwargs):
         raise NotImplementedError("int8 is not supported on this device")

@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble.blend import apply_blend, fit_blend, fit_weights, main, run
-from ensemble.cli import fail_cleanly
-from ensemble.data import DataError, save_battles
-from ensemble.metrics import log_loss
-from ensemble.oof import proba_frame
-from ensemble.stacking import crossfit
+from ensemble.blend.run import apply_blend, fit_blend, fit_weights, main, run
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.data import DataError, save_battles
+from ensemble.core.metrics import log_loss
+from ensemble.core.predictions import proba_frame
+from ensemble.blend.crossfit import crossfit
 
 
 def synthetic_oof(n=4000, seed=0):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, battle_frame, raw_csv
-from ensemble.data import DataError, parse_turns, read_battles, scrub, swap_ab, unswap_proba
+from ensemble.core.data import DataError, parse_turns, read_battles, scrub, swap_ab, unswap_proba
 
 
 def test_real_kaggle_rows_parse(shared_data):

@@ -106,8 +106,8 @@ def test_ddp_device_must_be_listed(monkeypatch):
     """Under DDP process i trains on cuda:i; an LLM `devices` list without it is an error, not a silent move."""
     import torch
 
-    from ensemble.config import ConfigError
-    from ensemble.distributed import train_device
+    from ensemble.core.config import ConfigError
+    from ensemble.nn.distributed import train_device
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")

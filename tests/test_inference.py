@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import battle_frame, tiny_config
-from ensemble.hf import token_budget_batches
-from ensemble.inference import Replicas, batch_cost, resolve_devices, run_sharded, shard_batches
-from ensemble.models.llm import LLMModel
+from ensemble.nn.hf import token_budget_batches
+from ensemble.nn.inference import Replicas, batch_cost, resolve_devices, run_sharded, shard_batches
+from ensemble.models.llm.model import LLMModel
 
 CPU2 = [torch.device("cpu"), torch.device("cpu")]
 

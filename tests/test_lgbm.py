@@ -3,11 +3,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ensemble.data import read_battles, swap_ab, unswap_proba
-from ensemble.folds import make_folds
-from ensemble.metrics import log_loss, prior_proba
+from ensemble.core.data import read_battles, swap_ab, unswap_proba
+from ensemble.core.folds import make_folds
+from ensemble.core.metrics import log_loss, prior_proba
 from ensemble.models import load
-from ensemble.models.lgbm import LGBMModel
+from ensemble.models.lgbm.model import LGBMModel
 from ensemble.oof import run_oof
 
 FAST = {"n_estimators": 60, "learning_rate": 0.1, "early_stopping_rounds": 20,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import battle_frame
 
-from ensemble.config import ConfigError
+from ensemble.core.config import ConfigError
 from ensemble.models import create
 
 SMALL = {"n_estimators": 200, "early_stopping_rounds": 10, "n_jobs": 1, "vectorizer": {"max_features": 50, "min_df": 1}}

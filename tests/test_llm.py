@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import CORPUS, battle_frame, build_tiny_llm, marker_frame, oof_log_loss, tiny_config
-from ensemble.config import ConfigError
-from ensemble.data import swap_ab, unswap_proba
-from ensemble.hf import ModelLoadError
-from ensemble.battle_text import split_budget
-from ensemble.models.llm import LLMModel
-from ensemble.training import train_loop
+from ensemble.core.config import ConfigError
+from ensemble.core.data import swap_ab, unswap_proba
+from ensemble.nn.hf import ModelLoadError
+from ensemble.models.llm.battle_text import split_budget
+from ensemble.models.llm.model import LLMModel
+from ensemble.nn.training import train_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -100,10 +100,10 @@ def test_chat_template_layout(tmp_path):
 
 def test_training_step_lowers_loss_in_4bit(tiny_llm):
     import bitsandbytes as bnb
-    from ensemble.batching import collate_battles as collate
+    from ensemble.nn.batching import collate_battles as collate
 
     model = LLMModel(tiny_config(tiny_llm, lora_layers=0))
-    from ensemble.hf import load_tokenizer
+    from ensemble.nn.hf import load_tokenizer
 
     model.tokenizer = load_tokenizer(tiny_llm)
     net = model._build_replica(torch.device("cpu"), training=True)
@@ -130,10 +130,10 @@ def test_training_step_lowers_loss_in_4bit(tiny_llm):
 def test_top_layers_from_cached_states_equal_the_full_forward(tiny_llm):
     """lora_layers > 0 runs the top layers from the cached hidden states of the frozen ones: it must
     compute what the whole stack computes."""
-    from ensemble.batching import collate_battles as collate
+    from ensemble.nn.batching import collate_battles as collate
 
     model = LLMModel(tiny_config(tiny_llm, lora_layers=1, quantization="none"))
-    from ensemble.hf import load_tokenizer
+    from ensemble.nn.hf import load_tokenizer
 
     model.tokenizer = load_tokenizer(tiny_llm)
     net = model._build_replica(torch.device("cpu"))
@@ -212,7 +212,7 @@ def test_llm_learns_a_planted_marker_through_run_oof(tiny_llm, tmp_path):
 def test_llm_learning_test_fails_with_a_broken_swap_mapping(tiny_llm, tmp_path, monkeypatch):
     """The test above can fail: with the A/B swap label mapping broken (identity), the swapped twins
     teach the opposite of the originals and the model is back at the prior."""
-    import ensemble.models.llm as llm
+    import ensemble.models.llm.model as llm
 
     monkeypatch.setattr(llm, "SWAP_INDEX", [0, 1, 2])
     frame = marker_frame(240, sorted(set(" ".join(CORPUS[:2]).split())), "alpha")
@@ -320,7 +320,7 @@ def test_params_that_cannot_fit_are_refused_before_training(tiny_llm):
 
 def test_max_len_smaller_than_layout(tiny_llm):
     model = LLMModel(tiny_config(tiny_llm, max_len=16, quantization="none", layout="plain"))
-    from ensemble.hf import load_tokenizer
+    from ensemble.nn.hf import load_tokenizer
 
     model.tokenizer = load_tokenizer(tiny_llm)
     long_header = model._encoder()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ensemble.config import ConfigError, from_dict
+from ensemble.core.config import ConfigError, from_dict
 from ensemble.models import create
-from ensemble.models.lgbm import LGBMConfig
+from ensemble.models.lgbm.model import LGBMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def test_params_yaml_lists_every_key_with_the_code_defaults():
     """One set of defaults: params.yaml (what DVC tracks and users edit) holds every key of every
     section, with exactly the value the config dataclass defaults to (what library users get)."""
-    from ensemble.config import to_dict
+    from ensemble.core.config import to_dict
     from ensemble.sections import SECTIONS, section_class
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -140,7 +140,7 @@ def test_converted_smollm2_trains_and_predicts(project):
     """The `convert_llm` stage's SmolLM2 folder (GGUF -> safetensors, converted once by the pipeline above) is a
     normal HF model folder: 4-bit LoRA fits on it, predicts, and the battle text starts with the layout."""
     from conftest import battle_frame
-    from ensemble.models.llm import LLMModel
+    from ensemble.models.llm.model import LLMModel
 
     work, _, _ = project
     folder = work / "artifacts" / "pretrained" / "smollm2"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ensemble.config import ConfigError
+from ensemble.core.config import ConfigError
 from ensemble.models import create
 from ensemble.profile import apply_profile
 

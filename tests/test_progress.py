@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble.training import TrainConfig, train_loop
+from ensemble.nn.training import TrainConfig, train_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]

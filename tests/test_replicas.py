@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_two_distinct_llm_replicas_each_serve_batches_and_match_one_device(tiny_llm, tmp_path):
-    from ensemble.models.llm import LLMModel
+    from ensemble.models.llm.model import LLMModel
 
     config = tiny_config(tiny_llm, calib_frac=0.0, train={"max_steps": 2, "batch_size": 4, "lr": 5e-3, "seed": 0})
     LLMModel(config).fit(battle_frame(24, 0)).save(tmp_path / "fold")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ensemble import TARGETS
-from ensemble.data import DataError, save_battles
+from ensemble.core.data import DataError, save_battles
 from ensemble.report import intervals, load_inputs, slice_table, truncation_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_slice_table_matches_the_overall_log_loss(art):
     data = load_inputs(art / "prepared" / "train.parquet", art / "oof", art / "blend_oof.parquet",
                        art / "blend.json", art / "metrics.json", art / "models")
     table = slice_table(data)
-    from ensemble.metrics import log_loss
+    from ensemble.core.metrics import log_loss
 
     overall = table[table["group"] == "all"].iloc[0]
     for name, proba in data.probas.items():

@@ -27,8 +27,8 @@ def stage_env(**extra) -> dict:
 def make_project(work: Path, params: dict, frame: pd.DataFrame, test: pd.DataFrame | None = None,
                  n_splits: int = N_SPLITS) -> Path:
     """The inputs of an OOF stage (params.yaml, artifacts/prepared, artifacts/folds.parquet) in `work`."""
-    from ensemble.data import save_battles
-    from ensemble.folds import make_folds
+    from ensemble.core.data import save_battles
+    from ensemble.core.folds import make_folds
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -131,7 +131,7 @@ def test_dual_tower_stage_killed_after_fold_1_resumes(tmp_path, tiny_backbone):
 # ------------------------------------------------------------------------------- atomic writes
 WRITER = """
 import sys, time
-from ensemble.io import atomic_path
+from ensemble.core.io import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     with open(tmp, "w") as fh:
         fh.write("new content, half written")
@@ -142,7 +142,7 @@ with atomic_path(sys.argv[1]) as tmp:
 
 
 def test_writer_killed_mid_atomic_write_leaves_old_file(tmp_path):
-    from ensemble.io import remove_stale_tmp
+    from ensemble.core.io import remove_stale_tmp
 
     target = tmp_path / "oof" / "model.parquet"
     target.parent.mkdir()
@@ -163,7 +163,7 @@ def test_writer_killed_mid_atomic_write_leaves_old_file(tmp_path):
 
 
 def test_remove_stale_tmp_in_a_model_folder(tmp_path):
-    from ensemble.io import remove_stale_tmp
+    from ensemble.core.io import remove_stale_tmp
 
     (tmp_path / "fold_0").mkdir()
     (tmp_path / "fold_0" / "done.json").write_text("{}")

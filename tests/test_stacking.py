@@ -4,12 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble.blend import BlendConfig, fit_blend, load_blender
-from ensemble.bootstrap import paired_diff_ci, row_log_loss
-from ensemble.config import ConfigError, from_dict
-from ensemble.data import DataError
-from ensemble.metrics import log_loss
-from ensemble.stacking import StackConfig, crossfit, fit_stacker
+from ensemble.blend.run import BlendConfig, fit_blend, load_blender
+from ensemble.blend.bootstrap import paired_diff_ci
+from ensemble.core.metrics import row_log_loss
+from ensemble.core.config import ConfigError, from_dict
+from ensemble.core.data import DataError
+from ensemble.core.metrics import log_loss
+from ensemble.blend.stack import StackConfig, fit_stacker
+from ensemble.blend.crossfit import crossfit
 
 
 def battles(n: int, seed: int = 0):

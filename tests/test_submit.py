@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from conftest import battle_frame
 
-from ensemble.blend import run as run_blend
-from ensemble.cli import fail_cleanly
-from ensemble.data import DataError, load_battles, save_battles
-from ensemble.folds import make_folds
-from ensemble.oof import proba_frame, run_oof
+from ensemble.blend.run import run as run_blend
+from ensemble.core.cli import fail_cleanly
+from ensemble.core.data import DataError, load_battles, save_battles
+from ensemble.core.folds import make_folds
+from ensemble.core.predictions import proba_frame
+from ensemble.oof import run_oof
 from ensemble.submit import main, make_submission
 
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
@@ -141,7 +142,7 @@ BAD_OOF = {  # how the external OOF file is broken -> what the one-line message 
 
 @pytest.mark.parametrize("case", list(BAD_OOF))
 def test_malformed_external_oof_is_one_line_exit_2(art, case, tmp_path, capsys):
-    from ensemble.blend import main as blend_main
+    from ensemble.blend.run import main as blend_main
 
     art, _, _ = art
     path = art / "oof" / "gemma.parquet"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble.training import TrainConfig, _schedule, mixed_precision, resolve_device, train_loop
+from ensemble.nn.training import TrainConfig, _schedule, mixed_precision, resolve_device, train_loop
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,7 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
-from .base import CONFIG_FILE, BaseModel
+from ensemble.models.base import CONFIG_FILE, BaseModel
 
 REGISTRY: dict[str, str] = {
     "lgbm": "ensemble.models.lgbm:LGBMModel",
@@ -18,7 +18,7 @@ REGISTRY: dict[str, str] = {
 
 def model_class(name: str) -> type[BaseModel]:
     if name not in REGISTRY:
-        from ..config import ConfigError
+        from ensemble.core.config import ConfigError
 
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")

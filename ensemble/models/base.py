@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
-from ..config import from_dict, to_dict
-from ..io import write_json
+from ensemble.core.config import from_dict, to_dict
+from ensemble.core.io import write_json
 
 CONFIG_FILE = "model.json"
 

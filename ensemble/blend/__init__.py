@@ -1,0 +1,1 @@
+"""Blenders fitted on the base models' OOF probabilities."""

@@ -1,0 +1,54 @@
+"""Leak-free folds: stratified by label, grouped by prompt, written once and shared by every model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from ensemble.core.config import Range, from_dict
+from ensemble.core.data import DataError
+
+
+def prompt_groups(frame: pd.DataFrame) -> np.ndarray:
+    """One group id per distinct prompt (all turns): the arena repeats prompts, so they must not
+    straddle train and valid."""
+    key = frame["prompt"].map(lambda turns: "\x1f".join(t.strip().lower() for t in turns))
+    return pd.factorize(key)[0]
+
+
+@dataclass
+class FoldsConfig:
+    n_splits: int = 5
+    seed: int = 42
+
+    constraints: ClassVar[dict] = {"n_splits": Range(2)}
+
+
+def make_folds(frame: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
+    if "label" not in frame:
+        raise DataError("folds need a labelled training frame")
+    from_dict(FoldsConfig, {"n_splits": n_splits, "seed": seed}, "folds")  # the one check of the values
+    groups = prompt_groups(frame)
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise DataError(f"only {n_groups} distinct prompts for {n_splits} prompt-grouped folds; "
+                        f"lower folds.n_splits or add data")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fold = np.full(len(frame), -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(splitter.split(np.zeros(len(frame)), frame["label"], groups)):
+        fold[valid] = k
+    return pd.DataFrame({"id": frame["id"].astype(str).to_numpy(), "fold": fold})
+
+
+def attach_folds(frame: pd.DataFrame, folds: pd.DataFrame) -> np.ndarray:
+    """Fold of each row of `frame`, checked: a frame/folds mismatch would silently misalign OOF rows."""
+    mapping = dict(zip(folds["id"].astype(str), folds["fold"]))
+    missing = [i for i in frame["id"] if i not in mapping]
+    if missing:
+        raise DataError(f"folds file has no fold for {len(missing)} training ids (e.g. {', '.join(missing[:5])}); "
+                        f"rerun the folds stage")
+    return frame["id"].map(mapping).to_numpy(dtype=np.int64)

@@ -1,0 +1,104 @@
+"""Prediction files: every model's OOF and test probabilities, checked before a blend or a submission
+uses them. A model brought from elsewhere (not one of ensemble.models.REGISTRY) exists only as
+these two files, so they are its whole contract:
+
+    artifacts/oof/<name>.parquet   id, fold, winner_model_a, winner_model_b, winner_tie
+                                   (one row per training id, fold as in artifacts/folds.parquet)
+    artifacts/test/<name>.parquet  id, winner_model_a, winner_model_b, winner_tie
+                                   (at least every id of the test file predicted)
+
+Probabilities finite, within [0, 1], rows summing to 1 (within SUM_TOL); ids unique.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ensemble import TARGETS
+from ensemble.core.data import DataError, _rows
+
+SUM_TOL = 1e-4
+
+
+def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
+    frame = pd.DataFrame({"id": pd.Series(ids, dtype=str).to_numpy()})
+    if fold is not None:
+        frame["fold"] = fold
+    for j, col in enumerate(TARGETS):
+        frame[col] = proba[:, j].astype(np.float64)
+    return frame
+
+
+def is_external(name: str) -> bool:
+    """A model this project does not train: only its prediction files exist."""
+    from ensemble.models import REGISTRY
+
+    return name not in REGISTRY
+
+
+def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *TARGETS)) -> pd.DataFrame:
+    """Read a prediction file and check what holds whatever rows it is compared with."""
+    if not path.is_file():
+        hint = ("it is a model from elsewhere: write this file (README, 'Models from elsewhere')" if is_external(name)
+                else f"run its stage first (dvc repro {name})")
+        raise DataError(f"{path}: no prediction file for model {name!r}; {hint}")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem
+        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
+    frame = frame.assign(id=frame["id"].astype(str))
+    dup = frame["id"][frame["id"].duplicated()]
+    if len(dup):
+        raise DataError(f"{path}: {len(dup)} duplicate id(s): {_rows(dup.unique())}; one row per id")
+    values = frame[list(TARGETS)].to_numpy(dtype=float)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: columns {', '.join(TARGETS)} hold NaN/inf in rows with id {_rows(frame['id'][bad])}")
+    bad = ((values < 0) | (values > 1)).any(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: probabilities outside [0, 1] in rows with id {_rows(frame['id'][bad])}")
+    bad = np.abs(values.sum(axis=1) - 1) > SUM_TOL
+    if bad.any():
+        raise DataError(f"{path}: rows that do not sum to 1 (within {SUM_TOL}) with id {_rows(frame['id'][bad])}")
+    return frame.set_index("id")
+
+
+def read_oof_file(path: Path, name: str, ids: pd.Index, fold_of: np.ndarray | None,
+                  folds_source: str = "artifacts/folds.parquet") -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, folds) aligned with the training `ids`; the ids must be exactly the training
+    ids and, when `fold_of` is given, the fold column must equal it."""
+    frame = read_predictions(path, name, ("id", "fold", *TARGETS))
+    missing = ids.difference(frame.index)
+    if len(missing):
+        raise DataError(f"{path}: no OOF rows for {len(missing)} training ids (e.g. {_rows(missing, 5)}); "
+                        f"its folds are stale, rerun its stage or rewrite the file for these training ids")
+    extra = frame.index.difference(ids)
+    if len(extra):
+        raise DataError(f"{path}: {len(extra)} id(s) that are not training ids (e.g. {_rows(extra, 5)}); "
+                        f"the OOF file must hold exactly the training ids")
+    frame = frame.loc[ids]
+    folds = frame["fold"].to_numpy()
+    if not np.issubdtype(folds.dtype, np.integer):
+        raise DataError(f"{path}: column fold has dtype {folds.dtype}; expected whole numbers as in {folds_source}")
+    if fold_of is not None and not np.array_equal(folds, fold_of):
+        bad = ids[folds != fold_of]
+        raise DataError(f"{path}: column fold differs from {folds_source} in {len(bad)} rows (e.g. id "
+                        f"{_rows(bad, 5)}); OOF predictions must come from the project's folds")
+    return frame[list(TARGETS)].to_numpy(dtype=float), folds.astype(np.int64)
+
+
+def read_test_file(path: Path, name: str, ids: pd.Series, test_source: str, hint: str) -> np.ndarray:
+    """Test probabilities of `name` for `ids`, in their order; every id must be predicted."""
+    frame = read_predictions(path, name)
+    ids = pd.Index(pd.Series(ids).astype(str))
+    missing = ids.difference(frame.index)
+    if len(missing):
+        raise DataError(f"{path}: no predictions for {len(missing)} of the {len(ids)} ids of {test_source} "
+                        f"(e.g. {_rows(missing, 5)}); {hint}")
+    return frame.loc[ids, list(TARGETS)].to_numpy(dtype=float)

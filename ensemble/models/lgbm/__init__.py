@@ -1,0 +1,5 @@
+"""CountVectorizer + length-feature LightGBM."""
+
+from ensemble.models.lgbm.model import LGBMConfig, LGBMModel
+
+__all__ = ["LGBMConfig", "LGBMModel"]

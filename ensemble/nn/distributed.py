@@ -1,0 +1,188 @@
+"""Several processes training one model (`accelerate launch` / `torchrun`: DDP), seen from the OOF runner
+and the models: which process is the main one, which device a process trains on, and a barrier.
+
+Every process trains every fold (DDP needs all of them inside the training loop); only the main process
+(global rank 0) touches the artifacts: it removes, saves and renames fold folders, predicts and writes the
+OOF and test files, while the others wait at a barrier. Without `WORLD_SIZE > 1` all of this is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+
+#: Opt-in trace for tests and debugging: a folder where each process writes what it trained on
+#: (a digest per batch) and the digest of its trainable weights at the end of each training loop.
+TRACE_ENV = "ENSEMBLE_TRAIN_TRACE"
+#: How long a process waits at a barrier: rank 0 predicts a whole test file while the others wait, which
+#: at Kaggle scale outlasts torch's default (10 min for NCCL). ENSEMBLE_DDP_TIMEOUT_S overrides it.
+TIMEOUT_S = int(os.environ.get("ENSEMBLE_DDP_TIMEOUT_S", str(6 * 3600)))
+
+
+def process_group_kwargs() -> dict:
+    from datetime import timedelta
+
+    return {"timeout": timedelta(seconds=TIMEOUT_S)}
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _group():
+    """The process group, initialised through Accelerate's PartialState when no training loop has done it
+    yet (gloo on CPU, nccl on CUDA)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available(), **process_group_kwargs())
+    return dist
+
+
+def from_main(value):
+    """Rank 0's `value` on every process (also a meeting point); `value` itself in one process. Only rank 0
+    reads the artifacts, so processes on machines without a shared disk still agree."""
+    if not is_distributed():
+        return value
+    box = [value]
+    _group().broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(reason: str = "") -> None:
+    """All processes meet here (no-op in one process)."""
+    if not is_distributed():
+        return
+    dist = _group()
+    if not is_main() and reason:
+        print(f"[rank {rank()}] waiting for rank 0: {reason}", flush=True)
+    dist.barrier()
+
+
+def finish(reason: str = "") -> None:
+    """The last meeting point of a run: all processes meet, then each tears its process group down before the
+    interpreter exits. Left to interpreter shutdown, gloo's background threads can outlive the group and abort
+    the process ("terminate called without an active exception", exit -6) after the work is done."""
+    if not is_distributed():
+        return
+    barrier(reason)
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def train_device(configured: Sequence[torch.device], listed: bool = True) -> torch.device | None:
+    """The device this process trains on under DDP (None in one process: the model's own choice).
+
+    Accelerate gives process i the GPU cuda:<LOCAL_RANK> (pick the GPUs with CUDA_VISIBLE_DEVICES or
+    `accelerate launch --gpu_ids`); a model configured for the CPU, or a machine without CUDA, trains on
+    the CPU (gloo). With `listed`, a configured CUDA list that does not hold this process's GPU is an error, not a
+    silent move to another GPU."""
+    if not is_distributed():
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or all(d.type == "cpu" for d in configured):
+        return torch.device("cpu")
+    mine = torch.device("cuda", local_rank())
+    cuda = [torch.device("cuda", d.index or 0) for d in configured if d.type == "cuda"]
+    if listed and cuda and mine not in cuda:
+        from ensemble.core.config import ConfigError
+
+        raise ConfigError(f"under accelerate launch process {local_rank()} trains on {mine}, which the model's "
+                          f"devices {[str(d) for d in configured]} do not list; list every launched GPU "
+                          f"(e.g. [cuda:0, cuda:1]) or choose them with CUDA_VISIBLE_DEVICES")
+    return mine
+
+
+def relaunch(name: str, argv: list[str]) -> None:
+    """`ENSEMBLE_LAUNCH_<NAME>="accelerate launch --multi_gpu --num_processes 2" dvc repro <name>`: the stage
+    command in dvc.yaml stays `python stages/oof.py <name>` (so dvc.lock is right), and this replaces the
+    process with the launcher running the same script and arguments, once."""
+    launcher = os.environ.get(f"ENSEMBLE_LAUNCH_{name.upper()}")
+    if not launcher or is_distributed() or os.environ.get("ENSEMBLE_LAUNCHED"):
+        return
+    import shlex
+    import sys
+
+    cmd = [*shlex.split(launcher), *argv]
+    os.environ["ENSEMBLE_LAUNCHED"] = "1"
+    print(f"[{name}] relaunching: {shlex.join(cmd)}", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(cmd[0], cmd)
+
+
+# ------------------------------------------------------------------------------------- the trace
+def batch_digest(batch) -> str:
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    items = batch.items() if isinstance(batch, dict) else enumerate(batch)
+    for key, value in sorted(items, key=lambda kv: str(kv[0])):
+        h.update(str(key).encode())
+        if isinstance(value, torch.Tensor):
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Trace:
+    """Collects one training loop's batch digests; writes them when ENSEMBLE_TRAIN_TRACE is set."""
+
+    def __init__(self, desc: str):
+        folder = os.environ.get(TRACE_ENV)
+        self.folder = Path(folder) if folder else None
+        self.desc, self.batches = desc, []
+
+    def batch(self, batch) -> None:
+        if self.folder is not None:
+            self.batches.append(batch_digest(batch))
+
+    def finish(self, model: torch.nn.Module) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = {"rank": rank(), "world_size": world_size(), "desc": self.desc, "batches": self.batches,
+                  "weights": state_digest(model), "time": time.time()}
+        with open(self.folder / f"rank{rank()}.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
