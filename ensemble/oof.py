@@ -1,12 +1,14 @@
 """Generic out-of-fold runner: one model per fold, OOF and fold-averaged test probabilities.
 
-It never knows which model it holds. A finished fold is kept (resumable after a crash) as long as
-its fingerprint (model config, training rows, fold assignment) still matches.
+It never knows which model it holds. A finished fold is kept (resumable after a crash, and a rerun
+after an edit elsewhere costs nothing) as long as its fingerprint still matches: the training rows
+(ids, texts, labels), the folds, the model's config without its run-time keys, the code the model
+imports and the pretrained weights it starts from (ensemble.core.fingerprint). Test predictions are
+kept per fold under that fingerprint plus the test rows' ids and texts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -15,74 +17,75 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ensemble import TARGETS
+from ensemble.core import fingerprint as fp
 from ensemble.core import progress
-from ensemble.nn import distributed as dist
-from ensemble.core.config import to_dict
+from ensemble.core.cache import RunCache
 from ensemble.core.folds import attach_folds
-from ensemble.core.io import remove_stale_tmp, write_json, write_parquet
+from ensemble.core.io import atomic_path, remove_stale_tmp, write_json, write_parquet, write_text
 from ensemble.core.metrics import log_loss, prior_proba
-from ensemble.core.predictions import proba_frame
+from ensemble.core.predictions import INPUT_REPORT, check_proba, proba_frame
 from ensemble.models import create, load
+from ensemble.models.base import BaseModel
+from ensemble.nn import distributed as dist
 
 DONE_FILE = "done.json"
-#: models/<name>/input.json: how much of each text the model saw (written when the model reports it).
-INPUT_REPORT = "input.json"
 
 
-def code_digest() -> str:
-    """The library's source: a fold trained by other code is not reused (resume is for crashes)."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(path.relative_to(Path(__file__).parent).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+def fold_parts(model: BaseModel, train: pd.DataFrame, fold_of: np.ndarray) -> dict[str, str]:
+    """The named digests every fold's fingerprint combines (with the fold's number); submit compares
+    them one by one to say which changed."""
+    return {"config": fp.config_digest({"model": model.name, "config": model.learned_config()}),
+            "data": fp.frame_digest(train), "folds": fp.array_digest(np.asarray(fold_of, dtype=np.int64)),
+            "code": fp.code_digest([type(model).__module__]), "backbone": model.backbone_identity() or "none"}
 
 
-def fingerprint(name: str, config: dict, train: pd.DataFrame, fold_of: np.ndarray, k: int, code: str) -> str:
-    h = hashlib.sha256()
-    h.update(code.encode())
-    h.update(json.dumps({"model": name, "config": config, "fold": k}, sort_keys=True, default=str).encode())
-    h.update("\x1e".join(train["id"].astype(str)).encode())
-    h.update(np.ascontiguousarray(train["label"].to_numpy(dtype=np.int64)).tobytes())
-    h.update(np.ascontiguousarray(fold_of).tobytes())
-    return h.hexdigest()
+def read_done(fold_dir: Path) -> dict:
+    """A finished fold's done.json ({} when absent or unreadable: the fold is not finished)."""
+    try:
+        done = json.loads((fold_dir / DONE_FILE).read_text(encoding="utf-8"))
+        return done if isinstance(done, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, artifacts: str | Path,
-            test: pd.DataFrame | None = None) -> dict:
+            test: pd.DataFrame | None = None, cache: RunCache | None = None) -> dict:
     """Train one `name` model per fold; write oof/<name>.parquet and test/<name>.parquet."""
     artifacts = Path(artifacts)
+    cache = cache if cache is not None else RunCache()  # shared by every fold of this run
     fold_of = attach_folds(train, folds)
     model_root = artifacts / "models" / name
     n_folds = int(fold_of.max()) + 1
     oof = np.full((len(train), 3), np.nan)
     test_sum = np.zeros((len(test), 3)) if test is not None else None
     timings = {}
-    code = code_digest()
-    model_for_report = None
     main = dist.is_main()  # under DDP every process trains, only rank 0 touches the artifacts
     if main:
         remove_stale_tmp(model_root, *(artifacts / d / f"{name}{ext}" for d, ext in
                                        (("oof", ".parquet"), ("test", ".parquet"), ("timings", ".json"))))
+    first = create(name, config, cache=cache)
+    first.check_resources([train] + ([test] if test is not None else []))  # refuse before any fold trains
+    common = fold_parts(first, train, fold_of)  # computed once: the backbone digest reads its weights
+    test_key = fp.frame_digest(test) if test is not None else ""
+    last_fold = None
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        model = create(name, config)
-        key = fingerprint(name, to_dict(model.config), train, fold_of, k, code)
-        done = fold_dir / DONE_FILE
+        model = first if k == 0 else create(name, config, cache=cache)
+        parts = {**common, "fold": str(k)}
+        key = fp.combine(parts)
         # rank 0 decides for every process, before it changes the folder
-        reuse = dist.from_main(main and done.exists() and json.loads(done.read_text()).get("fingerprint") == key)
+        reuse = dist.from_main(main and read_done(fold_dir).get("fingerprint") == key)
+        valid = train.iloc[va].reset_index(drop=True)
         if reuse:
             progress.log(f"[{name}] fold {k}: already done, reusing {fold_dir}")
-            model = load(fold_dir) if main else None
-            timings[k] = 0.0
+            model, timings[k] = None, 0.0  # loaded below only if a prediction is not cached
         else:
             if main and fold_dir.exists():
                 shutil.rmtree(fold_dir)
             progress.log(f"[{name}] fold {k}: training on {len(tr)} rows, validating on {len(va)}")
             start = time.perf_counter()
-            model.fit(train.iloc[tr].reset_index(drop=True), train.iloc[va].reset_index(drop=True))
+            model.fit(train.iloc[tr].reset_index(drop=True), valid)
             timings[k] = time.perf_counter() - start
             if main:
                 tmp_dir = fold_dir.with_name(fold_dir.name + ".tmp")
@@ -91,23 +94,27 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                 model.save(tmp_dir)
                 tmp_dir.rename(fold_dir)
         if main:
-            valid_pred = _predict_cached(model, train.iloc[va].reset_index(drop=True), fold_dir / "valid_pred.npy", key)
+            fold = LazyFold(model, fold_dir, cache, config)
+            valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", key)
             oof[va] = valid_pred
             if test is not None:
-                test_sum += _predict_cached(model, test, fold_dir / "test_pred.npy", key + _frame_key(test))
-            write_json(done, {"fingerprint": key, "valid_rows": len(va)})  # no timings: DVC hashes this folder
+                test_sum += _predict_cached(fold, test, fold_dir / "test_pred.npy", fp.combine({"fold": key, "test": test_key}))
+            write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": parts, "valid_rows": len(va)})
             if "label" in train:
                 labels = train["label"].to_numpy()[va]
                 progress.log(f"[{name}] fold {k}: fit {timings[k]:.1f} s, fold log loss {log_loss(labels, valid_pred):.4f}"
                              f" (fold prior {log_loss(labels, prior_proba(train['label'].to_numpy()[tr], len(va))):.4f})")
+            last_fold = fold
         dist.barrier(f"fold {k} saved and predicted")
-        model_for_report = model
     if not main:
         dist.finish("OOF and test files written")
         return {"folds": n_folds, "fit_seconds": timings}
-    report = getattr(model_for_report, "input_report", None) if model_for_report is not None else None
-    if report is not None:  # what the model saw of the texts (transformers: truncation at max_len)
-        write_json(model_root / INPUT_REPORT, report(train))
+    if hasattr(first, "input_report"):  # what the model saw of the texts (transformers: truncation at max_len)
+        report_key = fp.combine({k: common[k] for k in ("config", "data", "code", "backbone")})
+        path = model_root / INPUT_REPORT
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if old.get("key") != report_key:  # it depends on texts, config and tokenizer, not on the folds
+            write_json(path, {**last_fold.get().input_report(train), "key": report_key})
     write_parquet(artifacts / "oof" / f"{name}.parquet", proba_frame(train["id"], oof, fold_of))
     if test is not None:
         write_parquet(artifacts / "test" / f"{name}.parquet", proba_frame(test["id"], test_sum / n_folds))
@@ -116,29 +123,29 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     return {"folds": n_folds, "fit_seconds": timings}
 
 
-def _frame_key(frame: pd.DataFrame) -> str:
-    return hashlib.sha256("\x1e".join(frame["id"].astype(str)).encode()).hexdigest()[:16]
+class LazyFold:
+    """A fold's fitted model, loaded from its folder on first use: a reused fold whose predictions are
+    all cached is never loaded (a rerun after an unrelated edit costs seconds, not model loads)."""
+
+    def __init__(self, model: BaseModel | None, folder: Path, cache: RunCache, runtime: dict):
+        self.model, self.folder, self.cache, self.runtime = model, folder, cache, runtime
+
+    def get(self) -> BaseModel:
+        if self.model is None:
+            self.model = load(self.folder, cache=self.cache, runtime=self.runtime)
+        return self.model
 
 
-def _predict_cached(model, frame: pd.DataFrame, path: Path, key: str) -> np.ndarray:
-    """Predictions of a finished fold survive a crash in a later fold."""
+def _predict_cached(fold: LazyFold, frame: pd.DataFrame, path: Path, key: str) -> np.ndarray:
+    """A finished fold's predictions survive a crash in a later fold, keyed by its fingerprint and the rows."""
     meta = path.with_suffix(".key")
     if path.exists() and meta.exists() and meta.read_text() == key:
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
+    model = fold.get()
     proba = np.asarray(model.predict_proba(frame), dtype=np.float64)
-    _check_proba(proba, len(frame), model.name)
-    from ensemble.core.io import atomic_path, write_text
+    check_proba(proba, len(frame), model.name)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.save(fh, proba)
+            np.save(fh, proba, allow_pickle=False)
     write_text(meta, key)
     return proba
-
-
-def _check_proba(proba: np.ndarray, n: int, name: str) -> None:
-    if proba.shape != (n, 3):
-        raise RuntimeError(f"model {name} returned probabilities of shape {proba.shape}, expected ({n}, 3)")
-    if not np.isfinite(proba).all():
-        raise RuntimeError(f"model {name} returned non-finite probabilities")
-    if np.abs(proba.sum(axis=1) - 1).max() > 1e-4:
-        raise RuntimeError(f"model {name} returned rows that do not sum to 1")

@@ -34,9 +34,9 @@ class ReportInputs:
 
     ids: np.ndarray
     labels: np.ndarray
-    probas: dict[str, np.ndarray]  # model name (and "blend") -> (n, 3), clipped and renormalized
+    probas: dict[str, np.ndarray]  # model name (and "blend": cross-fitted) -> (n, 3), clipped and renormalized
     texts: pd.DataFrame  # prompt, response_a, response_b as turn lists
-    blend: dict  # blend.json
+    blend: dict  # blend.json (the fitted blender: method, models, its numbers)
     metrics: dict  # metrics.json, or {} when absent
     inputs: dict[str, dict] = field(default_factory=dict)  # models/<m>/input.json
     folds: int = 0
@@ -44,6 +44,15 @@ class ReportInputs:
     @property
     def models(self) -> list[str]:
         return [m for m in self.probas if m != BLEND]
+
+    @property
+    def method(self) -> str:
+        return str(self.blend.get("method", "?"))
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each model's share of the blend when it is a weighted average (the blend stage's metrics), else {}."""
+        return dict(self.metrics.get("blender", {}).get("weights") or {})
 
 
 def _read_json(path: Path, required: bool) -> dict:
@@ -102,15 +111,15 @@ def load_inputs(train: Path, oof_dir: Path, blend_oof: Path, blend_json: Path, m
     ids = battles.index
     blend = _read_json(blend_json, required=True)
     models = blend.get("models")
-    if not isinstance(models, list) or not models or not isinstance(blend.get("weights"), dict):
-        raise DataError(f"{blend_json}: needs a non-empty 'models' list and a 'weights' mapping")
+    if not isinstance(models, list) or not models or not isinstance(blend.get("method"), str):
+        raise DataError(f"{blend_json}: needs a non-empty 'models' list and a 'method'; rerun the blend stage")
     probas, folds = {}, 0
     for name in models:
         frame = _read_proba(oof_dir / f"{name}.parquet", ids, f"model {name!r}")
         probas[name] = clip_normalize(frame[list(TARGETS)].to_numpy(dtype=float))
         if "fold" in frame:
             folds = max(folds, int(frame["fold"].nunique()))
-    frame = _read_proba(blend_oof, ids, "the blend")
+    frame = _read_proba(blend_oof, ids, "the cross-fitted blend")
     if "label" in frame and not np.array_equal(frame["label"].to_numpy(dtype=int), battles["label"].to_numpy(int)):
         raise DataError(f"{blend_oof}: labels differ from {train}; the blend is stale, rerun it (dvc repro blend)")
     probas[BLEND] = clip_normalize(frame[list(TARGETS)].to_numpy(dtype=float))
@@ -175,28 +184,26 @@ def intervals(entry: dict) -> dict[str, tuple[float, float]]:
 
 
 def summary_rows(data: ReportInputs) -> list[dict]:
-    """One row per model, the blend, and any extra blend scores in metrics.json (fixed, cross-fitted)."""
-    weights = data.blend.get("weights", {})
-    mets = data.metrics
+    """One row per model and for the cross-fitted blend (scores recomputed from the OOF files), then the
+    blend stage's other figures: every blender cross-fitted, the fitted blend in-sample (optimistic:
+    fitted on the rows it is scored on, so named so) and the hand-set blend."""
+    mets, weights, method = data.metrics, data.weights, data.method
     rows = []
     for name, proba in data.probas.items():
         entry = mets.get("blend", {}) if name == BLEND else mets.get("models", {}).get(name, {})
-        pred = proba.argmax(axis=1)
-        rows.append({"name": name, "weight": weights.get(name), "log_loss": log_loss(data.labels, proba),
-                     "accuracy": float((pred == data.labels).mean()), "ci": intervals(entry)})
-    extra = {f"blend, {k.replace('_', ' ')}": v for k, v in mets.get("blend", {}).items()
-             if isinstance(v, dict) and isinstance(v.get("log_loss"), (int, float)) and "ci" not in k.split("_")}
+        label = f"blend {method}, cross-fitted" if name == BLEND else name
+        rows.append({"name": name, "label": label, "weight": weights.get(name), "log_loss": log_loss(data.labels, proba),
+                     "accuracy": float((proba.argmax(axis=1) == data.labels).mean()), "ci": intervals(entry)})
+    blend = mets.get("blend", {})
+    extra = [(f"blend {m}, cross-fitted", v) for m, v in blend.get("by_method", {}).items() if m != method]
+    if isinstance(blend.get("insample"), dict):
+        extra.append((f"blend {method}, in-sample (scored on the rows it was fitted on: optimistic)", blend["insample"]))
     if isinstance(mets.get("fixed_blend"), dict) and "log_loss" in mets["fixed_blend"]:
-        extra["blend, fixed weights"] = mets["fixed_blend"]
-    for name, entry in extra.items():
+        extra.append(("blend, fixed hand-set weights", mets["fixed_blend"]))
+    for label, entry in extra:
         accuracy = entry.get("accuracy")
-        rows.append({"name": name, "weight": None, "log_loss": float(entry["log_loss"]),
-                     "accuracy": float(accuracy) if isinstance(accuracy, (int, float)) else None,
-                     "ci": intervals(entry)})
-    crossfit = next((r for r in rows if r["name"] == "blend, crossfit"), None)
-    fitted = next((r for r in rows if r["name"] == BLEND), None)
-    if crossfit is not None and fitted is not None and "diff_vs_best" in fitted["ci"]:
-        crossfit["ci"]["diff_vs_best"] = fitted["ci"].pop("diff_vs_best")  # it is the cross-fitted blend's
+        rows.append({"name": label, "label": label, "weight": None, "log_loss": float(entry["log_loss"]),
+                     "accuracy": float(accuracy) if isinstance(accuracy, (int, float)) else None, "ci": {}})
     return rows
 
 
@@ -276,23 +283,24 @@ def slice_table(data: ReportInputs) -> pd.DataFrame:
 
 
 def write_plots(data: ReportInputs, out_dir: Path, bins: int = 10) -> list[Path]:
-    """CSV files for the top-level `plots` of dvc.yaml: reliability per class for the blend
-    (calibration_<class>.csv) and per model (calibration_<model>_<class>.csv), a diagonal
-    (calibration_diagonal.csv) and the blend's confusion pairs (confusion.csv)."""
-    written = []
-    for stale in out_dir.glob("calibration_*.csv"):  # a model no longer blended must not keep its curve
+    """CSV files for the top-level `plots` of dvc.yaml: reliability.csv in long form (model, outcome,
+    predicted, observed, count; the cross-fitted blend, every model and the diagonal, so the model names
+    live in the data and not in dvc.yaml) and confusion.csv (the cross-fitted blend's actual/predicted)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("calibration_*.csv"):  # the per-file layout of earlier versions
         stale.unlink()
-    for name, proba in data.probas.items():
-        prefix = "calibration_" if name == BLEND else f"calibration_{name}_"
-        for j, col in enumerate(TARGETS):
-            path = out_dir / f"{prefix}{col}.csv"
-            write_csv(path, reliability(proba[:, j], data.labels == j, bins))
-            written.append(path)
-    path = out_dir / "calibration_diagonal.csv"
-    write_csv(path, pd.DataFrame({"predicted": [0.0, 1.0], "observed": [0.0, 1.0]}))
-    written.append(path)
+    rows = []
+    for j, outcome in enumerate(CLASS_NAMES):
+        rows.append(pd.DataFrame({"model": "perfect calibration", "outcome": outcome, "predicted": [0.0, 1.0],
+                                  "observed": [0.0, 1.0], "count": [0, 0]}))
+        for name, proba in data.probas.items():
+            table = reliability(proba[:, j], data.labels == j, bins)
+            rows.append(table.assign(model=f"blend ({data.method}, cross-fitted)" if name == BLEND else name,
+                                     outcome=outcome))
+    path = out_dir / "reliability.csv"
+    write_csv(path, pd.concat(rows, ignore_index=True)[["model", "outcome", "predicted", "observed", "count"]])
     names = np.asarray(CLASS_NAMES)
-    path = out_dir / "confusion.csv"
-    write_csv(path, pd.DataFrame({"actual": names[data.labels], "predicted": names[data.probas[BLEND].argmax(axis=1)]}))
-    written.append(path)
-    return written
+    confusion_path = out_dir / "confusion.csv"
+    write_csv(confusion_path, pd.DataFrame({"actual": names[data.labels],
+                                            "predicted": names[data.probas[BLEND].argmax(axis=1)]}))
+    return [path, confusion_path]

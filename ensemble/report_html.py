@@ -165,7 +165,7 @@ def _summary(data: ReportInputs) -> str:
     out.append(f'<tr><td class="l">class prior</td><td></td><td>{prior:.4f}</td><td></td><td>0</td>'
                + ("<td></td>" if has_ci else "") + "</tr>")
     for r in rows:
-        cells = [f'<td class="l">{"<b>blend</b>, in-sample" if r["name"] == BLEND else _e(r["name"])}</td>',
+        cells = [f'<td class="l">{"<b>" + _e(r["label"]) + "</b>" if r["name"] == BLEND else _e(r["label"])}</td>',
                  f"<td>{_num(r['weight'], 3)}</td>", f"<td>{_num(r['log_loss'])}</td>",
                  f"<td>{_num(r['accuracy'])}</td>", f"<td>{_num(prior - r['log_loss'])}</td>"]
         cells += [f'<td class="l">{_ci(r, best)}</td>'] if has_ci else []
@@ -241,7 +241,9 @@ def _inputs_html(data: ReportInputs) -> str:
 def render(data: ReportInputs, sources: dict[str, str]) -> str:
     table = slice_table(data)
     counts = np.bincount(data.labels, minlength=3)
-    temp = data.blend.get("temperature")
+    summary = data.metrics.get("blender", {}).get("summary", {})
+    described = ", ".join(f"{k} {v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    weights = " + ".join(f"{w:.3f} x {_e(m)}" for m, w in data.weights.items())
     sections = [BLEND] + data.models
     nav = " ".join(f'<a href="#{_e(n)}">{_e(n)}</a>' for n in ["summary", "slices", *sections, "inputs"])
     parts = [
@@ -249,8 +251,9 @@ def render(data: ReportInputs, sources: dict[str, str]) -> str:
         f"<style>{CSS}</style></head><body>", "<h1>Arena ensemble report</h1>",
         f'<p>{len(data.labels)} labelled battles, out-of-fold predictions'
         f'{f" from {data.folds} folds" if data.folds else ""}; actual outcomes: A wins {counts[0]}, B wins {counts[1]}, '
-        f'tie {counts[2]}. Blend: {" + ".join(f"{w:.3f} x {_e(m)}" for m, w in data.blend["weights"].items())}'
-        f'{f", temperature {temp:.3f}" if isinstance(temp, (int, float)) else ""}.</p>',
+        f'tie {counts[2]}. Blend: method {_e(data.method)}{f" ({_e(described)})" if described else ""}'
+        f'{f": {weights}" if weights else ""}. Every blend figure below is cross-fitted (each fold blended by a '
+        f'blender fitted on the other folds) unless its row says in-sample.</p>',
         f"<nav>{nav}</nav>",
         '<h2 id="summary">Scores and weights</h2>', _summary(data),
         f'<p class="note">Reliability of every model and the blend (OOF, 10 equal-width bins of the predicted '
@@ -264,8 +267,8 @@ def render(data: ReportInputs, sources: dict[str, str]) -> str:
         _slices_html(table, data), fig_slices(table, data),
     ]
     for name in sections:
-        title = "blend" if name == BLEND else f"model: {name}"
-        weight = "" if name == BLEND else f' (blend weight {data.blend["weights"].get(name, 0):.3f})'
+        title = f"blend ({data.method}, cross-fitted)" if name == BLEND else f"model: {name}"
+        weight = f' (blend weight {data.weights[name]:.3f})' if name in data.weights else ""
         parts += [f'<h2 id="{_e(name)}">{_e(title)}{weight}</h2>', _class_table(name, data),
                   f'<p class="note">Reliability per class with the diagonal (perfect calibration); the shaded bars show '
                   f"how many predictions fall in each bin (scaled; hollow markers: fewer than {MIN_BIN}). "

@@ -15,7 +15,7 @@ OTHER_SECTIONS: dict[str, str] = {
     "data": "ensemble.core.data:DataConfig",
     "demo": "ensemble.demo:DemoConfig",
     "folds": "ensemble.core.folds:FoldsConfig",
-    "blend": "ensemble.blend.run:BlendConfig",
+    "blend": "ensemble.blend.config:BlendConfig",
 }
 SECTIONS = (*OTHER_SECTIONS, *REGISTRY)
 

@@ -1,10 +1,12 @@
 """Kaggle submission: `python -m ensemble.submit test.csv [-o submission.csv]`.
 
-Loads every blended model's saved fold models, predicts the file (fold-averaged), applies
-artifacts/blend.json (weights or stacker, whichever was fitted) and writes
-id,winner_model_a,winner_model_b,winner_tie in input order. The fold models must be exactly the
-folds of artifacts/folds.parquet, each still matching its fingerprint (params, training rows,
-folds, code); a model brought from elsewhere is read from artifacts/test/<name>.parquet.
+Loads every blended model's saved fold models, predicts the file (fold-averaged), applies the fitted
+blender of artifacts/blend.json (whichever method fitted it) and writes
+id,winner_model_a,winner_model_b,winner_tie in input order. The fold models must be exactly the folds
+of artifacts/folds.parquet, each still matching its fingerprint (params without the run-time keys,
+training rows and texts, folds, the code the model runs, its pretrained weights); the run-time keys
+(devices, inference budgets) come from today's params. A model brought from elsewhere is read from
+artifacts/test/<name>.parquet.
 """
 
 from __future__ import annotations
@@ -19,27 +21,32 @@ import numpy as np
 import pandas as pd
 
 from ensemble import TARGETS
-from ensemble.blend.run import load_blender
+from ensemble.blend import BLENDERS, blender_from_json
+from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
-from ensemble.core.config import load_params, to_dict
+from ensemble.core.config import load_params
 from ensemble.core.data import DataError, load_battles, read_battles
-from ensemble.core.predictions import is_external, read_test_file
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import log_loss
-from ensemble.models import create
+from ensemble.core.predictions import proba_frame, read_test_file
+from ensemble.models import create, is_registered
 from ensemble.models import load as load_model
 from ensemble.models.base import CONFIG_FILE
-from ensemble.oof import DONE_FILE, code_digest, fingerprint
-from ensemble.core.predictions import proba_frame
+from ensemble.oof import fold_parts, read_done
+
+#: what a fingerprint part that changed means, for the message
+CHANGED = {"config": "its params changed", "data": "the training rows (ids, texts or labels) changed",
+           "folds": "the folds changed", "code": "the code the model runs changed",
+           "backbone": "its pretrained weights changed"}
 
 
-def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code: bool = True) -> list[Path]:
+def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code: bool = True,
+              cache: RunCache | None = None) -> list[Path]:
     """fold_0 .. fold_{n-1} for the n folds of artifacts/folds.parquet, each finished and trained for
-    today's params, training rows, folds and code (the OOF runner's fingerprint); anything else is a
-    DataError, never a silent average of stale models. `check_code=False` compares the params and
-    the fold sizes only (the fingerprint hashes the ensemble code with the data, so it cannot say
-    which changed)."""
+    today's params, training rows, folds, code and backbone (the OOF runner's fingerprint, part by
+    part); anything else is a DataError naming the part, never a silent average of stale models.
+    `check_code=False` leaves the code part out."""
     root = artifacts / "models" / name
     folds_path, train_path = artifacts / "folds.parquet", artifacts / "prepared" / "train.parquet"
     for path in (folds_path, train_path):
@@ -49,40 +56,32 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
     fold_of = attach_folds(train, pd.read_parquet(folds_path))
     n = int(fold_of.max()) + 1
     found = {int(m.group(1)): d for d in root.glob("fold_*") if (m := re.fullmatch(r"fold_(\d+)", d.name))}
-    missing = [k for k in range(n) if k not in found or not (found[k] / DONE_FILE).is_file()]
+    missing = [k for k in range(n) if k not in found or not read_done(found[k])]
     if missing:
         raise DataError(f"{root}: fold model(s) {', '.join(f'fold_{k}' for k in missing)} missing or unfinished for "
-                        f"the {n} folds of {folds_path}; run `dvc repro {name}`")
+                        f"the {n} folds of {folds_path}; run `dvc repro model@{name}`")
     extra = sorted(k for k in found if k >= n)
     if extra:
         raise DataError(f"{root}: {', '.join(f'fold_{k}' for k in extra)} beyond the {n} folds of {folds_path} "
-                        f"(left by a run with more folds); delete them or rerun `dvc repro {name}`")
+                        f"(left by a run with more folds); delete them or rerun `dvc repro model@{name}`")
     params = load_params() if params is None else params  # params.yaml of the working directory
-    config = json.loads(json.dumps(to_dict(create(name, params.get(name, {})).config), default=str))  # as saved
-    code = code_digest() if check_code else None
+    model = create(name, params.get(name, {}), cache=cache)
+    today = fold_parts(model, train, fold_of)
+    learned = json.loads(json.dumps(model.learned_config(), default=str))  # as saved
     for k in range(n):
-        saved, done = _saved_config(found[k]), _done(found[k])
-        changed = sorted(key for key in set(config) | set(saved) if config.get(key) != saved.get(key))
-        if changed:
-            why = f"params {', '.join(f'{name}.{key}' for key in changed)} changed since"
-        elif done.get("valid_rows", (fold_of == k).sum()) != (fold_of == k).sum():
-            why = f"the folds changed ({done['valid_rows']} valid rows then, {(fold_of == k).sum()} now) since"
-        elif code is not None and done.get("fingerprint") != fingerprint(name, config, train, fold_of, k, code):
-            why = "the training rows, folds or ensemble code changed since"
-        else:
+        done = read_done(found[k])
+        saved = {key: v for key, v in _saved_config(found[k]).items() if key not in model.runtime_keys}
+        changed_keys = sorted(key for key in set(learned) | set(saved) if learned.get(key) != saved.get(key))
+        parts = [p for p in ("config", "data", "folds", "code", "backbone")
+                 if (check_code or p != "code") and done.get("parts", {}).get(p) != today[p]]
+        if not changed_keys and not parts:
             continue
-        raise DataError(f"{root / f'fold_{k}'}: no longer matches its fingerprint: {why} it was trained; run "
-                        f"`dvc repro {name}` (after a code change only: `dvc repro -f {name}`, "
-                        f"or submit --skip-code-check)")
+        why = (f"params {', '.join(f'{name}.{key}' for key in changed_keys)} changed" if changed_keys
+               else " and ".join(CHANGED[p] for p in parts))
+        raise DataError(f"{root / f'fold_{k}'}: no longer matches its fingerprint: {why} since it was trained; run "
+                        f"`dvc repro model@{name}`" + (" (after a code change only: or submit --skip-code-check)"
+                                                       if parts == ["code"] else ""))
     return [found[k] for k in range(n)]
-
-
-def _done(fold_dir: Path) -> dict:
-    try:
-        done = json.loads((fold_dir / DONE_FILE).read_text(encoding="utf-8"))
-        return done if isinstance(done, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _saved_config(fold_dir: Path) -> dict:
@@ -93,13 +92,16 @@ def _saved_config(fold_dir: Path) -> dict:
 
 
 def predict_model(artifacts: Path, name: str, frame: pd.DataFrame, params: dict | None = None,
-                  check_code: bool = True) -> np.ndarray:
-    """Fold-averaged probabilities of one base model."""
+                  check_code: bool = True, cache: RunCache | None = None) -> np.ndarray:
+    """Fold-averaged probabilities of one base model, its run-time keys from today's params."""
+    params = load_params() if params is None else params
+    cache = cache if cache is not None else RunCache()
     total = np.zeros((len(frame), 3))
-    dirs = fold_dirs(artifacts, name, params, check_code)
+    dirs = fold_dirs(artifacts, name, params, check_code, cache)
     for d in dirs:
         print(f"[{name}] predicting with {d}", file=sys.stderr)
-        total += np.asarray(load_model(d).predict_proba(frame), dtype=float)
+        model = load_model(d, cache=cache, runtime=params.get(name, {}))
+        total += np.asarray(model.predict_proba(frame), dtype=float)
     return total / len(dirs)
 
 
@@ -107,8 +109,8 @@ def cached_test_predictions(artifacts: Path, name: str, frame: pd.DataFrame,
                             source: str = "the test file") -> np.ndarray:
     """artifacts/test/<name>.parquet (the OOF stage's fold-averaged test predictions, or a model from
     elsewhere's), checked and taken for exactly the ids of `frame`, in its order."""
-    hint = (f"{name} is a model from elsewhere: write its predictions for this test file" if is_external(name)
-            else f"rerun the {name} stage for this test file, or drop --reuse-test-predictions")
+    hint = (f"rerun the {name} stage for this test file, or drop --reuse-test-predictions" if is_registered(name)
+            else f"{name} is a model from elsewhere: write its predictions for this test file")
     return read_test_file(artifacts / "test" / f"{name}.parquet", name, frame["id"], source, hint)
 
 
@@ -130,26 +132,43 @@ def validate_submission(sub: pd.DataFrame, ids: list[str]) -> None:
         raise RuntimeError("invalid submission: " + "; ".join(problems))
 
 
+def read_blender(artifacts: Path):
+    """The fitted blender of artifacts/blend.json; a missing or broken file is one clear line."""
+    path = artifacts / "blend.json"
+    if not path.exists():
+        raise DataError(f"{path}: no fitted blend; run `dvc repro` (or `python -m ensemble.blend`) first")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or saved.get("method") not in BLENDERS:
+            method = saved.get("method") if isinstance(saved, dict) else None
+            raise DataError(f"{path}: method {method!r} is not a blender of this version ({', '.join(BLENDERS)}); "
+                            f"rerun python -m ensemble.blend")
+        return blender_from_json(saved)
+    except DataError:
+        raise
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise DataError(f"{path}: not valid JSON ({exc}); rerun python -m ensemble.blend") from None
+        raise DataError(f"{path}: not a complete blend ({exc}); rerun python -m ensemble.blend") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a complete blend ({type(exc).__name__}: {exc}); "
+                        f"rerun python -m ensemble.blend") from None
+
+
 def make_submission(test: pd.DataFrame, artifacts: Path, reuse_cached: bool = False, params: dict | None = None,
                     source: str = "the test file", check_code: bool = True) -> pd.DataFrame:
-    blend_path = artifacts / "blend.json"
-    if not blend_path.exists():
-        raise DataError(f"{blend_path}: no blend weights; run `dvc repro` (or `python -m ensemble.blend`) first")
-    try:
-        saved = json.loads(blend_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{blend_path}: not valid JSON ({exc}); rerun python -m ensemble.blend") from None
-    blender = load_blender(saved, blend_path)
-    weights = dict(zip(blender.models, getattr(blender, "weights", np.ones(len(blender.models)))))
+    blender = read_blender(artifacts)
+    used = set(blender.used_models())
+    cache = RunCache()  # shared by every model and fold of this submission
 
     def predict(name: str) -> np.ndarray:
-        if weights[name] <= 0:  # a zero weight: the model does not move the blend
-            return np.zeros((len(test), 3))
-        if reuse_cached or is_external(name):
+        if name not in used:  # e.g. a zero weight: the model does not move the blend
+            return np.full((len(test), 3), 1 / 3)
+        if reuse_cached or not is_registered(name):
             return cached_test_predictions(artifacts, name, test, source)
-        return predict_model(artifacts, name, test, params, check_code)
+        return predict_model(artifacts, name, test, params, check_code, cache)
 
-    proba = blender.apply([predict(name) for name in blender.models], test)
+    proba = blender.predict([predict(name) for name in blender.models], test)
     sub = proba_frame(test["id"], proba)
     validate_submission(sub, list(test["id"]))
     return sub
@@ -157,27 +176,27 @@ def make_submission(test: pd.DataFrame, artifacts: Path, reuse_cached: bool = Fa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ensemble.submit", description=__doc__)
-    ap.add_argument("test_csv", help="Kaggle-format test file (id, prompt, response_a, response_b)")
+    ap.add_argument("test_csv", help="test battles: .csv, .jsonl or .parquet in any accepted layout (README)")
     ap.add_argument("-o", "--output", default="submission.csv")
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--params", default="params.yaml", help="the fold models are checked against its model sections")
     ap.add_argument("--skip-code-check", action="store_true",
-                    help="accept fold models trained by other ensemble code (params and folds are still checked)")
+                    help="accept fold models trained by other code (params, data, folds and weights are still checked)")
     ap.add_argument("--reuse-test-predictions", action="store_true",
                     help="use artifacts/test/<model>.parquet (written by `dvc repro` for data.test) instead of predicting")
     args = ap.parse_args(argv)
     path = Path(args.test_csv)
-    if path.suffix == ".parquet":
-        test = load_battles(path)
-    else:
-        test = read_battles(path, labels=None, drop_duplicates=False)
     params = load_params(args.params)
+    test = read_battles(path, labels=None, drop_duplicates=False)
     sub = make_submission(test, Path(args.artifacts), args.reuse_test_predictions, params, str(path),
                           not args.skip_code_check)
     write_csv(args.output, sub)
     print(f"wrote {args.output}: {len(sub)} rows")
     if "label" in test:
-        print(f"log loss against the file's labels: {log_loss(test['label'].to_numpy(), sub[list(TARGETS)].to_numpy()):.4f}")
+        labels = test["label"].to_numpy()
+        values = sub[list(TARGETS)].to_numpy()
+        print(f"log loss against the file's labels: {log_loss(labels, values):.4f}, "
+              f"accuracy {(values.argmax(1) == labels).mean():.4f}")
     return 0
 
 

@@ -263,7 +263,7 @@ def test_missing_base_model_names_the_path(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match=str(missing)):
         LLMModel(tiny_config(str(missing))).fit(battle_frame(12))
     monkeypatch.chdir(tmp_path)   # the default base model before the convert_llm stage ran
-    with pytest.raises(ModelLoadError, match=r"artifacts/pretrained/smollm2.*python -m ensemble.convert"):
+    with pytest.raises(ModelLoadError, match=r"artifacts/pretrained/smollm2.*python stages/convert_llm.py"):
         LLMModel().fit(battle_frame(12))
 
 

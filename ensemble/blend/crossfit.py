@@ -8,18 +8,22 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-Fitter = Callable[[list[np.ndarray], np.ndarray, pd.DataFrame], object]
+from ensemble.blend.base import Blender
 
 
-def crossfit(fit: Fitter, probas: list[np.ndarray], labels: np.ndarray, fold_of: np.ndarray,
+def crossfit(make: Callable[[], Blender], probas: list[np.ndarray], labels: np.ndarray, fold_of: np.ndarray,
              frame: pd.DataFrame) -> np.ndarray:
-    """For each outer fold: fit on the other folds' OOF rows, predict the held-out fold."""
+    """For each fold: a fresh blender fitted on the other folds' rows predicts the held-out fold. The
+    frames it sees carry their rows' `fold`, so a blender that chooses by cross-fitting itself
+    (ensemble.blend.select) nests inside the same folds."""
+    fold_of = np.asarray(fold_of)
     folds = np.unique(fold_of)
     if len(folds) < 2:
         raise ValueError("cross-fitting needs at least 2 folds")
+    frame = frame.reset_index(drop=True).assign(fold=fold_of)
     out = np.full((len(labels), 3), np.nan)
     for k in folds:
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        fitted = fit([p[tr] for p in probas], labels[tr], frame.iloc[tr].reset_index(drop=True))
-        out[va] = fitted.apply([p[va] for p in probas], frame.iloc[va].reset_index(drop=True))
+        fitted = make().fit([p[tr] for p in probas], labels[tr], frame.iloc[tr].reset_index(drop=True))
+        out[va] = fitted.predict([p[va] for p in probas], frame.iloc[va].reset_index(drop=True))
     return out

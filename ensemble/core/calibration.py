@@ -1,6 +1,7 @@
-"""Calibration that keeps a weak model near the class prior, fitted on held-out training prompts
-(rows the model did not train on), and the split that holds those prompts out. Shared by the
-transformer models.
+"""Probabilities a user can trust: the calibration that keeps a weak model near the class prior
+(fitted on held-out training prompts, rows the model did not train on) and the split that holds those
+prompts out; the floor for a class the training rows never held; a scikit-learn classifier's output
+spread over all three classes. Shared by the models and the blenders.
 """
 
 from __future__ import annotations
@@ -16,6 +17,45 @@ from ensemble.core.metrics import clip_normalize, log_loss
 #: fold predicts the prior. Measured: on 100 real Kaggle rows (16 held-out rows per fold) a dual tower
 #: whose checkpoint and calibration passed on 17 rows scored 1.235 on its fold against a prior of 1.098.
 MIN_CALIBRATION_ROWS = 30
+
+
+def floor_absent_classes(proba: np.ndarray, classes, n_train: int) -> np.ndarray:
+    """A class the `n_train` training rows never held (no ties in binary preference data) gets
+    1 / (n_train + 3), the add-one (Laplace) estimate of a class seen 0 times in n rows, the same
+    smoothing as class_prior; the seen classes share the rest in their own ratios. A model trained
+    without ties then says "a tie is rare, not impossible": a tie costs log(n + 3) nats, not ~34."""
+    absent = [k for k in range(3) if k not in set(classes or range(3))]
+    if not absent or not len(proba):
+        return proba
+    seen = [k for k in range(3) if k not in absent]
+    floor = 1.0 / (max(int(n_train), 0) + 3.0)
+    out = np.empty_like(np.asarray(proba, dtype=np.float64))
+    mass = np.clip(proba[:, seen], 1e-12, None)
+    out[:, seen] = (1.0 - floor * len(absent)) * mass / mass.sum(axis=1, keepdims=True)
+    out[:, absent] = floor
+    return out
+
+
+def logistic_coef3(clf) -> tuple[np.ndarray, np.ndarray]:
+    """(3, d) weights and (3,) biases of a fitted scikit-learn LogisticRegression as softmax logits over
+    all three classes, whichever classes it saw: with two, scikit-learn keeps one row (the logit of
+    classes_[1] against classes_[0]), which is the softmax with class_[0]'s logit at 0. An absent class
+    gets logit -30 (its probability is set by floor_absent_classes)."""
+    coef, intercept = np.zeros((3, clf.coef_.shape[1])), np.full(3, -30.0)
+    if len(clf.classes_) == 2:
+        coef[clf.classes_[1]], intercept[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+        intercept[clf.classes_[0]] = 0.0
+    else:
+        coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+    return coef, intercept
+
+
+def proba3(clf, x: np.ndarray) -> np.ndarray:
+    """predict_proba of a fitted scikit-learn classifier (or pipeline) over all three classes, an
+    absent class at 1e-6 (inner-CV scores only: a training split may lack a class)."""
+    out = np.full((len(x), 3), 1e-6)
+    out[:, clf.classes_] = clf.predict_proba(x)
+    return out / out.sum(axis=1, keepdims=True)
 
 
 def calibration_split(frame, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -83,6 +83,22 @@ class AnyOf:
         return " or ".join(map(str, self.rules))
 
 
+class Each:
+    """A list whose every element the rule allows, with at least `min_len` elements,
+    e.g. Each(Range(0, low_open=True), min_len=1): a non-empty list of positive numbers."""
+
+    def __init__(self, rule: Any = None, min_len: int = 0):
+        self.rule, self.min_len = rule, min_len
+
+    def allows(self, value: Any) -> bool:
+        items = value if isinstance(value, list) else [value]
+        return len(items) >= self.min_len and (self.rule is None or all(self.rule.allows(v) for v in items))
+
+    def __str__(self) -> str:
+        at_least = f"at least {self.min_len} " if self.min_len else ""
+        return f"a list of {at_least}values" + (f", each {self.rule}" if self.rule is not None else "")
+
+
 #: 3e-5 without a dot is a string to PyYAML (YAML 1.1) but a float to DVC's ruamel (YAML 1.2)
 _EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
@@ -111,7 +127,14 @@ def _type_error(value: Any, hint: Any) -> str | None:
     if origin is str:
         return None if isinstance(value, str) else "must be a string"
     if origin is list:
-        return None if isinstance(value, list) else "must be a list"
+        if not isinstance(value, list):
+            return "must be a list"
+        inner = typing.get_args(hint)
+        for item in value if inner else ():
+            problem = _type_error(item, inner[0])
+            if problem:
+                return f"holds {item!r} ({type(item).__name__}); each element {problem}"
+        return None
     if origin is dict:
         return None if isinstance(value, dict) else "must be a mapping"
     return None
@@ -120,10 +143,14 @@ def _type_error(value: Any, hint: Any) -> str | None:
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass `cls` from a mapping; nested dataclass fields are built recursively.
 
-    Each value is checked against its field's type and against the class's `constraints` (a
-    ClassVar mapping field -> Choice | Range, declared once beside the fields, as scikit-learn's
-    `_parameter_constraints`): a wrong key, type, choice or range is a ConfigError naming the key,
-    the value and what is allowed, raised before anything is loaded or trained."""
+    Two kinds of rule, one style each, both declared on the class and checked here, before anything is
+    loaded or trained:
+    - one key: its type (the annotation; list elements too) and `constraints`, a ClassVar mapping
+      field -> Choice | Range | AnyOf | Each declared beside the fields (scikit-learn's
+      `_parameter_constraints`);
+    - between keys: a `problems()` method yielding (key, what is wrong) for the built config; it reads
+      the config and never changes it.
+    Any of them is a ConfigError naming the key, the value and what is allowed."""
     where = where or cls.__name__
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"params {where}: {values!r} must be a mapping of keys")
@@ -152,7 +179,15 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
             if rule is not None and value is not None and not rule.allows(value):
                 raise ConfigError(f"params {key}: {value!r} is not allowed; expected {rule}")
         kwargs[name] = value
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    for key, problem in getattr(built, "problems", lambda: ())():
+        raise ConfigError(f"params {where}.{key}: {problem}")
+    return built
+
+
+def as_list(value: Any) -> list:
+    """A key that takes one value or a list of them (`devices: cpu`, `probe_c: 0.001`), as a list."""
+    return list(value) if isinstance(value, list) else [value]
 
 
 def read_section(name: str, cls: type[T], path: str | Path = DEFAULT_PARAMS) -> T:

@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from ensemble.core.cache import RunCache
 from ensemble.core.data import as_turns
 
 #: Bump when any feature's definition changes so cached feature files are rebuilt.
@@ -151,29 +152,32 @@ def _side_features(cells: pd.Series) -> dict[str, np.ndarray]:
     return {name: out[name] for name in SIDE_FEATURES}
 
 
-#: Per-response features memo: the OOF runner featurizes the same responses once per fold and
-#: again swapped; a response's features do not depend on its side, fold or partner.
-_SIDE_CACHE: dict[tuple[str, ...], np.ndarray] = {}
-_SIDE_CACHE_MAX = 1_000_000
+#: A run's response-feature store holds at most this many responses (then it starts afresh).
+SIDE_CACHE_MAX = 1_000_000
 
 
-def _cached_side_features(cells: pd.Series) -> dict[str, np.ndarray]:
+def _cached_side_features(cells: pd.Series, cache: RunCache | None) -> dict[str, np.ndarray]:
+    """Per-response features, each distinct response computed once per run: the OOF runner featurizes
+    the same responses once per fold and again swapped, and a response's features do not depend on
+    its side, fold or partner."""
     keys = [tuple(as_turns(c)) for c in cells.tolist()]
-    missing = list(dict.fromkeys(k for k in keys if k not in _SIDE_CACHE))
+    store = cache.store("features.side", FEATURE_VERSION) if cache is not None else {}
+    missing = list(dict.fromkeys(k for k in keys if k not in store))
     if missing:
-        if len(_SIDE_CACHE) + len(missing) > _SIDE_CACHE_MAX:
-            _SIDE_CACHE.clear()
+        if len(store) + len(missing) > SIDE_CACHE_MAX:
+            store.clear()
         computed = _side_features(pd.Series([list(k) for k in missing], dtype=object))
         table = np.column_stack([computed[name] for name in SIDE_FEATURES])
-        _SIDE_CACHE.update(zip(missing, table))
-    rows = np.array([_SIDE_CACHE[k] for k in keys]).reshape(len(keys), len(SIDE_FEATURES))
+        store.update(zip(missing, table))
+    rows = np.array([store[k] for k in keys]).reshape(len(keys), len(SIDE_FEATURES))
     return {name: rows[:, j] for j, name in enumerate(SIDE_FEATURES)}
 
 
-def numeric_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Numeric features of a parsed battle frame, one row per battle in input order."""
-    a = _cached_side_features(frame["response_a"])
-    b = _cached_side_features(frame["response_b"])
+def numeric_features(frame: pd.DataFrame, cache: RunCache | None = None) -> pd.DataFrame:
+    """Numeric features of a parsed battle frame, one row per battle in input order; `cache` (the run's)
+    keeps each response's features for the other folds."""
+    a = _cached_side_features(frame["response_a"], cache)
+    b = _cached_side_features(frame["response_b"], cache)
     p_turns = [as_turns(c) for c in frame["prompt"].tolist()]
     p_texts = ["\n".join(t) for t in p_turns]
     p = {

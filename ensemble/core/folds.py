@@ -5,19 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import unicodedata
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ensemble.core.config import Range, from_dict
-from ensemble.core.data import DataError
+from ensemble.core.data import DataError, as_turns
+
+
+def prompt_key(turns) -> str:
+    """The grouping key of a battle: its first prompt turn, Unicode-NFKC-normalised, case-folded, with
+    every run of white space one space. "Hello world", "hello  world" and "Hello\r\nworld" are one
+    prompt, and conversations that continue the same first turn are one group."""
+    first = as_turns(turns)[0]
+    return " ".join(unicodedata.normalize("NFKC", first).casefold().split())
 
 
 def prompt_groups(frame: pd.DataFrame) -> np.ndarray:
-    """One group id per distinct prompt (all turns): the arena repeats prompts, so they must not
-    straddle train and valid."""
-    key = frame["prompt"].map(lambda turns: "\x1f".join(t.strip().lower() for t in turns))
-    return pd.factorize(key)[0]
+    """One group id per distinct prompt key: the arena repeats prompts, so they must not straddle train
+    and valid. The same groups set the folds, the bootstrap unit, the calibration split and every inner CV."""
+    return pd.factorize(frame["prompt"].map(prompt_key))[0]
 
 
 @dataclass

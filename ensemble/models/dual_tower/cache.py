@@ -1,5 +1,6 @@
-"""The dual tower's encoding of towers into pooled vectors, and its process-wide caches: with a
-frozen encoder each distinct tower is encoded once for every fold of a run."""
+"""The dual tower's encoding of towers into pooled vectors, cached in the run's caches (the RunCache
+its OOF run or submission hands it): with a frozen encoder each distinct tower is encoded once for
+every fold of a run."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import torch
 
 from ensemble.nn.batching import pad
 from ensemble.nn.hf import token_budget_batches
+from ensemble.core.cache import RunCache
 from ensemble.core.fingerprint import tensor_digest
 from ensemble.nn.training import mixed_precision
 
-#: Pooled vectors of a frozen encoder, shared by every fold of a run: each distinct tower text is
-#: encoded once per process instead of once per fold (the demo's CPU budget depends on it).
-POOLED_CACHE: dict = {"key": None, "vectors": {}}
-#: Frozen encoder: the predict path's (pa, pb) per (encoder, frame). That path is a deterministic
-#: function of both, so a hit is bit-identical to recomputing: the valid frame scored during fit and
-#: the test frame scored by every fold are encoded once.
-FRAME_CACHE: dict = {}
+#: The run's stores: "dual_tower.pooled" holds a frozen encoder's vector per distinct tower (keyed by the
+#: encoder's weights), shared by every fold (the demo's CPU budget depends on it); "dual_tower.frames"
+#: the predict path's (pa, pb) per (encoder, frame), a deterministic function of both, so a hit is
+#: bit-identical to recomputing: the valid frame scored during fit and the test frame scored by every
+#: fold are encoded once. At most FRAME_CACHE_SIZE frames are kept.
+POOLED, FRAMES = "dual_tower.pooled", "dual_tower.frames"
 FRAME_CACHE_SIZE = 4
 
 
@@ -36,20 +37,11 @@ def ids_key(enc: dict) -> str:
     return h.hexdigest()
 
 
-def remember(enc: dict, pooled: tuple) -> None:
-    """Put vectors computed by the predict path into the frozen-encoder tower cache (its key was
-    set by the _cached_pooled call that precedes this in fit)."""
-    cache = POOLED_CACHE["vectors"]
-    for side, vectors in zip(("a", "b"), pooled):
-        for ids, vec in zip(enc[side], np.asarray(vectors)):
-            cache.setdefault(tower_key(ids), vec)
-
-
 class TowerPooler:
     """Token-id towers -> pooled encoder vectors for one DualTowerNet, cached when it is frozen."""
 
-    def __init__(self, net, tokenizer, cfg, frozen: bool):
-        self.net, self.tokenizer, self.cfg, self.frozen = net, tokenizer, cfg, frozen
+    def __init__(self, net, tokenizer, cfg, frozen: bool, cache: RunCache):
+        self.net, self.tokenizer, self.cfg, self.frozen, self.cache = net, tokenizer, cfg, frozen, cache
         self._fp: str | None = None  # fingerprint of the (frozen) encoder weights
 
     def autocast(self, device: torch.device):
@@ -114,20 +106,25 @@ class TowerPooler:
         if not self.frozen:
             return self.pair_pooled(enc, pad_to)
         key = (self.fingerprint(), str(next(self.net.parameters()).device), ids_key(enc), pad_to)
-        if key not in FRAME_CACHE:
-            if len(FRAME_CACHE) >= FRAME_CACHE_SIZE:
-                FRAME_CACHE.pop(next(iter(FRAME_CACHE)))
-            FRAME_CACHE[key] = self.pair_pooled(enc, pad_to)
-        return FRAME_CACHE[key]
+        frames = self.cache.store(FRAMES)
+        if key not in frames:
+            while len(frames) >= FRAME_CACHE_SIZE:
+                frames.popitem(last=False)
+            frames[key] = self.pair_pooled(enc, pad_to)
+        return frames[key]
+
+    def remember(self, enc: dict, pooled: tuple) -> None:
+        """Put vectors computed by the predict path into the tower store (they are the same towers)."""
+        store = self.cache.store(POOLED, self.fingerprint())
+        for side, vectors in zip(("a", "b"), pooled):
+            for ids, vec in zip(enc[side], np.asarray(vectors)):
+                store.setdefault(tower_key(ids), vec)
 
     @torch.inference_mode()
     def cached_pooled(self, enc: dict) -> tuple[np.ndarray, np.ndarray]:
         """Frozen encoder only: pooled vectors of both towers, each distinct tower encoded once per
         process (not bit-stable across batchings, so used for training and evaluation only)."""
-        key = self.fingerprint()
-        if POOLED_CACHE["key"] != key:
-            POOLED_CACHE["key"], POOLED_CACHE["vectors"] = key, {}
-        cache = POOLED_CACHE["vectors"]
+        cache = self.cache.store(POOLED, self.fingerprint())
         towers = enc["a"] + enc["b"]
         keys = [tower_key(t) for t in towers]
         todo = list({k: i for i, k in enumerate(keys) if k not in cache}.values())

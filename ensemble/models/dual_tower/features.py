@@ -15,10 +15,10 @@ class TowerFeatures:
         self.names, self.mean, self.std = names, mean, std
 
     @staticmethod
-    def _raw(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _raw(frame: pd.DataFrame, cache=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
         from ensemble.core.features import numeric_features
 
-        table = numeric_features(frame)
+        table = numeric_features(frame, cache)
         cols = set(table.columns)
         side = [c[2:] for c in table.columns if c.startswith("a_") and f"b_{c[2:]}" in cols]
         prompt = [c for c in table.columns if c.startswith("p_")]
@@ -30,19 +30,19 @@ class TowerFeatures:
     def _log(x: np.ndarray) -> np.ndarray:
         return np.sign(x) * np.log1p(np.abs(np.nan_to_num(x, nan=0.0, posinf=1e12, neginf=-1e12)))
 
-    def fit(self, frame: pd.DataFrame) -> "TowerFeatures":
-        a, b, names = self._raw(frame)
+    def fit(self, frame: pd.DataFrame, cache=None) -> "TowerFeatures":
+        a, b, names = self._raw(frame, cache)
         both = self._log(np.concatenate([a, b]))
         self.names, self.mean, self.std = names, both.mean(0), both.std(0)
         self.std = np.where(self.std > 1e-8, self.std, 1.0)
         return self
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, frame: pd.DataFrame, cache=None) -> np.ndarray:
         """(n, 2, F) float32: [:, 0] tower A, [:, 1] tower B."""
-        a, b, names = self._raw(frame)
+        a, b, names = self._raw(frame, cache)
         if names != self.names:
             raise RuntimeError("numeric feature columns changed since this model was trained "
-                               "(ensemble.features was edited); retrain the dual_tower model")
+                               "(ensemble.core.features was edited); retrain the dual_tower model")
         out = [(self._log(x) - self.mean) / self.std for x in (a, b)]
         return np.stack(out, axis=1).astype(np.float32)
 

@@ -23,12 +23,14 @@ from torch import nn
 from ensemble.nn.batching import LengthGroupedBatches, collate_towers
 from ensemble.core.config import Choice, ConfigError, Range
 from ensemble.core.data import SWAP_INDEX
-from ensemble.nn.hf import EMBEDDED_MINILM, ModelLoadError, fit_embeddings, load_pretrained, load_tokenizer, set_seed
+from ensemble.nn.hf import (
+    EMBEDDED_MINILM, ModelLoadError, fit_embeddings, load_pretrained, load_tokenizer, resolve_pretrained, set_seed,
+)
 from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
 from ensemble.core.metrics import log_loss
 from ensemble.models.dual_tower.ranking import band_proba, fit_band
-from ensemble.models.dual_tower.cache import TowerPooler, remember as _remember
-from ensemble.core.fingerprint import tensor_digest
+from ensemble.models.dual_tower.cache import TowerPooler
+from ensemble.core.fingerprint import backbone_digest, tensor_digest
 from ensemble.models.dual_tower.features import TowerFeatures
 from ensemble.models.dual_tower.text import encode_frame, truncation_report
 from ensemble.nn.distributed import train_device
@@ -86,12 +88,9 @@ class DualTowerConfig:
         "head_lr": Range(0), "layer_decay": Range(0, 1, low_open=True), "freeze_layers": Range(-1),
         "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
 
-
-def _check_config(cfg: DualTowerConfig) -> None:
-    """What one key's constraint cannot say (types, choices and ranges are checked by from_dict)."""
-    if cfg.infer_max_tokens < cfg.max_len:
-        raise ConfigError(f"params dual_tower.infer_max_tokens: {cfg.infer_max_tokens} is below one tower "
-                          f"(max_len = {cfg.max_len})")
+    def problems(self):
+        if self.infer_max_tokens < self.max_len:
+            yield "infer_max_tokens", f"{self.infer_max_tokens} is below one tower (max_len = {self.max_len})"
 
 
 # ----------------------------------------------------------------------------- network
@@ -153,10 +152,10 @@ class DualTowerModel(BaseModel):
     name = "dual_tower"
     Config = DualTowerConfig
     fitted_attr = "net"
+    runtime_keys = ("device", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len")
 
-    def __init__(self, config=None, **overrides):
-        super().__init__(config, **overrides)
-        _check_config(self.config)
+    def __init__(self, config=None, cache=None, **overrides):
+        super().__init__(config, cache, **overrides)
         self.net: DualTowerNet | None = None
         self.tokenizer = None
         self.features: TowerFeatures | None = None
@@ -187,11 +186,11 @@ class DualTowerModel(BaseModel):
         if isinstance(pooler, nn.Module):  # unused by our pooling; frozen so DDP sees no idle grads
             pooler.requires_grad_(False)
         self.net = DualTowerNet(encoder, n_features, self.config)
-        self.pooler = TowerPooler(self.net, self.tokenizer, self.config, self._frozen_by_config())
+        self.pooler = TowerPooler(self.net, self.tokenizer, self.config, self._frozen_by_config(), self.cache)
 
     def _encode(self, frame: pd.DataFrame) -> dict:
         ids_a, ids_b = encode_frame(frame, self.tokenizer, self.config)
-        feats = self.features.transform(frame) if self.features is not None else None
+        feats = self.features.transform(frame, self.cache) if self.features is not None else None
         return {"a": ids_a, "b": ids_b, "features": feats}
 
     def _n_layers(self) -> int:
@@ -269,10 +268,11 @@ class DualTowerModel(BaseModel):
 
     # -- public API
 
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "DualTowerModel":
+    def backbone_identity(self) -> str:
+        return backbone_digest(resolve_pretrained(self.config.backbone))
+
+    def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         cfg = self.config
-        if len(train) == 0:
-            raise ValueError("dual_tower: the training frame is empty")
         set_seed(cfg.train.seed)
         device = self._device()
         # held-out training prompts pick the checkpoint and fit the calibration; `valid` (the fold's
@@ -282,7 +282,7 @@ class DualTowerModel(BaseModel):
         held_out = train.iloc[cal_rows].reset_index(drop=True)
         train = train.iloc[fit_rows].reset_index(drop=True)
         self.calibration = Calibration(prior=prior)
-        self.features = TowerFeatures().fit(train) if cfg.use_features else None
+        self.features = TowerFeatures().fit(train, self.cache) if cfg.use_features else None
         n_feat = len(self.features.names) if self.features is not None else 0
         self._build(cfg.backbone, n_feat)
         set_seed(cfg.train.seed)  # the head's init must not depend on what loading consumed
@@ -307,7 +307,7 @@ class DualTowerModel(BaseModel):
             valid_pooled = None
             if frozen:  # the predict path's own vectors: predict_proba(valid) after fit reuses them
                 valid_pooled = self.pooler.frame_pooled(valid_enc)
-                _remember(valid_enc, valid_pooled)
+                self.pooler.remember(valid_enc, valid_pooled)
 
             def loss_on_held_out(net) -> float:
                 pa, pb = valid_pooled if frozen else self.pooler.pair_pooled(valid_enc)
@@ -329,17 +329,13 @@ class DualTowerModel(BaseModel):
             self.band = fit_band(self._score_diff(pa, pb, enc["features"]), labels)
         if len(held_out):
             self.calibration = fit_calibration(self._uncalibrated(held_out), held_out["label"].to_numpy(), prior)
-        return self
 
-    def predict_proba(self, frame: pd.DataFrame, pad_to_max_len: bool | None = None) -> np.ndarray:
-        self.check_fitted()
-        if len(frame) == 0:
-            return np.zeros((0, 3))
-        return self.calibration.apply(self._uncalibrated(frame, pad_to_max_len))
+    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.calibration.apply(self._uncalibrated(frame))
 
-    def _uncalibrated(self, frame: pd.DataFrame, pad_to_max_len: bool | None = None) -> np.ndarray:
+    def _uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
         enc = self._encode(frame)
-        pa, pb = self.pooler.frame_pooled(enc, pad_to_max_len)
+        pa, pb = self.pooler.frame_pooled(enc)
         p = self._proba(pa, pb, enc["features"])
         return p / p.sum(axis=1, keepdims=True)
 

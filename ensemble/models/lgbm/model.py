@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import joblib  # OMP_WAIT_POLICY=PASSIVE is set by the package's __init__, before lightgbm loads libgomp
-import lightgbm as lgb
+import lightgbm as lgb  # OMP_WAIT_POLICY=PASSIVE is set by the package's __init__, before lightgbm loads libgomp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -20,7 +19,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from ensemble.core.config import AnyOf, Choice, Range
 from ensemble.core.data import SWAP_INDEX, swap_ab, unswap_proba
-from ensemble.core.features import numeric_features
+from ensemble.core.features import feature_names, numeric_features
 from ensemble.models.base import BaseModel
 
 
@@ -70,16 +69,22 @@ class LGBMConfig:
         "early_stopping_folds": AnyOf(Choice(0), Range(2))}  # 1 fold would be no split
 
 
-def _stable(vec: CountVectorizer | None) -> CountVectorizer | None:
-    """The same bytes on every run (DVC hashes the fold folder): a fitted CountVectorizer pickles a
-    memory address (`_stop_words_id`, a cache), its vocabulary in set order (string hashing is
-    randomised per process) and `stop_words_`, which scikit-learn documents as safe to drop."""
+VOCAB_FILE = "vocabularies.json"
+
+
+def vocabulary_json(vec: CountVectorizer | None) -> list[str] | None:
+    """A fitted vocabulary as its terms in column order: plain JSON (no pickle to load at submit), the
+    same bytes on every run (DVC hashes the fold folder)."""
     if vec is None:
         return None
-    vec.__dict__.pop("_stop_words_id", None)
-    vec.stop_words_ = None
-    vec.vocabulary_ = dict(sorted(vec.vocabulary_.items(), key=lambda kv: kv[1]))
-    return vec
+    return [term for term, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
+
+
+def vectorizer(cfg: VectorizerConfig, terms: list[str] | None = None) -> CountVectorizer:
+    """The CountVectorizer of `cfg`, to fit, or fixed to a saved vocabulary (`terms`, in column order)."""
+    vocabulary = {t: i for i, t in enumerate(terms)} if terms is not None else None
+    return CountVectorizer(ngram_range=(1, cfg.ngram_max), max_features=cfg.max_features, min_df=cfg.min_df,
+                           binary=cfg.binary, dtype=np.float32, vocabulary=vocabulary)
 
 
 def _texts(frame: pd.DataFrame, column: str, max_chars: int) -> list[str]:
@@ -99,15 +104,13 @@ class LGBMModel(BaseModel):
     def _fit_vectorizers(self, frame: pd.DataFrame) -> tuple:
         """Fit the vocabularies on `frame` and return its count blocks (fit_transform: one pass)."""
         vc = self.config.vectorizer
-        make = lambda: CountVectorizer(ngram_range=(1, vc.ngram_max), max_features=vc.max_features,
-                                       min_df=vc.min_df, binary=vc.binary, dtype=np.float32)
         a_texts, b_texts = _texts(frame, "response_a", vc.max_chars), _texts(frame, "response_b", vc.max_chars)
-        self.response_vec = make()
+        self.response_vec = vectorizer(vc)
         both = self.response_vec.fit_transform(a_texts + b_texts).tocsr()
         a, b = both[: len(frame)], both[len(frame):]
         p = None
         if vc.prompt:
-            self.prompt_vec = make()
+            self.prompt_vec = vectorizer(vc)
             p = self.prompt_vec.fit_transform(_texts(frame, "prompt", vc.max_chars)).tocsr()
         else:
             self.prompt_vec = None
@@ -120,9 +123,8 @@ class LGBMModel(BaseModel):
         p = self.prompt_vec.transform(_texts(frame, "prompt", vc.max_chars)) if self.prompt_vec is not None else None
         return a, b, p
 
-    @staticmethod
-    def _assemble(frame: pd.DataFrame, a, b, p) -> sp.csr_matrix:
-        blocks = [sp.csr_matrix(numeric_features(frame).to_numpy(np.float32)), a, b, a - b]
+    def _assemble(self, frame: pd.DataFrame, a, b, p) -> sp.csr_matrix:
+        blocks = [sp.csr_matrix(numeric_features(frame, self.cache).to_numpy(np.float32)), a, b, a - b]
         if p is not None:
             blocks.append(p)
         return sp.hstack(blocks, format="csr", dtype=np.float32)
@@ -134,9 +136,7 @@ class LGBMModel(BaseModel):
         return x, (self._assemble(swap_ab(frame), b, a, p) if swapped else None)
 
     def _feature_names(self) -> list[str]:
-        # numeric names come from a one-row probe so they never drift from features.py
-        probe = pd.DataFrame({"id": ["x"], "prompt": [["x"]], "response_a": [["x"]], "response_b": [["x"]]})
-        names = [f"num_{c}" for c in numeric_features(probe).columns]
+        names = [f"num_{c}" for c in feature_names()]
         vocab = self.response_vec.get_feature_names_out()
         names += [f"a_{t}" for t in vocab] + [f"b_{t}" for t in vocab] + [f"d_{t}" for t in vocab]
         if self.prompt_vec is not None:
@@ -164,7 +164,7 @@ class LGBMModel(BaseModel):
         }
 
     # --- estimator API -----------------------------------------------------------------------
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "LGBMModel":
+    def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         c = self.config
         x, y = self._augmented(train, self._fit_vectorizers(train))
         params = self.lgb_params()
@@ -178,10 +178,9 @@ class LGBMModel(BaseModel):
             self.booster = lgb.train(params, dtrain, num_boost_round=rounds,
                                      valid_sets=[lgb.Dataset(xv, yv, reference=dtrain)],
                                      callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)])
-            return self
+            return
         dtrain = lgb.Dataset(x, y, feature_name=names, free_raw_data=True)
         self.booster = lgb.train(params, dtrain, num_boost_round=rounds)
-        return self
 
     def _inner_rounds(self, train: pd.DataFrame, x, y, params: dict, names: list[str]) -> int:
         """Boosting rounds found by early stopping on held-out training prompts (GroupShuffleSplit by
@@ -212,8 +211,7 @@ class LGBMModel(BaseModel):
         inner = lgb.train(params, dfit, num_boost_round=c.n_estimators, valid_sets=[dstop], callbacks=[stop])
         return max(1, inner.best_iteration or c.n_estimators)
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        self.check_fitted()
+    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         best = self.booster.best_iteration or None
         x, x_swapped = self._matrices(frame, self.config.swap_tta)
         proba = self.booster.predict(x, num_iteration=best)
@@ -224,14 +222,16 @@ class LGBMModel(BaseModel):
 
     def _save_state(self, path: Path) -> None:
         self.booster.save_model(str(path / "booster.txt"), num_iteration=self.booster.best_iteration or None)
-        vectorizers = {"response": _stable(self.response_vec), "prompt": _stable(self.prompt_vec)}
-        joblib.dump(vectorizers, path / "vectorizers.joblib")
+        (path / VOCAB_FILE).write_text(json.dumps({"response": vocabulary_json(self.response_vec),
+                                                   "prompt": vocabulary_json(self.prompt_vec)}), encoding="utf-8")
         (path / "importance.json").write_text(json.dumps(self.top_features(30), indent=1))
 
     def _load_state(self, path: Path) -> None:
         self.booster = lgb.Booster(model_file=str(path / "booster.txt"))
-        vecs = joblib.load(path / "vectorizers.joblib")
-        self.response_vec, self.prompt_vec = vecs["response"], vecs["prompt"]
+        vocab = json.loads((path / VOCAB_FILE).read_text(encoding="utf-8"))
+        vc = self.config.vectorizer
+        self.response_vec = vectorizer(vc, vocab["response"])
+        self.prompt_vec = vectorizer(vc, vocab["prompt"]) if vocab["prompt"] is not None else None
 
     def top_features(self, k: int = 30) -> list[tuple[str, float]]:
         gain = self.booster.feature_importance("gain")

@@ -121,15 +121,11 @@ def sequence_key(ids: list[int], tags: list[int]) -> bytes:
 
 class FrozenCache:
     """Per battle sequence: the hidden states entering the first trained layer (None when every layer
-    trains) and the frozen model's pooled features (what the linear probe is fitted on). One
-    backbone at a time: a new backbone key empties it."""
+    trains) and the frozen model's pooled features (what the linear probe is fitted on), in a store
+    of the run's caches keyed by the backbone (ensemble.core.cache: another backbone, another store)."""
 
-    _store: dict = {"key": None, "rows": {}}
-
-    def __init__(self, backbone_key: str):
-        if FrozenCache._store["key"] != backbone_key:
-            FrozenCache._store = {"key": backbone_key, "rows": {}}
-        self.rows: dict = FrozenCache._store["rows"]
+    def __init__(self, rows: dict):
+        self.rows = rows
 
     def missing(self, keys: list[bytes]) -> list[int]:
         seen, out = set(), []
@@ -148,18 +144,14 @@ class FrozenCache:
     def pooled(self, keys: list[bytes]) -> np.ndarray:
         return np.stack([self.rows[k][1] for k in keys]) if keys else np.zeros((0, 0))
 
-    @classmethod
-    def clear(cls) -> None:
-        cls._store = {"key": None, "rows": {}}
-
 
 # ----------------------------------------------------------------------------- loading (cfg: LLMConfig)
 
 def base_path(cfg) -> str:
     base = cfg.base_model
     if base == DEFAULT_BASE and not Path(base).is_dir():
-        raise ModelLoadError(f"{base}: no such model folder; build it with `python -m ensemble.convert --out "
-                             f"{base}` (the convert_llm stage of `dvc repro`), or set llm.base_model to a "
+        raise ModelLoadError(f"{base}: no such model folder; build it with `python stages/convert_llm.py {base}` "
+                             f"(the convert_llm stage of `dvc repro`), or set llm.base_model to a "
                              f"local Hugging Face folder or `embedded:smollm2`")
     return resolve_pretrained(base)
 
@@ -248,10 +240,10 @@ def load_base(cfg, tokenizer, device: torch.device, training: bool = False):
 
 # ----------------------------------------------------------------------------- the frozen pass
 
-def frozen_pass(cfg, net, enc_ids: list, enc_tags: list, pad_id: int, device: torch.device) -> FrozenCache:
+def frozen_pass(cfg, net, enc_ids: list, enc_tags: list, pad_id: int, device: torch.device, store: dict) -> FrozenCache:
     """Hidden states entering the first LoRA layer and the probe's pooled features of every battle
-    not cached yet (adapters disabled: the base model alone)."""
-    cache = FrozenCache(backbone_key(cfg, device))
+    not in `store` yet (adapters disabled: the base model alone)."""
+    cache = FrozenCache(store)
     keys = [sequence_key(i, t) for i, t in zip(enc_ids, enc_tags)]
     todo = cache.missing(keys)
     if not todo:
@@ -281,13 +273,16 @@ def frozen_pass(cfg, net, enc_ids: list, enc_tags: list, pad_id: int, device: to
     return cache
 
 
-def check_cache_memory(cfg, ids: list, hidden_size: int) -> None:
-    """The frozen states of every battle stay in RAM (fp32): refuse before computing them when the
-    training part alone (x1.5 for valid and test rows) would take over half the memory."""
-    need = 1.5 * sum(len(x) for x in ids) * hidden_size * 4
+def check_cache_memory(cfg, tokens: int, hidden_size: int) -> None:
+    """The frozen states of every sequence a run holds stay in RAM (fp32, `tokens` in all): refuse
+    before computing them when they would take more than llm.cache_max_gib (0: half of the RAM)."""
+    need = tokens * hidden_size * 4
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > 0.5 * total:
-        raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} keeps the frozen layers' states "
-                          f"of every battle in memory, about {need / 2**30:.1f} GiB here against "
-                          f"{total / 2**30:.0f} GiB of RAM; set lora_layers: 0 (every layer trains, nothing "
-                          f"cached), lower max_len, or use fewer rows")
+    budget = cfg.cache_max_gib * 2**30 if cfg.cache_max_gib else 0.5 * total
+    if need > budget:
+        what = f"llm.cache_max_gib {cfg.cache_max_gib:g} GiB" if cfg.cache_max_gib else \
+            f"half of this machine's {total / 2**30:.0f} GiB of RAM"
+        raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} keeps the frozen layers' states of every "
+                          f"sequence of the run in memory ({tokens:,} tokens x {hidden_size} x 4 bytes = "
+                          f"{need / 2**30:.2f} GiB), more than {what}; set lora_layers: 0 (every layer trains, "
+                          f"nothing cached), lower max_len, use fewer rows, or raise llm.cache_max_gib")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -24,14 +24,15 @@ from torch import nn
 
 from ensemble.nn.batching import collate_battles
 from ensemble.models.llm.battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
-from ensemble.core.config import Choice, ConfigError, Range
+from ensemble.core.config import Choice, Each, Range, as_list
+from ensemble.core.fingerprint import backbone_digest
 from ensemble.core.data import SWAP_INDEX, unswap_proba
 from ensemble.nn.distributed import train_device
 from ensemble.core.folds import prompt_groups
-from ensemble.nn.hf import ModelLoadError, load_tokenizer, set_seed, token_budget_batches
+from ensemble.nn.hf import ModelLoadError, load_config, load_tokenizer, set_seed, token_budget_batches
 from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
 from ensemble.models.llm.backbone import (
-    DEFAULT_BASE, base_path, check_cache_memory, forward_from, frozen_pass, layer_plan, load_base, lora_config,
+    DEFAULT_BASE, backbone_key, base_path, check_cache_memory, forward_from, frozen_pass, layer_plan, load_base, lora_config,
     sequence_key,
 )
 from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
@@ -68,9 +69,9 @@ class LLMConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: Any = "all-linear"  # or a list such as [q_proj, v_proj]
+    lora_target_modules: list[str] | str = "all-linear"  # or a list such as [q_proj, v_proj]
     pooling: str = "last_and_spans"  # last (the last token, as AutoModelForSequenceClassification) | last_and_spans
-    probe_c: list | float = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
+    probe_c: list[float] | float = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
     calib_frac: float = 0.2  # share of training prompts held out to fit temperature and prior shrinkage
     max_len: int = 256  # tokens per battle, scaffolding included
     prompt_frac: float = 0.2  # the prompt's share of the text budget; A and B split the rest evenly
@@ -83,7 +84,8 @@ class LLMConfig:
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
     pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
-    devices: list | str = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on the first
+    devices: list[str] | str = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on the first
+    cache_max_gib: float = 0.0  # lora_layers > 0: RAM the frozen layers' states may take (0 = half of the machine's)
     cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
 
@@ -94,24 +96,15 @@ class LLMConfig:
         "num_layers": Range(0), "lora_layers": Range(0), "lora_r": Range(1), "lora_alpha": Range(0, low_open=True),
         "lora_dropout": Range(0, 1, high_open=True), "calib_frac": Range(0, 0.9, high_open=True),
         "max_len": Range(16), "prompt_frac": Range(0, 1, high_open=True), "max_train_rows": Range(0),
-        "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
+        "infer_max_tokens": Range(1), "infer_max_rows": Range(1), "cache_max_gib": Range(0),
+        "probe_c": Each(Range(0, low_open=True), min_len=1), "devices": Each(min_len=1),
+        "lora_target_modules": Each(min_len=1)}
 
-
-def _check_config(cfg: LLMConfig) -> None:
-    """What one key's constraint cannot say (types, choices and ranges are checked by from_dict)."""
-    if cfg.infer_max_tokens < cfg.max_len:
-        raise ConfigError(f"params llm.infer_max_tokens: {cfg.infer_max_tokens} is below one row "
-                          f"(max_len = {cfg.max_len})")
-    if cfg.num_layers and cfg.lora_layers > cfg.num_layers:
-        raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} is more than num_layers ({cfg.num_layers})")
-    cs = cfg.probe_c if isinstance(cfg.probe_c, list) else [cfg.probe_c]
-    if not cs or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in cs):
-        raise ConfigError(f"params llm.probe_c: {cfg.probe_c!r} must be a list of positive numbers")
-    cfg.probe_c = [float(c) for c in cs]
-    if isinstance(cfg.devices, str):
-        cfg.devices = [cfg.devices]
-    if not cfg.devices:
-        raise ConfigError("params llm.devices: empty; use e.g. [cpu] or [cuda:0, cuda:1]")
+    def problems(self):
+        if self.infer_max_tokens < self.max_len:
+            yield "infer_max_tokens", f"{self.infer_max_tokens} is below one row (max_len = {self.max_len})"
+        if self.num_layers and self.lora_layers > self.num_layers:
+            yield "lora_layers", f"{self.lora_layers} is more than num_layers ({self.num_layers})"
 
 
 # ----------------------------------------------------------------------------- the network
@@ -163,11 +156,12 @@ class LLMModel(BaseModel):
     name = "llm"
     Config = LLMConfig
     fitted_attr = "adapter_state"
+    runtime_keys = ("devices", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "cache_max_gib")
 
-    def __init__(self, config=None, **overrides):
-        super().__init__(config, **overrides)
-        _check_config(self.config)
+    def __init__(self, config=None, cache=None, **overrides):
+        super().__init__(config, cache, **overrides)
         self.tokenizer = None
+        self.base_digest: str | None = None  # the base weights a fold was trained on (checked at load)
         self.adapter_state: dict[str, torch.Tensor] | None = None
         self.calibration = Calibration()
         self.history: list[dict] = []
@@ -176,7 +170,7 @@ class LLMModel(BaseModel):
 
     # -- pieces
     def _devices(self) -> list[torch.device]:
-        return resolve_devices(self.config.devices, self.config.cpu_fallback)
+        return resolve_devices(as_list(self.config.devices), self.config.cpu_fallback)
 
     def _train_device(self) -> torch.device:
         devices = self._devices()  # under DDP: this process's GPU, which `devices` must list
@@ -187,6 +181,38 @@ class LLMModel(BaseModel):
         max_len = min(self.config.max_len, limit) if limit else self.config.max_len
         return BattleEncoder(self.tokenizer, max_len, self.config.prompt_frac, self.config.layout,
                              self.config.turns, self.config.truncation_side)
+
+    def _frozen_store(self, device: torch.device):
+        """The run's store of the frozen layers' output, for this backbone on this device."""
+        return self.cache.store("llm.frozen", backbone_key(self.config, device))
+
+    def backbone_identity(self) -> str:
+        """The base weights' digest (content, or the hub revision), computed once per run."""
+        store = self.cache.store("llm.base_digest")
+        path = base_path(self.config)
+        if path not in store:
+            store[path] = backbone_digest(path)
+        return store[path]
+
+    def check_resources(self, frames: list[pd.DataFrame]) -> None:
+        """With lora_layers > 0 the run keeps the frozen layers' states of every sequence it ever runs in
+        RAM: each training battle (its swapped twin too with swap_augment or swap_tta: calibration and
+        valid rows are training rows), each test battle (twin with swap_tta). Counted here, before any
+        fold trains, against cache_max_gib (0: half of the machine's memory)."""
+        cfg = self.config
+        kept, start = layer_plan(cfg)
+        if not start:
+            return
+        self.tokenizer = load_tokenizer(base_path(cfg), cfg.max_len)
+        encoder = self._encoder()
+        encoder.check_budget()
+        tokens = 0
+        for i, frame in enumerate(frames):
+            twins = (cfg.swap_augment or cfg.swap_tta) if i == 0 else cfg.swap_tta
+            enc = encoder.encode_frame(frame, swapped=twins)
+            tokens += sum(map(len, enc.ids)) + sum(map(len, enc.swap_ids or []))
+        hidden = int(getattr(load_config(base_path(cfg)), "hidden_size", 0) or 0)
+        check_cache_memory(cfg, tokens, hidden)
 
     def _build_replica(self, device: torch.device, training: bool = False) -> PairClassifier:
         from peft import get_peft_model, set_peft_model_state_dict
@@ -225,7 +251,7 @@ class LLMModel(BaseModel):
         first = replicas.get(devices[0])
         hidden = None
         if first.start:
-            cache = frozen_pass(cfg, first, ids, tags, self.tokenizer.pad_token_id, devices[0])
+            cache = frozen_pass(cfg, first, ids, tags, self.tokenizer.pad_token_id, devices[0], self._frozen_store(devices[0]))
             hidden = cache.hidden([sequence_key(i, t) for i, t in zip(ids, tags)])
         lengths = np.array([len(x) for x in enc.ids])
         if enc.swap_ids is not None:  # one plan for both passes: a battle and its twin land in identical batches
@@ -251,8 +277,7 @@ class LLMModel(BaseModel):
             return out
         return 0.5 * (out[:n] + unswap_proba(out[n:]))
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        self.check_fitted()
+    def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         enc = self._encoder().encode_frame(frame, swapped=self.config.swap_tta)
         return self.calibration.apply(self._raw_proba(enc))
 
@@ -262,7 +287,7 @@ class LLMModel(BaseModel):
         return {"max_len": self.config.max_len, **self._encoder().encode_frame(frame, swapped=False).truncation.summary()}
 
     # -- training
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> "LLMModel":
+    def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         """Probe, fine-tune and calibrate on `train` only; `valid` is never looked at (its rows are
         the fold's OOF rows, so selecting anything on them would flatter the OOF score)."""
         cfg = self.config
@@ -284,13 +309,12 @@ class LLMModel(BaseModel):
         y = np.concatenate([labels, np.asarray(SWAP_INDEX)[labels]]) if enc.swap_ids is not None else labels
         g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
         net = self._build_replica(device, training=True)
-        if net.start:
-            check_cache_memory(cfg, ids, net.base.config.hidden_size)
+        self.base_digest = self.backbone_identity()
 
         # 1. linear probe on the frozen model's pooled features (LP)
-        cache = frozen_pass(cfg, net, ids, tags, self.tokenizer.pad_token_id, device)
+        cache = frozen_pass(cfg, net, ids, tags, self.tokenizer.pad_token_id, device, self._frozen_store(device))
         keys = [sequence_key(i, t) for i, t in zip(ids, tags)]
-        probe = fit_linear_probe(cache.pooled(keys), y, g, cfg.probe_c, cfg.train.seed)
+        probe = fit_linear_probe(cache.pooled(keys), y, g, as_list(cfg.probe_c), cfg.train.seed)
         with torch.no_grad():
             net.score.weight.copy_(torch.as_tensor(probe.weight, dtype=torch.float32))
             net.score.bias.copy_(torch.as_tensor(probe.bias, dtype=torch.float32))
@@ -332,7 +356,6 @@ class LLMModel(BaseModel):
                          "calibration_rows": int(len(cal_rows)), "steps": result.steps if result else 0,
                          "probe_c": probe.C, "probe_inner_cv_log_loss": round(probe.cv_log_loss, 6),
                          "calibration": self.calibration.to_json(), "truncation": enc.truncation.summary()}
-        return self
 
     @staticmethod
     def _trainable_state(net: PairClassifier) -> dict[str, torch.Tensor]:
@@ -357,8 +380,8 @@ class LLMModel(BaseModel):
         save_file(lora, str(adapter / ADAPTER_FILE))
         save_file(head, str(path / HEAD_FILE))
         self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
-        (path / STATE_FILE).write_text(json.dumps({"history": self.history, **self.fit_info}, indent=2) + "\n",
-                                       encoding="utf-8")
+        (path / STATE_FILE).write_text(json.dumps({"history": self.history, **self.fit_info,
+                                                   "base_digest": self.base_digest}, indent=2) + "\n", encoding="utf-8")
 
     def _load_state(self, path: Path) -> None:
         from safetensors.torch import load_file
@@ -376,4 +399,9 @@ class LLMModel(BaseModel):
             self.fit_info = info
             if "calibration" in info:
                 self.calibration = Calibration.from_json(info["calibration"])
+            self.base_digest = info.get("base_digest")
+        if self.base_digest and self.base_digest != self.backbone_identity():
+            raise ModelLoadError(f"{path}: llm.base_model {self.config.base_model} no longer holds the weights this fold "
+                                 f"was trained on (digest {self.backbone_identity()[:19]}..., trained on "
+                                 f"{self.base_digest[:19]}...); retrain the fold (dvc repro)")
         self._replicas.clear()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensemble.core.calibration import logistic_coef3, proba3
 from ensemble.core.metrics import log_loss
 
 
@@ -42,21 +43,13 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, seed:
             proba = np.zeros((len(y), 3))
             for tr, va in splits:
                 clf = LogisticRegression(C=c, max_iter=1000).fit(z[tr], y[tr])
-                proba[va] = _full_proba(clf, z[va])
+                proba[va] = proba3(clf, z[va])
             score = log_loss(y, proba)
             if score < best:
                 best_c, best = c, score
     clf = LogisticRegression(C=best_c, max_iter=1000).fit(z, y)
-    if len(clf.classes_) == 3:
-        coef, intercept = clf.coef_, clf.intercept_
-    else:  # a training part without all three classes: a constant head at the smoothed prior
-        coef, intercept = np.zeros((3, z.shape[1])), np.log((np.bincount(y, minlength=3) + 1.0) / (len(y) + 3.0))
+    coef, intercept = logistic_coef3(clf)  # two classes (no ties) too: one row of logits, not a constant head
     weight = coef / scaler.scale_
     bias = intercept - weight @ scaler.mean_
     return LinearProbe(weight=weight, bias=bias, C=best_c, cv_log_loss=float(best))
 
-
-def _full_proba(clf, z: np.ndarray) -> np.ndarray:
-    out = np.full((len(z), 3), 1e-6)
-    out[:, clf.classes_] = clf.predict_proba(z)
-    return out / out.sum(axis=1, keepdims=True)

@@ -1,0 +1,97 @@
+"""The blend that chooses its own method, honestly: among `candidates` (the class prior, the best single
+model, weights, greedy, the stacker, ...), listed simplest first, it cross-fits each on the rows it is
+fitted on (inner folds: the rows' own OOF folds) and takes the simplest one whose log loss is within
+one standard error of the lowest (Breiman's one-standard-error rule; the error of the per-prompt mean
+difference to the lowest), then refits that one on all of them.
+
+Cross-fitted in turn (ensemble.blend.crossfit), the choice is nested: for each held-out fold the
+candidates compete on the other folds only, so the reported score includes the choice. On a few
+rows, where four fitted numbers beat nothing, this is what falls back to the prior."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ensemble.blend.base import Blender
+from ensemble.blend.crossfit import crossfit
+from ensemble.core.config import Each, Range
+from ensemble.core.folds import prompt_groups
+from ensemble.core.metrics import row_log_loss
+
+
+@dataclass
+class SelectConfig:
+    candidates: list[str] = field(default_factory=lambda: ["prior", "best", "weights", "greedy", "stack"])
+    inner_splits: int = 5  # prompt-grouped inner folds when the rows carry fewer than 2 OOF folds
+
+    constraints: ClassVar[dict] = {"inner_splits": Range(2), "candidates": Each(min_len=1)}
+
+    def problems(self):
+        from ensemble.blend import BLENDERS
+
+        for name in self.candidates:
+            if name not in BLENDERS or name == "select":
+                yield "candidates", (f"{name!r} is not a blender to choose from; known: "
+                                     f"{', '.join(b for b in BLENDERS if b != 'select')}")
+
+
+def one_se_choice(losses: dict[str, np.ndarray], groups: np.ndarray) -> str:
+    """The first (simplest) candidate whose mean row loss is within one standard error of the lowest;
+    the error is that of the mean difference of per-prompt losses (rows of a prompt are not independent)."""
+    best = min(losses, key=lambda n: losses[n].mean())
+    g = np.unique(groups, return_inverse=True)[1]
+    rows = np.bincount(g).astype(float)
+    for name, loss in losses.items():
+        diff = np.bincount(g, weights=loss - losses[best]) / rows  # per prompt
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        if loss.mean() - losses[best].mean() <= se:
+            return name
+    return best
+
+
+class SelectBlender(Blender):
+    name = "select"
+    Config = SelectConfig
+    about = "chooses among the candidates (prior, best, weights, greedy, stack) by an inner cross-fit"
+
+    def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
+        from ensemble.blend import create_blender
+
+        folds = frame["fold"].to_numpy() if "fold" in frame else np.zeros(len(labels))
+        if len(np.unique(folds)) < 2:  # rows without OOF folds (a library call): prompt-grouped inner folds
+            from sklearn.model_selection import GroupKFold
+
+            groups = prompt_groups(frame)
+            k = min(self.config.inner_splits, len(np.unique(groups)))
+            folds = np.zeros(len(labels), dtype=np.int64)
+            for j, (_, va) in enumerate(GroupKFold(n_splits=k).split(labels, labels, groups)):
+                folds[va] = j
+        losses = {}
+        for name in self.config.candidates:
+            oof = crossfit(lambda: create_blender(name, self.models, self.blend), probas, labels, folds, frame)
+            losses[name] = row_log_loss(labels, oof)
+        self.scores = {name: round(float(v.mean()), 6) for name, v in losses.items()}
+        self.chosen = create_blender(one_se_choice(losses, prompt_groups(frame)), self.models,
+                                     self.blend).fit(probas, labels, frame)
+
+    def _predict(self, probas, frame) -> np.ndarray:
+        return self.chosen.predict(probas, frame)
+
+    def model_weights(self) -> dict[str, float] | None:
+        return self.chosen.model_weights()
+
+    def summary(self) -> dict:
+        return {"chosen": self.chosen.name, **self.chosen.summary(), "inner_crossfit_log_loss": self.scores}
+
+    def _state(self) -> dict:
+        return {"chosen": self.chosen.to_json(), "inner_crossfit_log_loss": self.scores}
+
+    def _set_state(self, state: dict) -> None:
+        from ensemble.blend import blender_from_json
+
+        self.chosen = blender_from_json(state["chosen"])
+        self.scores = dict(state.get("inner_crossfit_log_loss", {}))
