@@ -1,6 +1,8 @@
-"""DVC stage: parse, validate and clean the `data` section's train / test CSVs into parquet.
+"""DVC stage: parse, validate and clean the `data` section's train / test files into parquet.
 
     python stages/prepare.py artifacts/prepared
+
+Both files are read and checked before anything is written, so a bad file leaves no outputs.
 """
 
 import argparse
@@ -9,7 +11,8 @@ from pathlib import Path
 
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import read_section
-from ensemble.core.data import DataConfig, read_battles, save_battles
+from ensemble.core.data import (LABEL_NAMES, DataConfig, DataError, class_counts, format_counts, read_battles,
+                                save_battles)
 from ensemble.core.io import write_json
 
 
@@ -18,15 +21,31 @@ def main() -> int:
     ap.add_argument("out", type=Path, help="folder for train.parquet, test.parquet, summary.json")
     args = ap.parse_args()
     data = read_section("data", DataConfig)
-    train = read_battles(data.train, labels=True)
+    train = read_battles(data.train, labels=True, side_seed=data.side_seed)
+    # labels=None: a labelled test file is checked against the training classes below, then its labels dropped
+    test = read_battles(data.test, labels=None, drop_duplicates=False, side_seed=data.side_seed)
+    train_report, test_report = train.attrs["report"], test.attrs["report"]
+    counts = class_counts(train["label"])
+    if "label" in test:
+        test_counts = class_counts(test["label"])
+        unseen = [name for name in LABEL_NAMES if test_counts[name] and not counts[name]]
+        if unseen:  # scoring those rows would measure a class no model was trained on
+            raise DataError(f"{data.test}: its labels hold {' / '.join(unseen)} rows ({format_counts(test_counts)}), "
+                            f"a class the training data {data.train} lacks ({format_counts(counts)})")
+        test = test.drop(columns="label")
+    has_ties = counts["tie"] > 0
+    if not has_ties:
+        print(f"note: the training data {data.train} has no ties ({format_counts(counts)}): the models predict "
+              f"P(tie) only at a small floor (about 1/(n+3) for n training rows, {1 / (len(train) + 3):.1g} here)",
+              file=sys.stderr)
     save_battles(args.out / "train.parquet", train)
-    test = read_battles(data.test, labels=False, drop_duplicates=False)
     save_battles(args.out / "test.parquet", test)
-    rep = train.attrs["report"]
     write_json(args.out / "summary.json", {
-        "train_rows": len(train), "train_rows_read": rep.rows_read, "duplicates_dropped": rep.duplicates_dropped,
-        "raw_cells": rep.raw_cells, "label_counts": train["label"].value_counts().sort_index().tolist(),
-        "test_rows": len(test)})
+        "train_rows": len(train), "train_rows_read": train_report.rows_read, "train_layout": train_report.layout,
+        "duplicates_dropped": train_report.duplicates_dropped, "raw_cells": train_report.raw_cells,
+        "label_counts": list(counts.values()),  # always [A wins, B wins, tie]
+        "class_counts": counts, "has_ties": has_ties,
+        "test_rows": len(test), "test_layout": test_report.layout})
     return 0
 
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, battle_frame, raw_csv
-from ensemble.core.data import DataError, parse_turns, read_battles, scrub, swap_ab, unswap_proba
+from ensemble.core.data import (DataError, class_counts, parse_turns, read_battles, save_battles, scrub, swap_ab,
+                                unswap_proba)
 
 
 def test_real_kaggle_rows_parse(shared_data):
@@ -66,6 +67,7 @@ def test_exact_duplicate_battles_dropped(tmp_path):
     (lambda d: d.assign(winner_tie=1), "exactly one 1"),
     (lambda d: d.assign(winner_model_a=d["winner_model_a"].astype(str).where(d.index != 4, "yes")),
      "column winner_model_a must hold 0 or 1; bad values in rows with id 4"),
+    (lambda d: d.assign(id=d["id"].astype(str).where(d.index != 4, " ")), "column id is empty on line(s) 6"),
 ])
 def test_bad_input_names_file_column_rows(tmp_path, mutate, message):
     path = tmp_path / "bad.csv"
@@ -74,6 +76,30 @@ def test_bad_input_names_file_column_rows(tmp_path, mutate, message):
         read_battles(path, labels=True)
     assert str(path) in str(err.value)
     assert message in str(err.value)
+
+
+def test_class_counts_name_every_class():
+    assert class_counts([0, 0, 1]) == {"A wins": 2, "B wins": 1, "tie": 0}
+    assert class_counts(np.array([], dtype=int)) == {"A wins": 0, "B wins": 0, "tie": 0}
+
+
+def test_single_class_training_file_refused(tmp_path):
+    path = raw_csv(battle_frame(10).assign(label=0), tmp_path / "a.csv")
+    with pytest.raises(DataError) as err:
+        read_battles(path, labels=True)
+    assert str(err.value) == (f"{path}: the labels hold a single class (A wins 10, B wins 0, tie 0); "
+                              f"training needs at least two of A wins / B wins / tie")
+    assert len(read_battles(path, labels=None)) == 10  # a labelled test file may hold one class
+    no_ties = raw_csv(battle_frame(10).assign(label=[0, 1] * 5), tmp_path / "b.csv")
+    assert set(read_battles(no_ties, labels=True)["label"]) == {0, 1}  # binary data is fine
+
+
+def test_label_column_of_prepared_files_checked(tmp_path):
+    path = tmp_path / "train.parquet"
+    save_battles(path, battle_frame(6).assign(label=[0, 1, 2, 3, 0, 1]))
+    with pytest.raises(DataError) as err:
+        read_battles(path, labels=True)
+    assert str(err.value) == f"{path}: column label must hold 0, 1 or 2; bad values in rows with id 3"
 
 
 def test_empty_unreadable_and_missing_files(tmp_path):

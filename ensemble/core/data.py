@@ -1,14 +1,14 @@
-"""Battle data contract: read, validate and clean Kaggle LMSYS-format CSV files.
+"""Battle data contract: read, validate and clean battle files (Kaggle LMSYS layout or preference data).
 
 A parsed battle frame has one row per battle and the columns
 ``id`` (str), ``prompt`` / ``response_a`` / ``response_b`` (list[str], one item per turn)
 and, for training files, ``label`` (int: 0 = A wins, 1 = B wins, 2 = tie).
 Turns stay lists because the transformer models truncate turn by turn.
+`read_battles` is the entry point; the file types and the preference layouts live in ensemble.core.formats.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +24,8 @@ TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 REQUIRED = ("id",) + TEXT_COLUMNS
 #: Swapping A and B maps label k to SWAP_LABEL[k] and a probability column order likewise.
 SWAP_INDEX = [1, 0, 2]
+#: What the labels 0, 1, 2 mean, for messages and summaries.
+LABEL_NAMES = ("A wins", "B wins", "tie")
 
 
 class DataError(UserError, ValueError):
@@ -32,8 +34,9 @@ class DataError(UserError, ValueError):
 
 @dataclass
 class DataConfig:
-    train: str = "artifacts/demo/demo_train.csv"  # Kaggle-format CSV with labels
-    test: str = "artifacts/demo/demo_test.csv"  # the same without labels
+    train: str = "artifacts/demo/demo_train.csv"  # battle file with labels (.csv / .jsonl / .parquet, any layout)
+    test: str = "artifacts/demo/demo_test.csv"  # the same; labels optional (prepare drops them)
+    side_seed: int = 0  # preference files (chosen/rejected): seed of the per-id coin putting chosen on side A or B
 
 
 def _rows(ids, limit: int = 10) -> str:
@@ -41,6 +44,16 @@ def _rows(ids, limit: int = 10) -> str:
     shown = ", ".join(ids[:limit])
     more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
     return f"{shown}{more}"
+
+
+def class_counts(labels) -> dict[str, int]:
+    """Rows per class, every class named even when absent: {"A wins": n, "B wins": n, "tie": n}."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3)
+    return {name: int(n) for name, n in zip(LABEL_NAMES, counts)}
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def scrub(text: str) -> str:
@@ -73,10 +86,21 @@ class ReadReport:
     raw_cells: dict[str, int] = field(default_factory=dict)
     raw_ids: dict[str, list[str]] = field(default_factory=dict)  # the rows behind raw_cells, to look them up
     duplicates_dropped: int = 0
+    layout: str = "kaggle"  # a key of formats.LAYOUTS
+    detail: str = ""  # preference layouts: the cell forms seen, e.g. "chat messages"
+    chosen_on_a: int | None = None  # preference layouts: rows whose chosen answer went to side A
+    derived_ids: bool = False  # ids made from the texts (the file had no id column)
 
     def summary(self) -> str:
         raw = sum(self.raw_cells.values())
-        parts = [f"{self.path}: {self.rows_read} rows"]
+        head = f"{self.path}: {self.rows_read} rows, layout {self.layout}"
+        if self.detail:
+            head += f" ({self.detail})"
+        if self.chosen_on_a is not None:
+            head += f", chosen put on side A in {self.chosen_on_a} rows"
+        if self.derived_ids:
+            head += ", ids derived from the texts"
+        parts = [head]
         if raw:
             detail = "; ".join(f"{c}={n}, ids {_rows(self.raw_ids.get(c, []))}" for c, n in self.raw_cells.items() if n)
             parts.append(f"{raw} cells were not JSON lists and were read as one raw turn ({detail})")
@@ -85,33 +109,29 @@ class ReadReport:
         return "; ".join(parts)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a CSV file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty (no header)") from None
-    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-        raise DataError(f"{path}: unreadable CSV: {str(exc).strip()}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file: {exc}") from None
-    return frame
+def _numeric(column: pd.Series) -> pd.Series:
+    """A label column as numbers, NaN where it is not one (CSV text is stripped first)."""
+    if not pd.api.types.is_numeric_dtype(column):  # CSV text, or JSONL objects (None -> "None" -> NaN)
+        column = column.astype(str).str.strip()
+    return pd.to_numeric(column, errors="coerce")
 
 
 def _labels(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """The Kaggle winner columns, or else a `label` column of 0/1/2 (the prepared parquet files)."""
+    if "label" in frame.columns and not any(c in frame.columns for c in TARGETS):
+        numeric = _numeric(frame["label"])
+        bad = numeric.isna() | ~numeric.isin([0, 1, 2])
+        if bad.any():
+            raise DataError(f"{path}: column label must hold 0, 1 or 2; "
+                            f"bad values in rows with id {_rows(frame.loc[bad, 'id'])}")
+        return numeric.to_numpy().astype(np.int64)
     missing = [c for c in TARGETS if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing label column(s) {', '.join(missing)}")
+        alt = " (or one column label of 0/1/2)" if len(missing) == len(TARGETS) else ""
+        raise DataError(f"{path}: missing label column(s) {', '.join(missing)}{alt}")
     values = np.zeros((len(frame), 3), dtype=float)
     for j, col in enumerate(TARGETS):
-        numeric = pd.to_numeric(frame[col].str.strip(), errors="coerce")
+        numeric = _numeric(frame[col])
         bad = numeric.isna() | ~numeric.isin([0, 1])
         if bad.any():
             raise DataError(
@@ -128,48 +148,69 @@ def _labels(frame: pd.DataFrame, path: Path) -> np.ndarray:
 
 
 def read_battles(path: str | Path, labels: bool | None = None, drop_duplicates: bool = True,
-                 verbose: bool = True) -> pd.DataFrame:
-    """Read and validate one Kaggle-format file.
+                 verbose: bool = True, side_seed: int = 0) -> pd.DataFrame:
+    """Read and validate one battle file: .csv, .jsonl or .parquet, in the kaggle, prompt/chosen/rejected or
+    chosen/rejected layout (recognised from the columns; see ensemble.core.formats).
 
-    labels=True requires the winner columns, False ignores them, None uses them when present.
+    labels=True requires labels (and at least two classes), False drops them, None keeps them when present.
+    A preference file always has labels: 0 / 1 as its chosen answer went to side A / B by a coin seeded
+    with `side_seed` and the battle's id.
     """
+    from ensemble.core import formats  # it imports this module
+
     path = Path(path)
-    frame = _read_csv(path)
-    if frame.empty:
-        raise DataError(f"{path}: file has a header but no rows")
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing required column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})")
-    frame["id"] = frame["id"].str.strip()
-    empty_id = frame["id"] == ""
-    if empty_id.any():
-        raise DataError(f"{path}: column id is empty in data rows {_rows((np.flatnonzero(empty_id) + 2).tolist())} (line numbers)")
-    dup = frame["id"].duplicated(keep=False)
-    if dup.any():
-        raise DataError(f"{path}: column id has duplicate values: {_rows(sorted(set(frame.loc[dup, 'id'])))}")
-
-    report = ReadReport(str(path), rows_read=len(frame))
-    out = pd.DataFrame({"id": frame["id"].astype(str)})
-    for col in TEXT_COLUMNS:
-        parsed = [parse_turns(v) for v in frame[col].tolist()]
-        out[col] = [p[0] for p in parsed]
-        report.raw_cells[col] = sum(p[1] for p in parsed)
-        report.raw_ids[col] = [i for i, p in zip(out["id"], parsed) if p[1]]
-
-    has_labels = all(c in frame.columns for c in TARGETS)
-    if labels is True or (labels is None and has_labels):
-        out["label"] = _labels(frame, path)
+    table = formats.read_table(path)
+    layout = formats.detect_layout(table)
+    if layout == "kaggle":
+        out, report = _kaggle_battles(table, labels)
+    else:
+        out, info = formats.preference_battles(table, layout, side_seed)
+        report = ReadReport(str(path), rows_read=len(out), layout=layout, detail=info.detail,
+                            chosen_on_a=info.chosen_on_a, derived_ids=info.derived_ids)
+        if labels is False:
+            out = out.drop(columns="label")
 
     if drop_duplicates and "label" in out:
-        key = out[list(TEXT_COLUMNS)].map(lambda turns: "\x1f".join(turns)).assign(label=out["label"])
-        dup_battle = key.duplicated(keep="first")
+        a, b = out["response_a"], out["response_b"]
+        key_label = out["label"]
+        if layout != "kaggle":  # the same preference with the sides swapped is the same battle: key it chosen-first
+            flip = out["label"] == 1
+            a, b, key_label = a.where(~flip, b), b.where(~flip, a), 0
+        key = pd.DataFrame({"prompt": out["prompt"], "a": a, "b": b}).map(lambda turns: "\x1f".join(turns))
+        dup_battle = key.assign(label=key_label).duplicated(keep="first")
         report.duplicates_dropped = int(dup_battle.sum())
         out = out.loc[~dup_battle].reset_index(drop=True)
+    if labels is True:
+        counts = class_counts(out["label"])
+        if sum(n > 0 for n in counts.values()) < 2:
+            raise DataError(f"{path}: the labels hold a single class ({format_counts(counts)}); "
+                            f"training needs at least two of {' / '.join(LABEL_NAMES)}")
     if verbose:
         print(report.summary(), file=sys.stderr)
     out.attrs["report"] = report
     return out
+
+
+def _kaggle_battles(table, labels: bool | None) -> tuple[pd.DataFrame, ReadReport]:
+    """The kaggle layout. CSV keeps the fast path (parse_turns on each text cell); JSONL / parquet cells
+    may also be real lists (formats.parse_cell)."""
+    from ensemble.core import formats
+
+    path, frame = table.path, table.frame
+    frame["id"] = formats.table_ids(table)
+    parse = parse_turns if table.kind == "csv" else formats.parse_cell
+    report = ReadReport(str(path), rows_read=len(frame))
+    out = pd.DataFrame({"id": frame["id"].astype(str)})
+    for col in TEXT_COLUMNS:
+        parsed = [parse(v) for v in frame[col].tolist()]
+        out[col] = [p[0] for p in parsed]
+        report.raw_cells[col] = sum(p[1] for p in parsed)
+        report.raw_ids[col] = [i for i, p in zip(out["id"], parsed) if p[1]]
+
+    has_labels = all(c in frame.columns for c in TARGETS) or "label" in frame.columns
+    if labels is True or (labels is None and has_labels):
+        out["label"] = _labels(frame, path)
+    return out, report
 
 
 def swap_ab(frame: pd.DataFrame) -> pd.DataFrame:
