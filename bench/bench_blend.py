@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ensemble.blend.crossfit import crossfit  # noqa: E402
 from ensemble.blend.run import BlendConfig, fitters, read_folds, read_oof_folds  # noqa: E402
 from ensemble.blend.run import run as run_blend  # noqa: E402
-from ensemble.blend.crossfit import crossfit  # noqa: E402
 from ensemble.core.data import load_battles  # noqa: E402
 from ensemble.core.metrics import log_loss  # noqa: E402
 

@@ -32,8 +32,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import add_common_args, oof_figures, parse_sets  # noqa: E402
 
-
-
 # ----------------------------------------------------------------------------- inference child
 
 def _child(args) -> None:

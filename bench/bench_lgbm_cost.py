@@ -32,9 +32,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import lightgbm as lgb
-
     from bench_lgbm import kaggle_scale_files
     from common import parse_sets
+
     from ensemble.core.config import load_params
     from ensemble.core.data import read_battles
     from ensemble.core.folds import attach_folds, make_folds

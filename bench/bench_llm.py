@@ -68,14 +68,15 @@ def _throughput_child(args) -> dict:
     from ensemble.models.llm.model import LLMModel
 
     frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)
-    overrides = {"max_len": args.max_len} if args.max_len else {}
-    model = LLMModel.load(args.model_dir, pad_to_max_len=args.mode == "padded", **overrides)
+    model = LLMModel.load(args.model_dir, runtime={"pad_to_max_len": args.mode == "padded"})
+    if args.max_len:  # inference at another length than trained: a benchmark's liberty, not a run-time key
+        model.config.max_len = args.max_len
     model.predict_proba(frame.iloc[:4])  # warm-up: replica build, kernels, lazy imports
     start = time.perf_counter()
     model.predict_proba(frame)
     seconds = time.perf_counter() - start
-    orig, swap = model._encoder().encode_frame(frame, swapped=model.config.swap_tta)
-    seqs = orig + (swap or [])
+    enc = model._encoder().encode_frame(frame, swapped=model.config.swap_tta)
+    seqs = enc.ids + (enc.swap_ids or [])
     real = sum(map(len, seqs))
     computed = len(seqs) * model.config.max_len if args.mode == "padded" else None
     if computed is None:  # what the dynamic batches actually pad to
@@ -114,16 +115,15 @@ def throughput_figures(args, model_dir: Path) -> dict:
 # ----------------------------------------------------------------------------- memory child
 
 def _memory_child(args) -> dict:
-    import torch
-
-    from ensemble.core.data import read_battles
-    from ensemble.nn.hf import load_tokenizer
-    from ensemble.models.llm.backbone import base_path
-    from ensemble.models.llm.model import LLMModel
-
     import bitsandbytes  # noqa: F401  (imported before the baseline in every mode: same interpreter cost)
     import peft  # noqa: F401
+    import torch
     import transformers  # noqa: F401
+
+    from ensemble.core.data import read_battles
+    from ensemble.models.llm.backbone import base_path
+    from ensemble.models.llm.model import LLMModel
+    from ensemble.nn.hf import load_tokenizer
 
     quant, dtype = args.mode.split(":")
     frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)

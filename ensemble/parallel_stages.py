@@ -1,7 +1,7 @@
 """Run several DVC stages at the same time (the dual tower on cuda:0 and the LLM on cuda:1), leaving
 `dvc.lock` and the cache as a sequential `dvc repro` would:
 
-    python -m ensemble.parallel_stages dual_tower llm
+    python -m ensemble.parallel_stages dual_tower llm      (the stages model@dual_tower and model@llm)
 
 1. `dvc repro` of the stages they depend on (one call, sequential, under DVC's lock);
 2. each named stage that `dvc status` reports changed: its non-persistent outputs removed (as `dvc repro`
@@ -49,6 +49,7 @@ def plan(root: Path, names: list[str]) -> tuple[list[str], list]:
 
     with Repo(str(root)) as repo:
         stages = {s.addressing: s for s in repo.index.stages}
+        names = [n if n in stages or f"model@{n}" not in stages else f"model@{n}" for n in names]  # lgbm: model@lgbm
         unknown = [n for n in names if n not in stages]
         if unknown:
             raise SystemExit(f"error: no stage {unknown} in dvc.yaml (stages: {', '.join(stages)})")

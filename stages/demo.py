@@ -10,7 +10,8 @@ import sys
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import read_section
 from ensemble.core.data import DataConfig
-from ensemble.demo import DemoConfig, main as build
+from ensemble.demo import DemoConfig
+from ensemble.demo import main as build
 
 
 def main() -> int:

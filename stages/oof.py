@@ -13,8 +13,8 @@ import pandas as pd
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import load_params
 from ensemble.core.data import load_battles
-from ensemble.nn.distributed import relaunch
 from ensemble.models import create
+from ensemble.nn.distributed import relaunch
 from ensemble.oof import run_oof
 
 

@@ -11,8 +11,15 @@ from pathlib import Path
 
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import read_section
-from ensemble.core.data import (LABEL_NAMES, DataConfig, DataError, class_counts, format_counts, read_battles,
-                                save_battles)
+from ensemble.core.data import (
+    LABEL_NAMES,
+    DataConfig,
+    DataError,
+    class_counts,
+    format_counts,
+    read_battles,
+    save_battles,
+)
 from ensemble.core.io import write_json
 
 

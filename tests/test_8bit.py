@@ -4,7 +4,6 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import battle_frame, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,8 +32,8 @@ def test_8bit_training_step_save_and_load_on_cpu(tiny_llm, tmp_path):
 def test_8bit_that_bitsandbytes_cannot_run_is_one_clear_error_up_front(monkeypatch):
     import bitsandbytes as bnb
 
-    from ensemble.nn.hf import ModelLoadError
     from ensemble.models.llm.backbone import check_quantization
+    from ensemble.nn.hf import ModelLoadError
 
     def refuse(*args, **kwargs):
         raise NotImplementedError("int8 is not supported on this device")

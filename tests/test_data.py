@@ -5,10 +5,18 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, battle_frame, raw_csv
-from ensemble.core.data import (DataError, class_counts, parse_turns, read_battles, save_battles, scrub, swap_ab,
-                                unswap_proba)
+
+from ensemble.core.data import (
+    DataError,
+    class_counts,
+    parse_turns,
+    read_battles,
+    save_battles,
+    scrub,
+    swap_ab,
+    unswap_proba,
+)
 
 
 def test_real_kaggle_rows_parse(shared_data):

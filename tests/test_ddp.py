@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, battle_frame, tiny_config
 from test_resume import leftovers, make_project, stage_env
 

@@ -12,15 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import EXOTIC, WORDS
 
 from ensemble.core.data import swap_ab, unswap_proba
-from ensemble.nn.hf import ModelLoadError
 from ensemble.models.dual_tower.model import DualTowerModel
 from ensemble.models.dual_tower.ranking import band_proba, fit_band
 from ensemble.models.dual_tower.text import build_tower, encode_frame
+from ensemble.nn.hf import ModelLoadError
 from ensemble.nn.training import train_loop
-
-from conftest import EXOTIC, WORDS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -231,8 +230,11 @@ def test_load_refuses_a_backbone_whose_frozen_weights_changed(tiny_backbone, tmp
     with torch.no_grad():
         encoder.embeddings.word_embeddings.weight.add_(0.01)
     encoder.save_pretrained(other)
+    meta = json.loads((tmp_path / "fold" / "model.json").read_text())
+    meta["config"]["backbone"] = str(other)  # the fold's backbone path now holds other weights
+    (tmp_path / "fold" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match="no longer has the weights"):
-        DualTowerModel.load(tmp_path / "fold", backbone=str(other))
+        DualTowerModel.load(tmp_path / "fold")
 
 
 def test_save_load_ranking_and_features(tiny_backbone, tmp_path):
@@ -255,13 +257,14 @@ def test_swap_averaging_exactly_symmetric(tiny_backbone, over):
     assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0)
 
 
-def test_dynamic_padding_matches_max_len_padding(fitted):
+def test_dynamic_padding_matches_max_len_padding(fitted, tmp_path):
     frame = _frame(20, 8)
     enc = fitted._encode(frame)
     assert len({len(x) for x in enc["a"] + enc["b"]}) > 3  # lengths really differ
     dynamic = fitted.predict_proba(frame)
-    padded = fitted.predict_proba(frame, pad_to_max_len=True)
-    np.testing.assert_allclose(dynamic, padded, atol=1e-5, rtol=0)
+    fitted.save(tmp_path / "fold")  # pad_to_max_len is a run-time key: set at load, nothing retrained
+    padded = DualTowerModel.load(tmp_path / "fold", runtime={"pad_to_max_len": True, "max_len": 9}).predict_proba(frame)
+    np.testing.assert_allclose(dynamic, padded, atol=1e-5, rtol=0)  # (max_len is not run-time: ignored)
 
 
 def test_ranking_mode_band_and_probabilities(tiny_backbone):
@@ -297,12 +300,10 @@ def test_layerwise_lr_decay_groups_and_freezing(tiny_backbone):
 
 
 def test_frozen_encoder_trains_head_on_cached_vectors(tiny_backbone):
-    from ensemble.models.dual_tower import cache as tower_cache
-
     model = _model(tiny_backbone, freeze_layers=-1, train={"max_steps": 0, "epochs": 3})
     model.fit(_frame(24, 0), _frame(8, 1))
     assert not any(p.requires_grad for p in model.net.encoder.parameters())
-    assert len(tower_cache.POOLED_CACHE["vectors"]) > 0 and len(model.history) == 3  # one eval per epoch
+    assert model.cache.sizes()["dual_tower.pooled"] > 0 and len(model.history) == 3  # one eval per epoch
     frame = _frame(10, 2)
     p = model.predict_proba(frame)
     np.testing.assert_array_equal(model.predict_proba(swap_ab(frame)), unswap_proba(p))
@@ -380,8 +381,5 @@ def test_embedded_minilm_integration(tmp_path):
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)
     np.testing.assert_array_equal(model.predict_proba(swap_ab(valid)), unswap_proba(p))
     model.save(tmp_path / "m")
-    loaded = DualTowerModel.load(tmp_path / "m")
-    from ensemble.models.dual_tower import cache as tower_cache
-
-    tower_cache.FRAME_CACHE.clear()  # recompute from scratch: the predict path must give the same bits
+    loaded = DualTowerModel.load(tmp_path / "m")  # a fresh run cache: the predict path must give the same bits
     np.testing.assert_array_equal(loaded.predict_proba(valid), p)

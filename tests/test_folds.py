@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import battle_frame
+
 from ensemble.core.data import DataError, read_battles
 from ensemble.core.folds import attach_folds, make_folds, prompt_groups
 

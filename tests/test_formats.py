@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, battle_frame, raw_csv
+
 from ensemble.core.data import DataError, read_battles, save_battles
-from ensemble.core.formats import chosen_side, content_id
+from ensemble.core.preference import chosen_side, content_id
 
 PCR = "prompt/chosen/rejected"
 

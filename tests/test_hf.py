@@ -10,7 +10,14 @@ import pytest
 
 from ensemble.nn import hf
 from ensemble.nn.hf import (
-    EMBEDDED, EMBEDDED_MINILM, ModelLoadError, clip_ids, load_config, load_tokenizer, resolve_pretrained, set_seed,
+    EMBEDDED,
+    EMBEDDED_MINILM,
+    ModelLoadError,
+    clip_ids,
+    load_config,
+    load_tokenizer,
+    resolve_pretrained,
+    set_seed,
     token_budget_batches,
 )
 

@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from conftest import battle_frame, tiny_config
+
+from ensemble.models.llm.model import LLMModel
 from ensemble.nn.hf import token_budget_batches
 from ensemble.nn.inference import Replicas, batch_cost, resolve_devices, run_sharded, shard_batches
-from ensemble.models.llm.model import LLMModel
 
 CPU2 = [torch.device("cpu"), torch.device("cpu")]
 
@@ -79,10 +79,10 @@ def test_two_cpu_shards_equal_single_device_row_for_row(tmp_path, tiny_llm, one_
     frame = battle_frame(40)
     model = LLMModel(tiny_config(tiny_llm, infer_max_tokens=128, infer_max_rows=4)).fit(frame, None)
     model.save(tmp_path / "fold")
-    single = LLMModel.load(tmp_path / "fold", devices=["cpu"]).predict_proba(frame)
-    sharded = LLMModel.load(tmp_path / "fold", devices=["cpu", "cpu"]).predict_proba(frame)
+    single = LLMModel.load(tmp_path / "fold", runtime={"devices": ["cpu"]}).predict_proba(frame)
+    sharded = LLMModel.load(tmp_path / "fold", runtime={"devices": ["cpu", "cpu"]}).predict_proba(frame)
     np.testing.assert_array_equal(sharded, single)
     shuffled = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    again = LLMModel.load(tmp_path / "fold", devices=["cpu", "cpu"]).predict_proba(shuffled)
+    again = LLMModel.load(tmp_path / "fold", runtime={"devices": ["cpu", "cpu"]}).predict_proba(shuffled)
     order = shuffled["id"].map({k: i for i, k in enumerate(frame["id"])}).to_numpy()
     np.testing.assert_allclose(again, single[order], atol=1e-6)   # input order, whatever the batching

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import CORPUS, battle_frame, build_tiny_llm, marker_frame, oof_log_loss, tiny_config
+
 from ensemble.core.config import ConfigError
 from ensemble.core.data import swap_ab, unswap_proba
-from ensemble.nn.hf import ModelLoadError
 from ensemble.models.llm.battle_text import split_budget
 from ensemble.models.llm.model import LLMModel
+from ensemble.nn.hf import ModelLoadError
 from ensemble.nn.training import train_loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,6 +100,7 @@ def test_chat_template_layout(tmp_path):
 
 def test_training_step_lowers_loss_in_4bit(tiny_llm):
     import bitsandbytes as bnb
+
     from ensemble.nn.batching import collate_battles as collate
 
     model = LLMModel(tiny_config(tiny_llm, lora_layers=0))

@@ -1,6 +1,6 @@
 """`python -m ensemble.parallel_stages lgbm dual_tower` runs both model stages at once (tiny configs, one thread
-each) and leaves dvc.lock and the cache exactly as a sequential `dvc repro lgbm dual_tower`, even while another
-DVC process holds the repository lock."""
+each) and leaves dvc.lock and the cache exactly as a sequential `dvc repro model@lgbm model@dual_tower`, even
+while another DVC process holds the repository lock."""
 
 import subprocess
 import sys
@@ -8,9 +8,8 @@ import time
 
 import pytest
 import yaml
-
-from test_pipeline import TINY, deep_update, run
 from conftest import ROOT
+from test_pipeline import TINY, deep_update, run
 
 pytestmark = pytest.mark.slow  # two small projects through dvc: ~1 min
 
@@ -52,7 +51,7 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
     parallel, sequential = project(tmp_path, "parallel", tiny_backbone), project(tmp_path, "sequential", tiny_backbone)
 
     start = time.perf_counter()
-    run(["dvc", "repro", "lgbm", "dual_tower"], sequential)
+    run(["dvc", "repro", "model@lgbm", "model@dual_tower"], sequential)
     seq_s = time.perf_counter() - start
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, "8"], cwd=parallel, stdout=subprocess.PIPE, text=True)
@@ -66,7 +65,7 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
         holder.wait()
     out = proc.stdout + proc.stderr
     assert "locked by another DVC process; retrying" in out
-    assert "Running stage 'lgbm'" in out and "Running stage 'dual_tower'" in out
+    assert "Running stage 'model@lgbm'" in out and "Running stage 'model@dual_tower'" in out
 
     lock_par = yaml.safe_load((parallel / "dvc.lock").read_text())
     lock_seq = yaml.safe_load((sequential / "dvc.lock").read_text())
@@ -74,9 +73,9 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
     assert lock_par == lock_seq  # every dep, param and output hash as a sequential repro writes them
     assert (parallel / "dvc.lock").read_text() == (sequential / "dvc.lock").read_text()
     assert cache_files(parallel) == cache_files(sequential)
-    status = run(["dvc", "status", "lgbm", "dual_tower"], parallel).stdout  # the lock matches the workspace
+    status = run(["dvc", "status", "model@lgbm", "model@dual_tower"], parallel).stdout  # the lock matches the workspace
     assert "up to date" in status, status
 
     again = run([sys.executable, "-m", "ensemble.parallel_stages", "lgbm", "dual_tower"], parallel).stdout
-    assert "Stage 'lgbm' didn't change, skipping" in again and "Running stage" not in again
+    assert "Stage 'model@lgbm' didn't change, skipping" in again and "Running stage" not in again
     print(f"\nsequential dvc repro {seq_s:.1f} s, parallel_stages (8 s of it waiting for the lock) {par_s:.1f} s")

@@ -51,7 +51,7 @@ def test_yaml_1_1_exponent_floats_and_scalar_probe_c_are_accepted():
     assert params["lr"] == "3e-5"
     model = create("llm", {"train": params, "probe_c": 0.001})
     assert model.config.train.lr == 3e-5 and model.config.train.weight_decay == 0.01
-    assert model.config.probe_c == [0.001]
+    assert model.config.probe_c == 0.001  # the config holds what the user wrote; as_list reads it as [0.001]
 
 
 def test_stage_exits_2_on_bad_params_before_reading_anything(tmp_path):
@@ -71,9 +71,8 @@ def test_stage_exits_2_on_bad_params_before_reading_anything(tmp_path):
 
 @pytest.mark.parametrize("name", ["lgbm", "dual_tower", "llm"])
 def test_one_fit_guard_for_every_model(name, tmp_path):
-    from sklearn.exceptions import NotFittedError
-
     from conftest import battle_frame
+    from sklearn.exceptions import NotFittedError
 
     model = create(name)
     with pytest.raises(NotFittedError, match=f"^{name}: predict_proba before fit or load$"):

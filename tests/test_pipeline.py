@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT
 
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
@@ -70,18 +69,30 @@ def test_repro_writes_every_artifact(project):
         assert np.allclose(oof[TARGETS].sum(axis=1), 1) and oof["fold"].nunique() == 3
         assert len(list((art / "models" / name).glob("fold_*/done.json"))) == 3
     metrics = yaml.safe_load((art / "metrics.json").read_text())
-    assert metrics["blend"]["log_loss"] < metrics["prior_log_loss"]
+    assert metrics["blend"]["log_loss"] < metrics["prior"]["log_loss"]
     head = yaml.safe_load((work / "metrics.json").read_text())  # the small git-tracked one DVC shows
-    assert head["blend"]["log_loss_crossfit"] == metrics["blend"]["crossfit"]["log_loss"]
+    assert head["blend"]["log_loss_crossfit"] == metrics["blend"]["log_loss"]
     assert len(head["blend"]["diff_vs_best_ci"]) == 2 and "winner_tie" not in head["blend"]
     assert "blend.log_loss_crossfit" in run(["dvc", "metrics", "show"], work).stdout
-    for f in ["calibration_winner_model_a.csv", "calibration_winner_tie.csv", "confusion.csv"]:
-        assert len(pd.read_csv(art / "plots" / f)) > 0
+    reliability = pd.read_csv(art / "plots" / "reliability.csv")
+    assert {*params["blend"]["models"], "perfect calibration"} < set(reliability["model"])
+    assert len(pd.read_csv(art / "plots" / "confusion.csv")) == len(train)
+    plots = run(["dvc", "plots", "show", "--json"], work).stdout  # DVC renders both with the project's templates
+    assert "reliability.csv" in plots and "confusion.csv" in plots
+    # no pickle anywhere in the artifacts (a tampered artifacts folder or DVC remote must not run code)
+    pickles = [str(p.relative_to(art)) for p in art.rglob("*") if p.is_file() and _is_pickle(p)]
+    assert pickles == []
     sub = pd.read_csv(art / "submission.csv", dtype={"id": str})
     test = pd.read_csv(art / "demo" / "demo_test.csv", dtype={"id": str})
     assert list(sub.columns) == ["id", *TARGETS] and list(sub["id"]) == list(test["id"])
     # a second repro has nothing to do
     assert "up to date" in run(["dvc", "status"], work).stdout
+
+
+def _is_pickle(path) -> bool:
+    """A pickle stream starts with the PROTO opcode (0x80) and a protocol number; joblib/.pkl files do."""
+    head = path.open("rb").read(2)
+    return path.suffix in (".pkl", ".pickle", ".joblib") or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def test_changing_lgbm_param_reruns_only_downstream(project):
@@ -91,8 +102,8 @@ def test_changing_lgbm_param_reruns_only_downstream(project):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], work).stdout
     changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t")}
-    assert {"lgbm", "blend", "submit", "report"} >= changed >= {"lgbm"}
-    assert not changed & {"demo", "prepare", "folds"}
+    assert {"model@lgbm", "blend", "submit", "report"} >= changed >= {"model@lgbm"}
+    assert not changed & {"demo", "prepare", "folds", "model@llm", "model@dual_tower"}
     # submit refuses fold models trained for other params
     proc = run([sys.executable, "-m", "ensemble.submit", "artifacts/demo/demo_test.csv", "-o", "s.csv"], work, check=False)
     assert proc.returncode == 2 and "lgbm.num_leaves changed" in proc.stderr and "Traceback" not in proc.stderr
@@ -105,8 +116,8 @@ def test_blend_cli_refits_in_seconds(project):
     before = (work / "metrics.json").read_text()
     proc = run([sys.executable, "-m", "ensemble.blend"], work)
     assert (work / "metrics.json").read_text() == before  # deterministic: a rerun leaves git clean
-    assert "blend weights, in-sample" in proc.stdout and "blend weights, crossfit" in proc.stdout
-    assert "class prior" in proc.stdout
+    assert "blend select, in-sample" in proc.stdout and "blend select, crossfit" in proc.stdout
+    assert "blend greedy, crossfit" in proc.stdout and "class prior" in proc.stdout
 
 
 def test_submit_cli_valid_submission(project, tmp_path):
@@ -140,6 +151,7 @@ def test_converted_smollm2_trains_and_predicts(project):
     """The `convert_llm` stage's SmolLM2 folder (GGUF -> safetensors, converted once by the pipeline above) is a
     normal HF model folder: 4-bit LoRA fits on it, predicts, and the battle text starts with the layout."""
     from conftest import battle_frame
+
     from ensemble.models.llm.model import LLMModel
 
     work, _, _ = project

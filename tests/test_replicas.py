@@ -5,7 +5,6 @@ back complete, in input order and equal to one device's."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import battle_frame, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,7 +18,7 @@ def test_two_distinct_llm_replicas_each_serve_batches_and_match_one_device(tiny_
     frame = battle_frame(30, 1).sample(frac=1.0, random_state=0).reset_index(drop=True)  # lengths unsorted
     single = LLMModel.load(tmp_path / "fold").predict_proba(frame)
 
-    model = LLMModel.load(tmp_path / "fold", devices=["cpu:0", "cpu:1"])
+    model = LLMModel.load(tmp_path / "fold", runtime={"devices": ["cpu:0", "cpu:1"]})
     devices = [torch.device("cpu:0"), torch.device("cpu:1")]
     replicas = [model._replicas.get(d) for d in devices]
     assert replicas[0] is not replicas[1]  # two model copies, not one shared

@@ -51,10 +51,14 @@ def art(tmp_path: Path) -> Path:
     blended = 0.4 * probas["lgbm"] + 0.6 * probas["llm"]
     pd.DataFrame(blended, columns=list(TARGETS)).assign(id=train["id"], label=labels)[["id", "label", *TARGETS]] \
         .to_parquet(art / "blend_oof.parquet", index=False)
-    (art / "blend.json").write_text(json.dumps({"models": list(MODELS), "weights": {"lgbm": 0.4, "llm": 0.6},
-                                                "temperature": 1.0}))
-    (art / "metrics.json").write_text(json.dumps({"blend": {"log_loss": 0.9, "accuracy": 0.5,
-                                                            "ci": {"log_loss": [0.81, 0.99]}}}))
+    (art / "blend.json").write_text(json.dumps({"method": "weights", "models": list(MODELS), "config": {},
+                                                "classes": [0, 1, 2], "rows": len(train),
+                                                "state": {"weights": {"lgbm": 0.4, "llm": 0.6}, "temperature": 1.0}}))
+    (art / "metrics.json").write_text(json.dumps({
+        "blend": {"log_loss": 0.9, "accuracy": 0.5, "ci": {"log_loss": [0.81, 0.99]},
+                  "insample": {"log_loss": 0.85, "accuracy": 0.52},
+                  "by_method": {"weights": {"log_loss": 0.9, "accuracy": 0.5}, "stack": {"log_loss": 0.95, "accuracy": 0.4}}},
+        "blender": {"method": "weights", "summary": {"temperature": 1.0}, "weights": {"lgbm": 0.4, "llm": 0.6}}}))
     (art / "models" / "llm").mkdir(parents=True)
     (art / "models" / "llm" / "input.json").write_text(json.dumps(
         {"max_len": 64, "battles": len(train), "response_a": {"kept_share": 0.9, "battles_cut": 0.3},
@@ -82,14 +86,16 @@ def test_report_is_self_contained_with_every_section(art, tmp_path):
     for section in ("summary", "slices", "blend", *MODELS, "inputs"):
         assert f'id="{section}"' in page
     for text in ("Log loss by slice", "length A / length B", "turns", "true outcome", "truncated for llm (proxy)",
-                 "[0.8100, 0.9900]", "0.400", "0.600"):  # CI from metrics.json, weights
+                 "[0.8100, 0.9900]", "0.400", "0.600",  # CI from metrics.json, weights
+                 "blend weights, cross-fitted", "blend stack, cross-fitted", "in-sample (scored on the rows it was"):
         assert text in page, text
     assert "question 0 <b>" not in page  # texts are never pasted raw
-    # dvc plots files: blend and per-model reliability, the diagonal, the confusion pairs
+    # dvc plots files: the cross-fitted blend's and each model's reliability in long form, the diagonal, the
+    # confusion pairs
     plots = tmp_path / "out" / "plots"
-    for name in ("calibration_winner_tie.csv", "calibration_lgbm_winner_model_a.csv",
-                 "calibration_llm_winner_tie.csv", "calibration_diagonal.csv", "confusion.csv"):
-        assert len(pd.read_csv(plots / name)) > 0
+    reliability = pd.read_csv(plots / "reliability.csv")
+    assert set(reliability["model"]) == {"blend (weights, cross-fitted)", *MODELS, "perfect calibration"}
+    assert set(reliability["outcome"]) == {"model_a", "model_b", "tie"} and len(pd.read_csv(plots / "confusion.csv")) == 90
     # same inputs, same bytes
     first = (tmp_path / "out" / "report.html").read_bytes()
     assert _run(art, tmp_path / "out").returncode == 0

@@ -15,7 +15,7 @@ from ensemble.core.data import DataError, load_battles, save_battles
 from ensemble.core.folds import make_folds
 from ensemble.core.predictions import proba_frame
 from ensemble.oof import run_oof
-from ensemble.submit import main, make_submission
+from ensemble.submit import main, make_submission, read_blender
 
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
 LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1,
@@ -24,10 +24,9 @@ LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1,
 
 @pytest.fixture(scope="module", autouse=True)
 def fixed_code_digest():
-    """The fingerprint hashes the ensemble code; pinned so an edit elsewhere mid-run changes nothing."""
+    """The fingerprint hashes the code a model imports; pinned so an edit elsewhere mid-run changes nothing."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("ensemble.oof.code_digest", lambda: "code-v1")
-        mp.setattr("ensemble.submit.code_digest", lambda: "code-v1")
+        mp.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-v1")
         yield mp
 
 
@@ -61,7 +60,7 @@ def art(finished, tmp_path):
     return tmp_path / "artifacts", train, test
 
 
-@pytest.mark.parametrize("method", ["weights", "stack"])
+@pytest.mark.parametrize("method", ["weights", "stack", "select"])
 def test_fresh_prediction_matches_cached_and_external_model_is_used(art, method):
     art, train, test = art
     params = params_for(["lgbm", "gemma"], method=method)
@@ -70,9 +69,9 @@ def test_fresh_prediction_matches_cached_and_external_model_is_used(art, method)
     cached = make_submission(test, art, reuse_cached=True, params=params)
     assert list(fresh["id"]) == list(test["id"])
     np.testing.assert_allclose(fresh[TARGETS].to_numpy(), cached[TARGETS].to_numpy(), atol=1e-9)
-    saved = json.loads((art / "blend.json").read_text())
-    assert saved["method"] == method
-    if method == "stack" or saved["weights"]["gemma"] > 0.01:  # gemma's test file is what submit reads for it
+    assert json.loads((art / "blend.json").read_text())["method"] == method
+    weights = read_blender(art).model_weights()
+    if weights is None or weights["gemma"] > 0.01:  # gemma's test file is what submit reads for it
         path = art / "test" / "gemma.parquet"
         gemma = pd.read_parquet(path)
         gemma[TARGETS] = gemma[TARGETS].to_numpy()[::-1]
@@ -106,15 +105,19 @@ def test_missing_extra_or_stale_fold_models_are_refused(art, tmp_path, fixed_cod
     shutil.rmtree(folds / "fold_3")
     stale = {**params, "lgbm": {**LGBM, "n_estimators": 16}}
     _fails(art, test, stale, "fold_0: no longer matches its fingerprint: params lgbm.n_estimators changed", tmp_path)
-    fixed_code_digest.setattr("ensemble.submit.code_digest", lambda: "code-v2")
-    _fails(art, test, params, "fold_0: no longer matches its fingerprint: the training rows, folds or ensemble code",
-           tmp_path)
+    fixed_code_digest.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-v2")
+    _fails(art, test, params, "fold_0: no longer matches its fingerprint: the code the model runs changed since it "
+           "was trained; run `dvc repro model@lgbm` (after a code change only: or submit --skip-code-check)", tmp_path)
     assert len(make_submission(test, art, params=params, check_code=False)) == len(test)  # --skip-code-check
-    fixed_code_digest.setattr("ensemble.submit.code_digest", lambda: "code-v1")
+    fixed_code_digest.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-v1")
     assert len(make_submission(test, art, params=params)) == len(test)
-    labels = load_battles(art / "prepared" / "train.parquet")
-    save_battles(art / "prepared" / "train.parquet", labels.assign(label=(labels["label"] + 1) % 3))
-    _fails(art, test, params, "the training rows, folds or ensemble code changed", tmp_path)
+    battles = load_battles(art / "prepared" / "train.parquet")
+    edited = battles.copy()
+    edited.at[5, "response_a"] = edited.at[5, "response_a"] + [" (edited)"]  # one text, same ids and labels
+    save_battles(art / "prepared" / "train.parquet", edited)
+    _fails(art, test, params, "the training rows (ids, texts or labels) changed", tmp_path)
+    save_battles(art / "prepared" / "train.parquet", battles.assign(label=(battles["label"] + 1) % 3))
+    _fails(art, test, params, "the training rows (ids, texts or labels) changed", tmp_path)
 
 
 def test_external_test_file_must_cover_the_test_file(art, tmp_path):
@@ -142,7 +145,7 @@ BAD_OOF = {  # how the external OOF file is broken -> what the one-line message 
 
 @pytest.mark.parametrize("case", list(BAD_OOF))
 def test_malformed_external_oof_is_one_line_exit_2(art, case, tmp_path, capsys):
-    from ensemble.blend.run import main as blend_main
+    from ensemble.blend.__main__ import main as blend_main
 
     art, _, _ = art
     path = art / "oof" / "gemma.parquet"
@@ -162,5 +165,5 @@ def test_blend_checks_the_external_test_file_up_front(art, tmp_path):
     with pytest.raises(DataError, match="gemma.parquet: no predictions for 2 of the 30 ids of .*prepared/test.parquet"):
         run_blend(params_for(["lgbm", "gemma"]), art, metrics_path=tmp_path / "m.json")
     path.unlink()
-    with pytest.raises(DataError, match="gemma.parquet: no prediction file for model 'gemma'; it is a model from"):
+    with pytest.raises(DataError, match="gemma.parquet: no prediction file for model 'gemma'; .* for a model from elsewhere"):
         run_blend(params_for(["lgbm", "gemma"]), art, metrics_path=tmp_path / "m.json")

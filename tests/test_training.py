@@ -10,7 +10,6 @@ from torch import nn
 
 from ensemble.nn.training import TrainConfig, _schedule, mixed_precision, resolve_device, train_loop
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

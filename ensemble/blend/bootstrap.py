@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def paired_diff_ci(loss_a: np.ndarray, loss_b: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
                    seed: int = 0, level: float = 0.95) -> list[float]:
     """[lo, hi] percentile interval of mean(loss_a) - mean(loss_b) over `n_boot` resamples of the

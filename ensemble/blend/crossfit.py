@@ -3,7 +3,7 @@ the other folds' OOF rows, so the blend is scored on rows that chose nothing."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -12,7 +12,6 @@ import numpy as np
 
 from ensemble.core.metrics import clip_normalize, log_loss
 
-
 #: Fewer held-out rows than this cannot tell a model from the prior (nor pick its checkpoint): the
 #: fold predicts the prior. Measured: on 100 real Kaggle rows (16 held-out rows per fold) a dual tower
 #: whose checkpoint and calibration passed on 17 rows scored 1.235 on its fold against a prior of 1.098.
@@ -103,7 +102,7 @@ class Calibration:
         return {"temperature": self.temperature, "shrink": self.shrink, "prior": list(self.prior), "rows": self.rows}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Calibration":
+    def from_json(cls, d: dict) -> Calibration:
         return cls(float(d["temperature"]), float(d["shrink"]), tuple(float(v) for v in d["prior"]), int(d.get("rows", 0)))
 
 

@@ -9,7 +9,6 @@ Turns stay lists because the transformer models truncate turn by turn.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +17,20 @@ import numpy as np
 import pandas as pd
 
 from ensemble import TARGETS
-from ensemble.core.errors import UserError
+from ensemble.core import formats, preference
+from ensemble.core.errors import DataError
+from ensemble.core.formats import (  # noqa: F401 (the contract's names)
+    REQUIRED,
+    TEXT_COLUMNS,
+    listed,
+    parse_turns,
+    scrub,
+)
 
-TEXT_COLUMNS = ("prompt", "response_a", "response_b")
-REQUIRED = ("id",) + TEXT_COLUMNS
 #: Swapping A and B maps label k to SWAP_LABEL[k] and a probability column order likewise.
 SWAP_INDEX = [1, 0, 2]
 #: What the labels 0, 1, 2 mean, for messages and summaries.
 LABEL_NAMES = ("A wins", "B wins", "tie")
-
-
-class DataError(UserError, ValueError):
-    """Bad input: the message names the file, column and rows; CLIs turn it into exit code 2."""
 
 
 @dataclass
@@ -37,13 +38,6 @@ class DataConfig:
     train: str = "artifacts/demo/demo_train.csv"  # battle file with labels (.csv / .jsonl / .parquet, any layout)
     test: str = "artifacts/demo/demo_test.csv"  # the same; labels optional (prepare drops them)
     side_seed: int = 0  # preference files (chosen/rejected): seed of the per-id coin putting chosen on side A or B
-
-
-def _rows(ids, limit: int = 10) -> str:
-    ids = [str(i) for i in ids]
-    shown = ", ".join(ids[:limit])
-    more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
-    return f"{shown}{more}"
 
 
 def class_counts(labels) -> dict[str, int]:
@@ -54,29 +48,6 @@ def class_counts(labels) -> dict[str, int]:
 
 def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts.items())
-
-
-def scrub(text: str) -> str:
-    """Drop lone UTF-16 surrogates (they make utf-8 encoding fail) and rejoin valid pairs."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\ufffd", "")
-
-
-def parse_turns(cell) -> tuple[list[str], bool]:
-    """JSON list of strings -> list[str] (null -> ""). Returns (turns, was_raw)."""
-    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
-        return [""], True
-    text = str(cell)
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return [scrub(text)], True
-    if not isinstance(value, list):
-        return [scrub(text)], True
-    return [scrub(v) if isinstance(v, str) else ("" if v is None else scrub(str(v))) for v in value], False
 
 
 @dataclass
@@ -102,7 +73,7 @@ class ReadReport:
             head += ", ids derived from the texts"
         parts = [head]
         if raw:
-            detail = "; ".join(f"{c}={n}, ids {_rows(self.raw_ids.get(c, []))}" for c, n in self.raw_cells.items() if n)
+            detail = "; ".join(f"{c}={n}, ids {listed(self.raw_ids.get(c, []))}" for c, n in self.raw_cells.items() if n)
             parts.append(f"{raw} cells were not JSON lists and were read as one raw turn ({detail})")
         if self.duplicates_dropped:
             parts.append(f"{self.duplicates_dropped} exact duplicate battles dropped")
@@ -123,7 +94,7 @@ def _labels(frame: pd.DataFrame, path: Path) -> np.ndarray:
         bad = numeric.isna() | ~numeric.isin([0, 1, 2])
         if bad.any():
             raise DataError(f"{path}: column label must hold 0, 1 or 2; "
-                            f"bad values in rows with id {_rows(frame.loc[bad, 'id'])}")
+                            f"bad values in rows with id {listed(frame.loc[bad, 'id'])}")
         return numeric.to_numpy().astype(np.int64)
     missing = [c for c in TARGETS if c not in frame.columns]
     if missing:
@@ -135,14 +106,14 @@ def _labels(frame: pd.DataFrame, path: Path) -> np.ndarray:
         bad = numeric.isna() | ~numeric.isin([0, 1])
         if bad.any():
             raise DataError(
-                f"{path}: column {col} must hold 0 or 1; bad values in rows with id {_rows(frame.loc[bad, 'id'])}"
+                f"{path}: column {col} must hold 0 or 1; bad values in rows with id {listed(frame.loc[bad, 'id'])}"
             )
         values[:, j] = numeric.to_numpy()
     not_one = values.sum(axis=1) != 1
     if not_one.any():
         raise DataError(
             f"{path}: each row needs exactly one 1 among {', '.join(TARGETS)}; "
-            f"violated by rows with id {_rows(frame.loc[not_one, 'id'])}"
+            f"violated by rows with id {listed(frame.loc[not_one, 'id'])}"
         )
     return values.argmax(axis=1).astype(np.int64)
 
@@ -156,15 +127,13 @@ def read_battles(path: str | Path, labels: bool | None = None, drop_duplicates: 
     A preference file always has labels: 0 / 1 as its chosen answer went to side A / B by a coin seeded
     with `side_seed` and the battle's id.
     """
-    from ensemble.core import formats  # it imports this module
-
     path = Path(path)
     table = formats.read_table(path)
     layout = formats.detect_layout(table)
     if layout == "kaggle":
         out, report = _kaggle_battles(table, labels)
     else:
-        out, info = formats.preference_battles(table, layout, side_seed)
+        out, info = preference.preference_battles(table, layout, side_seed)
         report = ReadReport(str(path), rows_read=len(out), layout=layout, detail=info.detail,
                             chosen_on_a=info.chosen_on_a, derived_ids=info.derived_ids)
         if labels is False:
@@ -194,8 +163,6 @@ def read_battles(path: str | Path, labels: bool | None = None, drop_duplicates: 
 def _kaggle_battles(table, labels: bool | None) -> tuple[pd.DataFrame, ReadReport]:
     """The kaggle layout. CSV keeps the fast path (parse_turns on each text cell); JSONL / parquet cells
     may also be real lists (formats.parse_cell)."""
-    from ensemble.core import formats
-
     path, frame = table.path, table.frame
     frame["id"] = formats.table_ids(table)
     parse = parse_turns if table.kind == "csv" else formats.parse_cell

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class ModelLoadError(UserError, RuntimeError):
     """A backbone/tokenizer that cannot be loaded; the message names it and the fix."""
+
+
+class DataError(UserError, ValueError):
+    """Bad input: the message names the file, column and rows; CLIs turn it into exit code 2."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import ClassVar
-
-import unicodedata
 
 import numpy as np
 import pandas as pd

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ensemble import TARGETS
-from ensemble.core.data import DataError, _rows
+from ensemble.core.errors import DataError
+from ensemble.core.formats import listed
 
 SUM_TOL = 1e-4
 #: models/<name>/input.json: how much of each text a transformer model saw (truncation at max_len)
@@ -59,17 +60,17 @@ def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *T
     frame = frame.assign(id=frame["id"].astype(str))
     dup = frame["id"][frame["id"].duplicated()]
     if len(dup):
-        raise DataError(f"{path}: {len(dup)} duplicate id(s): {_rows(dup.unique())}; one row per id")
+        raise DataError(f"{path}: {len(dup)} duplicate id(s): {listed(dup.unique())}; one row per id")
     values = frame[list(TARGETS)].to_numpy(dtype=float)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise DataError(f"{path}: columns {', '.join(TARGETS)} hold NaN/inf in rows with id {_rows(frame['id'][bad])}")
+        raise DataError(f"{path}: columns {', '.join(TARGETS)} hold NaN/inf in rows with id {listed(frame['id'][bad])}")
     bad = ((values < 0) | (values > 1)).any(axis=1)
     if bad.any():
-        raise DataError(f"{path}: probabilities outside [0, 1] in rows with id {_rows(frame['id'][bad])}")
+        raise DataError(f"{path}: probabilities outside [0, 1] in rows with id {listed(frame['id'][bad])}")
     bad = np.abs(values.sum(axis=1) - 1) > SUM_TOL
     if bad.any():
-        raise DataError(f"{path}: rows that do not sum to 1 (within {SUM_TOL}) with id {_rows(frame['id'][bad])}")
+        raise DataError(f"{path}: rows that do not sum to 1 (within {SUM_TOL}) with id {listed(frame['id'][bad])}")
     return frame.set_index("id")
 
 
@@ -80,11 +81,11 @@ def read_oof_file(path: Path, name: str, ids: pd.Index, fold_of: np.ndarray | No
     frame = read_predictions(path, name, ("id", "fold", *TARGETS))
     missing = ids.difference(frame.index)
     if len(missing):
-        raise DataError(f"{path}: no OOF rows for {len(missing)} training ids (e.g. {_rows(missing, 5)}); "
+        raise DataError(f"{path}: no OOF rows for {len(missing)} training ids (e.g. {listed(missing, 5)}); "
                         f"its folds are stale, rerun its stage or rewrite the file for these training ids")
     extra = frame.index.difference(ids)
     if len(extra):
-        raise DataError(f"{path}: {len(extra)} id(s) that are not training ids (e.g. {_rows(extra, 5)}); "
+        raise DataError(f"{path}: {len(extra)} id(s) that are not training ids (e.g. {listed(extra, 5)}); "
                         f"the OOF file must hold exactly the training ids")
     frame = frame.loc[ids]
     folds = frame["fold"].to_numpy()
@@ -93,7 +94,7 @@ def read_oof_file(path: Path, name: str, ids: pd.Index, fold_of: np.ndarray | No
     if fold_of is not None and not np.array_equal(folds, fold_of):
         bad = ids[folds != fold_of]
         raise DataError(f"{path}: column fold differs from {folds_source} in {len(bad)} rows (e.g. id "
-                        f"{_rows(bad, 5)}); OOF predictions must come from the project's folds")
+                        f"{listed(bad, 5)}); OOF predictions must come from the project's folds")
     return frame[list(TARGETS)].to_numpy(dtype=float), folds.astype(np.int64)
 
 
@@ -104,5 +105,5 @@ def read_test_file(path: Path, name: str, ids: pd.Series, test_source: str, hint
     missing = ids.difference(frame.index)
     if len(missing):
         raise DataError(f"{path}: no predictions for {len(missing)} of the {len(ids)} ids of {test_source} "
-                        f"(e.g. {_rows(missing, 5)}); {hint}")
+                        f"(e.g. {listed(missing, 5)}); {hint}")
     return frame.loc[ids, list(TARGETS)].to_numpy(dtype=float)

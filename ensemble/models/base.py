@@ -21,7 +21,7 @@ from sklearn.exceptions import NotFittedError
 from ensemble.core.cache import RunCache
 from ensemble.core.calibration import floor_absent_classes
 from ensemble.core.config import from_dict, to_dict
-from ensemble.core.data import DataError
+from ensemble.core.data import DataError, class_counts, format_counts
 from ensemble.core.io import write_json
 
 CONFIG_FILE = "model.json"
@@ -58,11 +58,11 @@ class BaseModel(ABC):
         choose anything, or the OOF score flatters it."""
         if len(train) == 0:
             raise DataError(f"{self.name}: the training frame is empty")
-        counts = np.bincount(train["label"].to_numpy(dtype=np.int64), minlength=3)
-        present = [k for k in range(3) if counts[k]]
+        counts = class_counts(train["label"])
+        present = [k for k, n in enumerate(counts.values()) if n]
         if len(present) < 2:
-            raise DataError(f"{self.name}: the training rows hold a single class (A/B/tie counts "
-                            f"{'/'.join(map(str, counts))}); a preference model needs at least two")
+            raise DataError(f"{self.name}: the training rows hold a single class ({format_counts(counts)}); "
+                            f"a preference model needs at least two")
         self.classes_, self.n_train_ = present, int(len(train))
         self._fit(train, valid)
         return self

@@ -8,11 +8,9 @@ OOF and test files, while the others wait at a barrier. Without `WORLD_SIZE > 1`
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ensemble.nn.batching import pad
-from ensemble.nn.hf import token_budget_batches
 from ensemble.core.cache import RunCache
 from ensemble.core.fingerprint import tensor_digest
+from ensemble.nn.batching import pad
+from ensemble.nn.hf import token_budget_batches
 from ensemble.nn.training import mixed_precision
 
 #: The run's stores: "dual_tower.pooled" holds a frozen encoder's vector per distinct tower (keyed by the

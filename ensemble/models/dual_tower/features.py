@@ -30,7 +30,7 @@ class TowerFeatures:
     def _log(x: np.ndarray) -> np.ndarray:
         return np.sign(x) * np.log1p(np.abs(np.nan_to_num(x, nan=0.0, posinf=1e12, neginf=-1e12)))
 
-    def fit(self, frame: pd.DataFrame, cache=None) -> "TowerFeatures":
+    def fit(self, frame: pd.DataFrame, cache=None) -> TowerFeatures:
         a, b, names = self._raw(frame, cache)
         both = self._log(np.concatenate([a, b]))
         self.names, self.mean, self.std = names, both.mean(0), both.std(0)
@@ -50,5 +50,5 @@ class TowerFeatures:
         return {"names": self.names, "mean": list(map(float, self.mean)), "std": list(map(float, self.std))}
 
     @classmethod
-    def from_json(cls, d: dict) -> "TowerFeatures":
+    def from_json(cls, d: dict) -> TowerFeatures:
         return cls(d["names"], np.asarray(d["mean"]), np.asarray(d["std"]))

@@ -20,22 +20,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemble.nn.batching import LengthGroupedBatches, collate_towers
+from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
 from ensemble.core.config import Choice, ConfigError, Range
 from ensemble.core.data import SWAP_INDEX
-from ensemble.nn.hf import (
-    EMBEDDED_MINILM, ModelLoadError, fit_embeddings, load_pretrained, load_tokenizer, resolve_pretrained, set_seed,
-)
-from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
-from ensemble.core.metrics import log_loss
-from ensemble.models.dual_tower.ranking import band_proba, fit_band
-from ensemble.models.dual_tower.cache import TowerPooler
 from ensemble.core.fingerprint import backbone_digest, tensor_digest
-from ensemble.models.dual_tower.features import TowerFeatures
-from ensemble.models.dual_tower.text import encode_frame, truncation_report
-from ensemble.nn.distributed import train_device
-from ensemble.nn.training import TrainConfig, intra_op_threads, layer_depth, resolve_device, train_loop
+from ensemble.core.metrics import log_loss
 from ensemble.models.base import BaseModel
+from ensemble.models.dual_tower.cache import TowerPooler
+from ensemble.models.dual_tower.features import TowerFeatures
+from ensemble.models.dual_tower.ranking import band_proba, fit_band
+from ensemble.models.dual_tower.text import encode_frame, truncation_report
+from ensemble.nn.batching import LengthGroupedBatches, collate_towers
+from ensemble.nn.distributed import train_device
+from ensemble.nn.hf import (
+    EMBEDDED_MINILM,
+    ModelLoadError,
+    fit_embeddings,
+    load_pretrained,
+    load_tokenizer,
+    resolve_pretrained,
+    set_seed,
+)
+from ensemble.nn.training import TrainConfig, intra_op_threads, layer_depth, resolve_device, train_loop
 
 ENCODER_FILE = "encoder_trained.safetensors"  # the encoder weights the fold trained (none when frozen)
 HEAD_FILE = "head.safetensors"

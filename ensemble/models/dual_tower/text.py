@@ -7,9 +7,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from ensemble.nn.hf import CHARS_PER_TOKEN
 from ensemble.core.data import as_turns
-from ensemble.nn.hf import clip_ids
+from ensemble.nn.hf import CHARS_PER_TOKEN, clip_ids
 
 #: A kept turn needs room for something beyond its two separators.
 MIN_TURN_TOKENS = 8

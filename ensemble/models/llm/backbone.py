@@ -21,10 +21,15 @@ import numpy as np
 import torch
 
 from ensemble.core import progress
-from ensemble.nn.batching import collate_battles
 from ensemble.core.config import ConfigError
+from ensemble.nn.batching import collate_battles
 from ensemble.nn.hf import (
-    ModelLoadError, fit_embeddings, load_config, load_pretrained, resolve_pretrained, token_budget_batches,
+    ModelLoadError,
+    fit_embeddings,
+    load_config,
+    load_pretrained,
+    resolve_pretrained,
+    token_budget_batches,
 )
 
 # bitsandbytes warns, once per process, that the optional `kernels` package (a hub download) is

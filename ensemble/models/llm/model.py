@@ -22,23 +22,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemble.nn.batching import collate_battles
-from ensemble.models.llm.battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
+from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
 from ensemble.core.config import Choice, Each, Range, as_list
-from ensemble.core.fingerprint import backbone_digest
 from ensemble.core.data import SWAP_INDEX, unswap_proba
-from ensemble.nn.distributed import train_device
+from ensemble.core.fingerprint import backbone_digest
 from ensemble.core.folds import prompt_groups
-from ensemble.nn.hf import ModelLoadError, load_config, load_tokenizer, set_seed, token_budget_batches
-from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
+from ensemble.models.base import BaseModel
 from ensemble.models.llm.backbone import (
-    DEFAULT_BASE, backbone_key, base_path, check_cache_memory, forward_from, frozen_pass, layer_plan, load_base, lora_config,
+    DEFAULT_BASE,
+    backbone_key,
+    base_path,
+    check_cache_memory,
+    forward_from,
+    frozen_pass,
+    layer_plan,
+    load_base,
+    lora_config,
     sequence_key,
 )
-from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
+from ensemble.models.llm.battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
 from ensemble.models.llm.probe import fit_linear_probe
+from ensemble.nn.batching import collate_battles
+from ensemble.nn.distributed import train_device
+from ensemble.nn.hf import ModelLoadError, load_config, load_tokenizer, set_seed, token_budget_batches
+from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
 from ensemble.nn.training import TrainConfig, train_loop
-from ensemble.models.base import BaseModel
 
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "adapter_model.safetensors"
