@@ -12,7 +12,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench clean gpu-check
+.PHONY: setup repro test lint bench clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 repro: setup
 	dvc repro
 	dvc metrics show
+
+# ruff: lint and import order (pyproject.toml [tool.ruff]); .ci/run runs it before the tests
+lint: setup
+	ruff check ensemble stages tests bench
 
 # two workers, whole files each (session fixtures are built once per worker): ~5 min on 2 cores (3 workers: 6.4)
 test: setup

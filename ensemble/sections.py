@@ -17,7 +17,11 @@ OTHER_SECTIONS: dict[str, str] = {
     "folds": "ensemble.core.folds:FoldsConfig",
     "blend": "ensemble.blend.config:BlendConfig",
 }
-SECTIONS = (*OTHER_SECTIONS, *REGISTRY)
+
+
+def sections() -> tuple[str, ...]:
+    """Every section a params file may hold: the pipeline's and one per registered model (now)."""
+    return (*OTHER_SECTIONS, *REGISTRY)
 
 
 def section_class(name: str) -> type:
@@ -30,9 +34,9 @@ def section_class(name: str) -> type:
 def check_params(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
     """Every section of a whole params file against its config class: unknown sections, keys, types,
     choices and ranges are ConfigErrors naming the key. Returns the built configs by section."""
-    unknown = sorted(set(params) - set(SECTIONS))
+    unknown = sorted(set(params) - set(sections()))
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {', '.join(map(str, unknown))}; known: {', '.join(SECTIONS)}")
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(map(str, unknown))}; known: {', '.join(sections())}")
     for name, values in params.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {name} is {values!r}; expected a mapping of keys")

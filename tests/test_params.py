@@ -96,12 +96,12 @@ def test_params_yaml_lists_every_key_with_the_code_defaults():
     """One set of defaults: params.yaml (what DVC tracks and users edit) holds every key of every
     section, with exactly the value the config dataclass defaults to (what library users get)."""
     from ensemble.core.config import to_dict
-    from ensemble.sections import SECTIONS, section_class
+    from ensemble.sections import section_class, sections
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    sections = {name: section_class(name) for name in SECTIONS}
-    assert set(params) == set(sections)
-    for name, cls in sections.items():
+    classes = {name: section_class(name) for name in sections()}
+    assert set(params) == set(classes)
+    for name, cls in classes.items():
         code = _flat(to_dict(cls()))
         listed = _flat(to_dict(from_dict(cls, params[name], name)))
         assert set(_flat(params[name])) == set(code), f"{name}: params.yaml lacks {set(code) - set(_flat(params[name]))}"

@@ -194,6 +194,16 @@ def backbone_key(cfg, device: torch.device) -> str:
     return json.dumps([base_path(cfg), cfg.quantization, str(compute_dtype(cfg, device)), layer_plan(cfg), cfg.pooling])
 
 
+def adapter_state(backbone, head) -> dict:
+    """CPU copies of what a fold trains: the LoRA weights (backbone.*) and the score head (score.*)."""
+    from peft import get_peft_model_state_dict
+
+    state = {f"backbone.{k}": v.detach().to("cpu", copy=True)
+             for k, v in get_peft_model_state_dict(backbone, save_embedding_layers=False).items()}
+    state.update({f"score.{k}": v.detach().to("cpu", copy=True) for k, v in head.state_dict().items()})
+    return state
+
+
 def lora_config(cfg, kept: int, start: int):
     from peft import LoraConfig, TaskType
 
@@ -278,9 +288,17 @@ def frozen_pass(cfg, net, enc_ids: list, enc_tags: list, pad_id: int, device: to
     return cache
 
 
-def check_cache_memory(cfg, tokens: int, hidden_size: int) -> None:
-    """The frozen states of every sequence a run holds stay in RAM (fp32, `tokens` in all): refuse
-    before computing them when they would take more than llm.cache_max_gib (0: half of the RAM)."""
+def check_cache_memory(cfg, encoder, frames: list) -> None:
+    """With lora_layers > 0 the run keeps the frozen layers' states (fp32) of every sequence it ever runs
+    in RAM: each training battle (its swapped twin too with swap_augment or swap_tta: calibration and
+    valid rows are training rows), each test battle (its twin with swap_tta). Counted here, by encoding
+    every frame, before any fold trains, against llm.cache_max_gib (0: half of the machine's memory)."""
+    encoder.check_budget()
+    tokens = 0
+    for i, frame in enumerate(frames):  # frames[0]: the training rows, the rest: test rows
+        enc = encoder.encode_frame(frame, swapped=(cfg.swap_augment or cfg.swap_tta) if i == 0 else cfg.swap_tta)
+        tokens += sum(map(len, enc.ids)) + sum(map(len, enc.swap_ids or []))
+    hidden_size = int(getattr(load_config(base_path(cfg)), "hidden_size", 0) or 0)
     need = tokens * hidden_size * 4
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     budget = cfg.cache_max_gib * 2**30 if cfg.cache_max_gib else 0.5 * total

@@ -30,6 +30,7 @@ from ensemble.core.folds import prompt_groups
 from ensemble.models.base import BaseModel
 from ensemble.models.llm.backbone import (
     DEFAULT_BASE,
+    adapter_state,
     backbone_key,
     base_path,
     check_cache_memory,
@@ -44,7 +45,7 @@ from ensemble.models.llm.battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
 from ensemble.models.llm.probe import fit_linear_probe
 from ensemble.nn.batching import collate_battles
 from ensemble.nn.distributed import train_device
-from ensemble.nn.hf import ModelLoadError, load_config, load_tokenizer, set_seed, token_budget_batches
+from ensemble.nn.hf import ModelLoadError, load_tokenizer, set_seed, token_budget_batches
 from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
 from ensemble.nn.training import TrainConfig, train_loop
 
@@ -203,24 +204,10 @@ class LLMModel(BaseModel):
         return store[path]
 
     def check_resources(self, frames: list[pd.DataFrame]) -> None:
-        """With lora_layers > 0 the run keeps the frozen layers' states of every sequence it ever runs in
-        RAM: each training battle (its swapped twin too with swap_augment or swap_tta: calibration and
-        valid rows are training rows), each test battle (twin with swap_tta). Counted here, before any
-        fold trains, against cache_max_gib (0: half of the machine's memory)."""
-        cfg = self.config
-        kept, start = layer_plan(cfg)
-        if not start:
-            return
-        self.tokenizer = load_tokenizer(base_path(cfg), cfg.max_len)
-        encoder = self._encoder()
-        encoder.check_budget()
-        tokens = 0
-        for i, frame in enumerate(frames):
-            twins = (cfg.swap_augment or cfg.swap_tta) if i == 0 else cfg.swap_tta
-            enc = encoder.encode_frame(frame, swapped=twins)
-            tokens += sum(map(len, enc.ids)) + sum(map(len, enc.swap_ids or []))
-        hidden = int(getattr(load_config(base_path(cfg)), "hidden_size", 0) or 0)
-        check_cache_memory(cfg, tokens, hidden)
+        """Refuse, before any fold trains, a run whose frozen-layer cache would not fit (backbone.py)."""
+        if layer_plan(self.config)[1]:
+            self.tokenizer = load_tokenizer(base_path(self.config), self.config.max_len)
+            check_cache_memory(self.config, self._encoder(), frames)
 
     def _build_replica(self, device: torch.device, training: bool = False) -> PairClassifier:
         from peft import get_peft_model, set_peft_model_state_dict
@@ -349,7 +336,7 @@ class LLMModel(BaseModel):
             net.train()
             result = train_loop(net, loader, loss_fn, cfg.train, device, desc="llm train")
         net.eval()
-        self.adapter_state = self._trainable_state(net)
+        self.adapter_state = adapter_state(net.backbone, net.score)
 
         # 3. calibration on held-out training prompts: temperature and shrinkage toward the prior
         if len(cal_rows):
@@ -364,15 +351,6 @@ class LLMModel(BaseModel):
                          "calibration_rows": int(len(cal_rows)), "steps": result.steps if result else 0,
                          "probe_c": probe.C, "probe_inner_cv_log_loss": round(probe.cv_log_loss, 6),
                          "calibration": self.calibration.to_json(), "truncation": enc.truncation.summary()}
-
-    @staticmethod
-    def _trainable_state(net: PairClassifier) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        state = {f"backbone.{k}": v.detach().to("cpu", copy=True)
-                 for k, v in get_peft_model_state_dict(net.backbone, save_embedding_layers=False).items()}
-        state.update({f"score.{k}": v.detach().to("cpu", copy=True) for k, v in net.score.state_dict().items()})
-        return state
 
     # -- persistence: adapter + head + calibration + tokenizer, never the base weights
     def _save_state(self, path: Path) -> None:
