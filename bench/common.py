@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifacts: Path) -> dict:
+def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifacts: Path, cache=None) -> dict:
     """5-fold prompt-grouped OOF run of one base model: its log loss beside a prior fitted per fold."""
     import pandas as pd
 
@@ -19,7 +19,7 @@ def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifac
 
     folds = make_folds(frame, n_folds, seed)
     start = time.perf_counter()
-    run = run_oof(name, config, frame, folds, artifacts)
+    run = run_oof(name, config, frame, folds, artifacts, cache=cache)
     wall = time.perf_counter() - start
     oof = pd.read_parquet(artifacts / "oof" / f"{name}.parquet")
     labels = frame["label"].to_numpy()

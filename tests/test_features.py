@@ -86,16 +86,19 @@ def _check_swap(frame: pd.DataFrame) -> None:
         np.testing.assert_array_equal(swapped[f"b_{name}"], orig[f"a_{name}"])
         np.testing.assert_array_equal(swapped[f"diff_{name}"], -orig[f"diff_{name}"])
         np.testing.assert_allclose(swapped[f"ratio_{name}"] * orig[f"ratio_{name}"], 1.0, rtol=1e-6)
-    for left, right in (("a_minus_p_chars", "b_minus_p_chars"), ("a_over_p_chars", "b_over_p_chars"),
-                        ("a_over_p_words", "b_over_p_words")):
+    pairs = (("a_minus_p_chars", "b_minus_p_chars"), ("a_over_p_chars", "b_over_p_chars"),
+             ("a_over_p_words", "b_over_p_words"), ("a_prompt_overlap", "b_prompt_overlap"),
+             ("a_prompt_cover", "b_prompt_cover"))
+    for left, right in pairs:
         np.testing.assert_array_equal(swapped[left], orig[right])
         np.testing.assert_array_equal(swapped[right], orig[left])
+    for name in ("ab_jaccard", "ab_same"):  # about both answers at once: the same either way round
+        np.testing.assert_array_equal(swapped[name], orig[name])
     prompt_cols = [c for c in orig.columns if c.startswith("p_")]
     pd.testing.assert_frame_equal(swapped[prompt_cols], orig[prompt_cols])
     # Every column is covered by one of the rules above.
     covered = {f"{p}_{n}" for p in ("a", "b", "diff", "ratio") for n in SIDE_FEATURES}
-    covered |= set(prompt_cols) | {"a_minus_p_chars", "b_minus_p_chars", "a_over_p_chars",
-                                   "b_over_p_chars", "a_over_p_words", "b_over_p_words"}
+    covered |= set(prompt_cols) | {c for pair in pairs for c in pair} | {"ab_jaccard", "ab_same"}
     assert covered == set(orig.columns)
 
 
@@ -174,3 +177,20 @@ def test_real_data_finite():
     # Real answers vary: the features should not be constant.
     assert out["a_chars"].std() > 0 and out["diff_chars"].abs().max() > 0
     assert out["a_turns"].max() > 1  # the file has multi-turn battles
+
+
+def test_repetition_and_overlap_features_see_what_they_claim():
+    """A degenerate answer (one line repeated, as PandaLM's 7B models write) scores high on every repetition
+    feature and a varied one low; an answer that reuses the prompt's words overlaps it; identical answers
+    are marked; a text cut mid-word looks open."""
+    looped = "\n".join(["Coding languages for beginners"] * 12)
+    varied = "Python is a good first language.\nJavaScript runs in every browser.\nGo compiles fast and is simple."
+    frame = pd.DataFrame({"id": ["0", "1"], "prompt": [["best coding languages for beginners"]] * 2,
+                          "response_a": [[looped], ["same answer"]], "response_b": [[varied], ["same answer"]]})
+    f = numeric_features(frame)
+    assert f.loc[0, "a_dup_lines"] > 0.9 and f.loc[0, "b_dup_lines"] == 0
+    assert f.loc[0, "a_compress_ratio"] < 0.5 * f.loc[0, "b_compress_ratio"]
+    assert f.loc[0, "a_trigram_repeat"] > 0.8 and f.loc[0, "b_trigram_repeat"] == 0
+    assert f.loc[0, "a_prompt_overlap"] == 1.0 and f.loc[0, "a_prompt_cover"] == 0.8 and f.loc[0, "b_prompt_overlap"] < 0.2
+    assert f.loc[0, "ab_same"] == 0 and f.loc[1, "ab_same"] == 1 and f.loc[1, "ab_jaccard"] == 1
+    assert f.loc[0, "a_ends_open"] == 1 and f.loc[0, "b_ends_open"] == 0  # "beginners" vs "simple."

@@ -10,7 +10,7 @@ from ensemble.models import create
 SMALL = {"n_estimators": 200, "early_stopping_rounds": 10, "n_jobs": 1, "vectorizer": {"max_features": 50, "min_df": 1}}
 
 
-@pytest.mark.parametrize("folds", [3, 0])
+@pytest.mark.parametrize("folds", [3, 0, "auto"])
 def test_inner_early_stopping_ignores_the_valid_rows(folds):
     frame = battle_frame(240, seed=1)
     rng = np.random.default_rng(0)  # label noise: boosting overfits, so early stopping has a round to find
@@ -31,8 +31,33 @@ def test_inner_early_stopping_ignores_the_valid_rows(folds):
     ({"early_stopping": "oof"}, "lgbm.early_stopping: 'oof' is not allowed; expected one of inner, valid"),
     ({"early_stopping_frac": 1.0}, "lgbm.early_stopping_frac: 1.0 is not allowed"),
     ({"early_stopping_folds": -1}, "lgbm.early_stopping_folds: -1 is not allowed"),
+    ({"early_stopping_folds": "some"}, "lgbm.early_stopping_folds: 'some' is not allowed; expected one of auto, 0"),
 ])
 def test_bad_early_stopping_params(section, message):
     with pytest.raises(ConfigError) as err:
         create("lgbm", section)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_auto_uses_inner_folds_on_few_prompts_and_one_share_on_many(monkeypatch):
+    import ensemble.models.lgbm.model as lgbm
+
+    frame = battle_frame(240, seed=1)
+    model = create("lgbm", {**SMALL, "early_stopping_folds": "auto"})
+    assert model._inner_plan(frame)[0] == "folds"  # 80 prompts
+    monkeypatch.setattr(lgbm, "AUTO_HOLDOUT_PROMPTS", 50)
+    plan = model._inner_plan(frame)
+    assert plan[0] == "holdout" and len(plan[1]) + len(plan[2]) == len(frame)
+
+
+def test_a_fit_that_learns_nothing_predicts_the_prior():
+    """Labels independent of the texts: on held-out training prompts the boosted model does not beat the
+    prior, so the calibration hands its predictions to the prior (decided on training rows only)."""
+    frame = battle_frame(300, seed=2)
+    frame["label"] = np.random.default_rng(5).integers(0, 3, len(frame))
+    model = create("lgbm", {**SMALL, "min_child_samples": 2}).fit(frame.iloc[:240].reset_index(drop=True))
+    assert model.calibration.shrink == 1.0
+    p = model.predict_proba(frame.iloc[240:])
+    np.testing.assert_allclose(p, np.tile(model.calibration.prior, (60, 1)), atol=1e-9)
+    informed = create("lgbm", SMALL).fit(battle_frame(300, seed=2).iloc[:240].reset_index(drop=True))
+    assert informed.calibration.shrink < 0.5  # the planted length signal: kept

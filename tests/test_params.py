@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("llm", {"lora_r": 0}, r"llm\.lora_r: 0 is not allowed"),
     ("nonsense", {}, r"unknown model 'nonsense'; known: lgbm, dual_tower, llm"),
     ("lgbm", {"learning_rate": float("nan")}, r"lgbm\.learning_rate: nan is not allowed; expected a number > 0"),
-    ("lgbm", {"early_stopping_folds": 1}, r"lgbm\.early_stopping_folds: 1 is not allowed; expected one of 0 or a number >= 2"),
+    ("lgbm", {"early_stopping_folds": 1}, r"lgbm\.early_stopping_folds: 1 is not allowed; expected one of auto, 0 or a number >= 2"),
     ("llm", {"train": {"lr": "3e-5x"}}, r"llm\.train\.lr: '3e-5x' \(str\) must be a number"),
 ])
 def test_bad_params_are_refused_at_construction(model, section, match):

@@ -56,6 +56,8 @@ class Range:
         self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
 
     def allows(self, value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):  # a string in an AnyOf
+            return False
         if not math.isfinite(value):  # NaN compares false with everything; no setting means infinity
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):

@@ -1,7 +1,10 @@
-"""Length and structure features for the tree model.
+"""Length, structure and repetition features of a battle (LightGBM's numeric block, the dual tower's side
+features, shared here).
 
-Arena votes are driven largely by verbosity, markdown formatting and refusals, so these
-cheap counts carry most of the non-semantic signal. Features are computed per response
+Arena votes are driven largely by verbosity, markdown formatting and refusals, and older models' answers
+by degenerate repetition (PandaLM's 7B models repeat lines until they hit their limit), so these cheap
+counts carry most of the non-semantic signal; a few cross features compare each answer with the prompt
+(how much of it the answer addresses) and the two answers with each other (look-alike answers tie). Features are computed per response
 side (``a_`` / ``b_``) and then paired (``diff_`` / ``ratio_``) so a tree can split on
 the comparison directly; the pairing is exactly antisymmetric under an A/B swap, which
 keeps swap-augmented training and test-time swap averaging consistent.
@@ -10,6 +13,7 @@ keeps swap-augmented training and test-time swap averaging consistent.
 from __future__ import annotations
 
 import re
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -18,7 +22,7 @@ from ensemble.core.cache import RunCache
 from ensemble.core.data import as_turns
 
 #: Bump when any feature's definition changes so cached feature files are rebuilt.
-FEATURE_VERSION = 2  # 2: a None/NaN cell is one empty turn (data.as_turns), was no turn
+FEATURE_VERSION = 3  # 3: repetition and prompt/answer overlap features; 2: a None/NaN cell is one empty turn
 
 # Anchored per line; `[ \t]*` rather than `\s*` so a match never spans blank lines.
 _HEADER = re.compile(r"^#{1,6}[ \t]", re.M)
@@ -27,6 +31,9 @@ _NUMBERED = re.compile(r"^[ \t]*\d+\.[ \t]", re.M)
 _BOLD = re.compile(r"\*\*[^*\n]+?\*\*")
 _TABLE = re.compile(r"^[ \t]*\|.*\|[ \t]*$", re.M)
 _URL = re.compile(r"https?://|www\.")
+_WORD = re.compile(r"\w+")
+#: A text that ends on one of these looks finished; anything else looks cut off (a model that hit its limit).
+_CLEAN_END = tuple(".!?)]}\"'`*:;>")
 
 #: Lower-case refusal / hedging phrases; matched on lower-cased text with either apostrophe.
 REFUSAL_PHRASES = (
@@ -62,10 +69,14 @@ SIDE_FEATURES = (
     "headers", "bullets", "numbered", "bold", "code_fences", "table_rows",
     "digits", "questions", "exclaims", "newline_ratio", "upper_ratio", "nonascii_ratio",
     "urls", "refusals", "empty", "unique_ratio",
+    "dup_lines", "compress_ratio", "trigram_repeat", "ends_open",
 )
 PROMPT_FEATURES = ("chars", "words", "turns")
 CROSS_FEATURES = ("a_minus_p_chars", "b_minus_p_chars", "a_over_p_chars", "b_over_p_chars",
-                  "a_over_p_words", "b_over_p_words")
+                  "a_over_p_words", "b_over_p_words",
+                  "a_prompt_overlap", "b_prompt_overlap",  # share of the answer's distinct words found in the prompt
+                  "a_prompt_cover", "b_prompt_cover",  # share of the prompt's distinct words the answer uses
+                  "ab_jaccard", "ab_same")  # the two answers' word-set overlap, and identical answers (swap-symmetric)
 
 
 def feature_names() -> list[str]:
@@ -100,6 +111,19 @@ def _turn_stats(turn_lists: list[list[str]]) -> dict[str, np.ndarray]:
         "turn_std": stat(grouped.std(ddof=0)),
         "turns": counts.astype(np.float64),
     }
+
+
+def _repetition(text: str) -> tuple[float, float, float]:
+    """(share of non-empty lines repeating an earlier line, zlib-compressed / raw size, share of word
+    trigrams that repeat an earlier one): degenerate repetition compresses well and repeats itself."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    dup = (len(lines) - len(set(lines))) / len(lines) if lines else 0.0
+    raw = text.encode("utf-8", "surrogatepass")
+    ratio = min(1.0, len(zlib.compress(raw, 6)) / len(raw)) if raw else 1.0  # short texts: zlib's header > 1
+    words = text.split()
+    grams = list(zip(words, words[1:], words[2:]))
+    repeat = (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+    return dup, ratio, repeat
 
 
 def _side_features(cells: pd.Series) -> dict[str, np.ndarray]:
@@ -148,6 +172,10 @@ def _side_features(cells: pd.Series) -> dict[str, np.ndarray]:
         "refusals": _count(lower, _REFUSAL),
         "empty": np.fromiter((not s.strip() for s in texts_list), dtype=np.float64, count=len(texts_list)),
         "unique_ratio": unique / np.maximum(words, 1.0),
+        **dict(zip(("dup_lines", "compress_ratio", "trigram_repeat"),
+                   np.array([_repetition(t) for t in texts_list], dtype=np.float64).reshape(-1, 3).T)),
+        "ends_open": np.fromiter((bool(s.strip()) and not s.rstrip().endswith(_CLEAN_END) for s in texts_list),
+                                 dtype=np.float64, count=len(texts_list)),
     }
     return {name: out[name] for name in SIDE_FEATURES}
 
@@ -171,6 +199,27 @@ def _cached_side_features(cells: pd.Series, cache: RunCache | None) -> dict[str,
         store.update(zip(missing, table))
     rows = np.array([store[k] for k in keys]).reshape(len(keys), len(SIDE_FEATURES))
     return {name: rows[:, j] for j, name in enumerate(SIDE_FEATURES)}
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def _overlaps(frame: pd.DataFrame, p_texts: list[str]) -> dict[str, np.ndarray]:
+    """Word-set overlaps of each answer with the prompt, and of the two answers with each other."""
+    n = len(frame)
+    out = {k: np.zeros(n) for k in ("a_prompt_overlap", "b_prompt_overlap", "a_prompt_cover", "b_prompt_cover",
+                                    "ab_jaccard", "ab_same")}
+    a_texts = ["\n".join(as_turns(c)) for c in frame["response_a"].tolist()]
+    b_texts = ["\n".join(as_turns(c)) for c in frame["response_b"].tolist()]
+    for i, (p, a, b) in enumerate(zip(p_texts, a_texts, b_texts)):
+        wp, wa, wb = _words(p), _words(a), _words(b)
+        for side, w in (("a", wa), ("b", wb)):
+            out[f"{side}_prompt_overlap"][i] = len(w & wp) / len(w) if w else 0.0
+            out[f"{side}_prompt_cover"][i] = len(w & wp) / len(wp) if wp else 0.0
+        out["ab_jaccard"][i] = len(wa & wb) / len(wa | wb) if wa | wb else 1.0
+        out["ab_same"][i] = float(a.strip() == b.strip())
+    return out
 
 
 def numeric_features(frame: pd.DataFrame, cache: RunCache | None = None) -> pd.DataFrame:
@@ -197,5 +246,6 @@ def numeric_features(frame: pd.DataFrame, cache: RunCache | None = None) -> pd.D
     cols["b_over_p_chars"] = (b["chars"] + 1.0) / (p["chars"] + 1.0)
     cols["a_over_p_words"] = (a["words"] + 1.0) / (p["words"] + 1.0)
     cols["b_over_p_words"] = (b["words"] + 1.0) / (p["words"] + 1.0)
+    cols.update(_overlaps(frame, p_texts))
     names = feature_names()
     return pd.DataFrame({n: cols[n].astype(np.float32) for n in names}, index=pd.RangeIndex(len(frame)))

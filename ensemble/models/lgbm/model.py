@@ -17,8 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer
 
+from ensemble.core.calibration import Calibration, class_prior, fit_calibration
 from ensemble.core.config import AnyOf, Choice, Range
-from ensemble.core.data import SWAP_INDEX, swap_ab, unswap_proba
+from ensemble.core.data import SWAP_INDEX, as_turns, swap_ab, unswap_proba
 from ensemble.core.features import feature_names, numeric_features
 from ensemble.models.base import BaseModel
 
@@ -55,8 +56,10 @@ class LGBMConfig:
     # held-out share of its prompts), then a refit on all training rows for the rounds found there;
     # valid = the fold's valid rows, i.e. its OOF rows: optimistic (PandaLM: 0.818 vs 0.832 honest)
     early_stopping: str = "inner"
-    early_stopping_folds: int = 3  # inner: prompt-grouped folds (~k x one fit's cost); 0 = one held-out share
+    early_stopping_folds: int | str = "auto"  # inner: k prompt-grouped folds (~k x one fit), 0: one held-out share, auto
     early_stopping_frac: float = 0.2  # inner with early_stopping_folds 0: share of the training prompts held out
+    embeddings: str = ""  # an encoder (e.g. embedded:minilm) whose prompt/answer cosine similarities join the features; "" = off
+    embed_max_len: int = 256  # tokens per text for those embeddings
     n_jobs: int = 2
     seed: int = 42
 
@@ -66,10 +69,14 @@ class LGBMConfig:
         "feature_fraction_bynode": Range(0, 1, low_open=True), "bagging_fraction": Range(0, 1, low_open=True),
         "bagging_freq": Range(0), "lambda_l2": Range(0), "early_stopping_rounds": Range(0), "n_jobs": Range(-1),
         "early_stopping": Choice("inner", "valid"), "early_stopping_frac": Range(0, 0.9, low_open=True),
-        "early_stopping_folds": AnyOf(Choice(0), Range(2))}  # 1 fold would be no split
+        "early_stopping_folds": AnyOf(Choice("auto", 0), Range(2))}  # 1 fold would be no split
 
 
 VOCAB_FILE = "vocabularies.json"
+SIMILARITY_NAMES = ("emb_prompt_a", "emb_prompt_b", "emb_prompt_diff", "emb_a_b")
+CALIBRATION_FILE = "calibration.json"
+#: early_stopping_folds auto: inner folds below this many training prompts, one held-out share from it on
+AUTO_HOLDOUT_PROMPTS = 2000
 
 
 def vocabulary_json(vec: CountVectorizer | None) -> list[str] | None:
@@ -123,8 +130,36 @@ class LGBMModel(BaseModel):
         p = self.prompt_vec.transform(_texts(frame, "prompt", vc.max_chars)) if self.prompt_vec is not None else None
         return a, b, p
 
+    def backbone_identity(self) -> str | None:
+        """The encoder behind the similarity features (when on): its weights' digest, once per run."""
+        if not self.config.embeddings:
+            return None
+        from ensemble.core.fingerprint import backbone_digest
+        from ensemble.nn.hf import resolve_pretrained
+
+        store = self.cache.store("embed.identity")
+        if self.config.embeddings not in store:
+            store[self.config.embeddings] = backbone_digest(resolve_pretrained(self.config.embeddings))
+        return store[self.config.embeddings]
+
+    def _similarities(self, frame: pd.DataFrame) -> np.ndarray:
+        """(n, 4): cos(prompt, A), cos(prompt, B), their difference, cos(A, B) of unit sentence embeddings
+        (a swap exchanges the first two, negates the third, keeps the fourth)."""
+        from ensemble.nn.embed import SentenceEncoder
+
+        encoder = SentenceEncoder(self.config.embeddings, self.config.embed_max_len, self.cache)
+        texts = {c: ["\n".join(as_turns(t)) for t in frame[c]] for c in ("prompt", "response_a", "response_b")}
+        n = len(frame)
+        e = encoder.encode(texts["prompt"] + texts["response_a"] + texts["response_b"], self.backbone_identity())
+        ep, ea, eb = e[:n], e[n:2 * n], e[2 * n:]
+        pa, pb, ab = (ep * ea).sum(1), (ep * eb).sum(1), (ea * eb).sum(1)
+        return np.column_stack([pa, pb, pa - pb, ab]).astype(np.float32)
+
     def _assemble(self, frame: pd.DataFrame, a, b, p) -> sp.csr_matrix:
-        blocks = [sp.csr_matrix(numeric_features(frame, self.cache).to_numpy(np.float32)), a, b, a - b]
+        numeric = numeric_features(frame, self.cache).to_numpy(np.float32)
+        if self.config.embeddings:
+            numeric = np.hstack([numeric, self._similarities(frame)])
+        blocks = [sp.csr_matrix(numeric), a, b, a - b]
         if p is not None:
             blocks.append(p)
         return sp.hstack(blocks, format="csr", dtype=np.float32)
@@ -136,17 +171,16 @@ class LGBMModel(BaseModel):
         return x, (self._assemble(swap_ab(frame), b, a, p) if swapped else None)
 
     def _feature_names(self) -> list[str]:
-        names = [f"num_{c}" for c in feature_names()]
+        names = [f"num_{c}" for c in feature_names()] + (list(SIMILARITY_NAMES) if self.config.embeddings else [])
         vocab = self.response_vec.get_feature_names_out()
         names += [f"a_{t}" for t in vocab] + [f"b_{t}" for t in vocab] + [f"d_{t}" for t in vocab]
         if self.prompt_vec is not None:
             names += [f"p_{t}" for t in self.prompt_vec.get_feature_names_out()]
         return [n.replace(" ", "_") for n in names]
 
-    def _augmented(self, frame: pd.DataFrame, counts: tuple | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
-        x, x_swapped = self._matrices(frame, self.config.swap_augment, counts)
-        y = frame["label"].to_numpy()
-        if x_swapped is None:
+    def _stacked(self, x, x_swapped, y: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The training matrix: the battles, and below them their A/B swaps when swap_augment."""
+        if not self.config.swap_augment:
             return x, y
         return sp.vstack([x, x_swapped], format="csr"), np.concatenate([y, np.asarray(SWAP_INDEX)[y]])
 
@@ -165,66 +199,91 @@ class LGBMModel(BaseModel):
 
     # --- estimator API -----------------------------------------------------------------------
     def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
+        """Boost on the training rows; the rounds (early stopping) and a calibration toward the class
+        prior are chosen on held-out training prompts only (inner folds, or one held-out share at scale):
+        a fit that learned too little to beat the prior there predicts the prior."""
         c = self.config
-        x, y = self._augmented(train, self._fit_vectorizers(train))
-        params = self.lgb_params()
-        names = self._feature_names()
-        rounds = c.n_estimators
-        if c.early_stopping_rounds and c.early_stopping == "inner":
-            rounds = self._inner_rounds(train, x, y, params, names)
-        elif c.early_stopping_rounds and valid is not None and len(valid):  # "valid": the OOF rows choose
-            xv, yv = self._augmented(valid)
-            dtrain = lgb.Dataset(x, y, feature_name=names, free_raw_data=True)
-            self.booster = lgb.train(params, dtrain, num_boost_round=rounds,
-                                     valid_sets=[lgb.Dataset(xv, yv, reference=dtrain)],
+        y = train["label"].to_numpy()
+        x, x_swapped = self._matrices(train, c.swap_augment or c.swap_tta, self._fit_vectorizers(train))
+        xa, ya = self._stacked(x, x_swapped, y)
+        params, names = self.lgb_params(), self._feature_names()
+        self.calibration = Calibration(prior=class_prior(y, symmetric=c.swap_tta))  # identity until fitted
+        plan = self._inner_plan(train) if c.early_stopping_rounds and c.early_stopping == "inner" else None
+        if c.early_stopping_rounds and c.early_stopping == "valid" and valid is not None and len(valid):
+            xv, xv_swapped = self._matrices(valid, c.swap_augment)  # "valid": the OOF rows choose (optimistic)
+            dtrain = lgb.Dataset(xa, ya, feature_name=names, free_raw_data=True)
+            dvalid = lgb.Dataset(*self._stacked(xv, xv_swapped, valid["label"].to_numpy()), reference=dtrain)
+            self.booster = lgb.train(params, dtrain, num_boost_round=c.n_estimators, valid_sets=[dvalid],
                                      callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)])
             return
-        dtrain = lgb.Dataset(x, y, feature_name=names, free_raw_data=True)
-        self.booster = lgb.train(params, dtrain, num_boost_round=rounds)
+        if plan is None:  # no early stopping, or under 10 prompts: all rounds, no calibration
+            self.booster = lgb.train(params, lgb.Dataset(xa, ya, feature_name=names), num_boost_round=c.n_estimators)
+            return
+        n, stop = len(train), lgb.early_stopping(c.early_stopping_rounds, verbose=False)
 
-    def _inner_rounds(self, train: pd.DataFrame, x, y, params: dict, names: list[str]) -> int:
-        """Boosting rounds found by early stopping on held-out training prompts (GroupShuffleSplit by
-        prompt): the fold's valid rows never choose anything. Under 10 prompts: n_estimators."""
-        from sklearn.model_selection import GroupShuffleSplit
+        def rows(r):  # a row's swapped copy sits n rows below it in the augmented matrix
+            return np.concatenate([r, r + n]) if c.swap_augment else r
+
+        held_out = np.full((n, 3), np.nan)
+        if plan[0] == "folds":  # k inner folds: the mean curve picks the rounds, then a refit on every row
+            splits = [(rows(a), rows(b)) for a, b in plan[1]]
+            result = lgb.cv(params, lgb.Dataset(xa, ya, feature_name=names, free_raw_data=False),
+                            num_boost_round=c.n_estimators, folds=splits, callbacks=[stop], return_cvbooster=True)
+            cv = result["cvbooster"]
+            for booster, (_, b) in zip(cv.boosters, plan[1]):
+                held_out[b] = self._raw(booster, x[b], x_swapped[b] if c.swap_tta else None, cv.best_iteration)
+            self.booster = lgb.train(params, lgb.Dataset(xa, ya, feature_name=names),
+                                     num_boost_round=max(1, cv.best_iteration))
+        else:  # one held-out share (thousands of prompts): the early-stopped booster is kept, no refit
+            fit_rows, stop_rows = plan[1], plan[2]
+            dfit = lgb.Dataset(xa[rows(fit_rows)], ya[rows(fit_rows)], feature_name=names, free_raw_data=True)
+            dstop = lgb.Dataset(xa[rows(stop_rows)], ya[rows(stop_rows)], reference=dfit)
+            self.booster = lgb.train(params, dfit, num_boost_round=c.n_estimators, valid_sets=[dstop], callbacks=[stop])
+            held_out[stop_rows] = self._raw(self.booster, x[stop_rows], x_swapped[stop_rows] if c.swap_tta else None)
+        seen = ~np.isnan(held_out[:, 0])
+        self.calibration = fit_calibration(held_out[seen], y[seen], self.calibration.prior)
+
+    def _inner_plan(self, train: pd.DataFrame):
+        """Where early stopping and the calibration look, on the training part's prompts only (the fold's
+        valid rows never choose anything): ("folds", [(fit, held-out)...]) for k prompt-grouped folds,
+        ("holdout", fit, held-out) for one share of the prompts, None under 10 prompts. `auto`: folds
+        while the training part has fewer than AUTO_HOLDOUT_PROMPTS prompts, one share beyond (where 20%
+        of the prompts are thousands, and k fits would cost k times one)."""
+        from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
         from ensemble.core.folds import prompt_groups
 
-        c, n = self.config, len(train)
-        groups = prompt_groups(train)
-        if len(np.unique(groups)) < 10:
-            return c.n_estimators
-        copies = x.shape[0] // n  # the swap-augmented matrix stacks the swapped copy below
-        pick = lambda rows: np.concatenate([rows + i * n for i in range(copies)])
-        stop = lgb.early_stopping(c.early_stopping_rounds, verbose=False)
-        if c.early_stopping_folds >= 2:  # k prompt-grouped inner folds: the mean curve picks the rounds
-            from sklearn.model_selection import GroupKFold
-
-            k = min(c.early_stopping_folds, len(np.unique(groups)))
-            splits = [(pick(a), pick(b)) for a, b in GroupKFold(k).split(np.zeros(n), groups=groups)]
-            curves = lgb.cv(params, lgb.Dataset(x, y, feature_name=names, free_raw_data=False),
-                            num_boost_round=c.n_estimators, folds=splits, callbacks=[stop])
-            return max(1, len(next(iter(curves.values()))))
+        c, groups = self.config, prompt_groups(train)
+        n_groups = len(np.unique(groups))
+        if n_groups < 10:
+            return None
+        k = c.early_stopping_folds
+        if k == "auto":
+            k = 3 if n_groups < AUTO_HOLDOUT_PROMPTS else 0
+        if k:
+            return "folds", list(GroupKFold(min(k, n_groups)).split(np.zeros(len(train)), groups=groups))
         split = GroupShuffleSplit(n_splits=1, test_size=c.early_stopping_frac, random_state=c.seed)
-        fit_rows, stop_rows = next(split.split(np.zeros(n), groups=groups))
-        dfit = lgb.Dataset(x[pick(fit_rows)], y[pick(fit_rows)], feature_name=names, free_raw_data=True)
-        dstop = lgb.Dataset(x[pick(stop_rows)], y[pick(stop_rows)], reference=dfit)
-        inner = lgb.train(params, dfit, num_boost_round=c.n_estimators, valid_sets=[dstop], callbacks=[stop])
-        return max(1, inner.best_iteration or c.n_estimators)
+        fit_rows, stop_rows = next(split.split(np.zeros(len(train)), groups=groups))
+        return "holdout", np.sort(fit_rows), np.sort(stop_rows)
+
+    def _raw(self, booster, x, x_swapped=None, rounds: int | None = None) -> np.ndarray:
+        """Uncalibrated probabilities, averaged with the un-swapped prediction of the swapped battles."""
+        rounds = rounds or booster.best_iteration or None
+        proba = booster.predict(x, num_iteration=rounds)
+        if x_swapped is not None:
+            proba = 0.5 * (proba + unswap_proba(booster.predict(x_swapped, num_iteration=rounds)))
+        return proba / proba.sum(axis=1, keepdims=True)
 
     def _predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        best = self.booster.best_iteration or None
         x, x_swapped = self._matrices(frame, self.config.swap_tta)
-        proba = self.booster.predict(x, num_iteration=best)
-        if self.config.swap_tta:
-            swapped = self.booster.predict(x_swapped, num_iteration=best)
-            proba = 0.5 * (proba + unswap_proba(swapped))
-        return proba / proba.sum(axis=1, keepdims=True)
+        return self.calibration.apply(self._raw(self.booster, x, x_swapped))
 
     def _save_state(self, path: Path) -> None:
         self.booster.save_model(str(path / "booster.txt"), num_iteration=self.booster.best_iteration or None)
         (path / VOCAB_FILE).write_text(json.dumps({"response": vocabulary_json(self.response_vec),
                                                    "prompt": vocabulary_json(self.prompt_vec)}), encoding="utf-8")
         (path / "importance.json").write_text(json.dumps(self.top_features(30), indent=1))
+        (path / CALIBRATION_FILE).write_text(json.dumps(self.calibration.to_json()), encoding="utf-8")
 
     def _load_state(self, path: Path) -> None:
         self.booster = lgb.Booster(model_file=str(path / "booster.txt"))
@@ -232,6 +291,7 @@ class LGBMModel(BaseModel):
         vc = self.config.vectorizer
         self.response_vec = vectorizer(vc, vocab["response"])
         self.prompt_vec = vectorizer(vc, vocab["prompt"]) if vocab["prompt"] is not None else None
+        self.calibration = Calibration.from_json(json.loads((path / CALIBRATION_FILE).read_text(encoding="utf-8")))
 
     def top_features(self, k: int = 30) -> list[tuple[str, float]]:
         gain = self.booster.feature_importance("gain")

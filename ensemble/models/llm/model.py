@@ -54,6 +54,8 @@ ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "head.safetensors"
 TOKENIZER_DIR = "tokenizer"
 STATE_FILE = "state.json"
+#: pooled feature width in hidden sizes, per pooling
+POOLED_WIDTH = {"last": 1, "last_and_spans": 2, "interact": 5}
 
 
 @dataclass
@@ -79,7 +81,7 @@ class LLMConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str = "all-linear"  # or a list such as [q_proj, v_proj]
-    pooling: str = "last_and_spans"  # last (the last token, as AutoModelForSequenceClassification) | last_and_spans
+    pooling: str = "last_and_spans"  # last (the last token) | last_and_spans (+ mean A - mean B) | interact (+ A, B, A-B, A*B)
     probe_c: list[float] | float = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
     calib_frac: float = 0.2  # share of training prompts held out to fit temperature and prior shrinkage
     max_len: int = 256  # tokens per battle, scaffolding included
@@ -101,7 +103,7 @@ class LLMConfig:
     constraints: ClassVar[dict] = {
         "quantization": Choice("4bit", "8bit", "none"), "compute_dtype": Choice("auto", "fp32", "bf16", "fp16"),
         "layout": Choice("plain", "chat"), "turns": Choice("interleaved", "grouped"),
-        "truncation_side": Choice("left", "right"), "pooling": Choice("last", "last_and_spans"),
+        "truncation_side": Choice("left", "right"), "pooling": Choice(*POOLED_WIDTH),
         "num_layers": Range(0), "lora_layers": Range(0), "lora_r": Range(1), "lora_alpha": Range(0, low_open=True),
         "lora_dropout": Range(0, 1, high_open=True), "calib_frac": Range(0, 0.9, high_open=True),
         "max_len": Range(16), "prompt_frac": Range(0, 1, high_open=True), "max_train_rows": Range(0),
@@ -123,14 +125,16 @@ class PairClassifier(nn.Module):
 
     pooling 'last': the last real token (right padding), i.e. the judging question that ends every
     battle, as AutoModelForSequenceClassification pools; 'last_and_spans' adds the mean over
-    response A's tokens minus the mean over response B's. With `start` > 0 the forward can begin
-    from the hidden states entering layer `start` (the frozen layers below computed once).
+    response A's tokens minus the mean over response B's; 'interact' adds the two means, their
+    difference and their product ([last, a, b, a - b, a * b], the dual tower's comparison). With
+    `start` > 0 the forward can begin from the hidden states entering layer `start` (the frozen layers
+    below computed once).
     """
 
     def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str, start: int = 0):
         super().__init__()
         self.backbone, self.pooling, self.start = backbone, pooling, start
-        width = hidden_size * (2 if pooling == "last_and_spans" else 1)
+        width = hidden_size * POOLED_WIDTH[pooling]
         self.score = nn.Linear(width, 3)  # fp32, initialised by the linear probe
 
     @property
@@ -153,7 +157,10 @@ class PairClassifier(nn.Module):
             m = (tags == tag).unsqueeze(-1).float()
             return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
-        return torch.cat([last, mean(TAG_A) - mean(TAG_B)], dim=1)  # (B, 2h)
+        a, b = mean(TAG_A), mean(TAG_B)
+        if self.pooling == "last_and_spans":
+            return torch.cat([last, a - b], dim=1)  # (B, 2h)
+        return torch.cat([last, a, b, a - b, a * b], dim=1)  # (B, 5h)
 
     def forward(self, attention_mask, tags, input_ids=None, hidden=None) -> torch.Tensor:
         return self.score(self.pool(self.hidden_states(attention_mask, input_ids, hidden), attention_mask, tags))
