@@ -102,8 +102,10 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": parts, "valid_rows": len(va)})
             if "label" in train:
                 labels = train["label"].to_numpy()[va]
+                prior = prior_proba(train["label"].to_numpy()[tr], len(va))
                 progress.log(f"[{name}] fold {k}: fit {timings[k]:.1f} s, fold log loss {log_loss(labels, valid_pred):.4f}"
-                             f" (fold prior {log_loss(labels, prior_proba(train['label'].to_numpy()[tr], len(va))):.4f})")
+                             f" (fold prior {log_loss(labels, prior):.4f}), accuracy "
+                             f"{(valid_pred.argmax(1) == labels).mean():.4f}")
             last_fold = fold
         dist.barrier(f"fold {k} saved and predicted")
     if not main:
