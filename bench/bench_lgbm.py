@@ -114,7 +114,7 @@ def kaggle_scale_files(work: Path, n_train: int, n_test: int, seed: int = 0) -> 
 
 
 def blend_timing(n: int, repeats: int = 5) -> list[float]:
-    from ensemble.blend.run import fit_blend
+    from ensemble.blend import create_blender
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, n)
@@ -122,7 +122,7 @@ def blend_timing(n: int, repeats: int = 5) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fit_blend(probas, labels, ["lgbm", "dual_tower", "llm"])
+        create_blender("weights", ["lgbm", "dual_tower", "llm"]).fit(probas, labels, None)
         times.append(time.perf_counter() - start)
     return times
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ensemble.core.fingerprint import file_imports, module_file
+from ensemble.core.fingerprint import file_closure, file_imports, module_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -56,21 +56,10 @@ def test_stage_deps_cover_the_code_it_runs(stage):
     spec = STAGES[stage]
     entry = _entry_files(spec["cmd"])
     assert entry, f"{stage}: no python entry point found in {spec['cmd']!r}"
-    needed = {f.relative_to(ROOT).as_posix() for f in _closure_of(entry)}
+    needed = {f.relative_to(ROOT).as_posix() for f in file_closure(entry, ROOT)}
     declared = [str(d).rstrip("/") for d in spec.get("deps", [])]
     missing = sorted(f for f in needed if not any(f == d or f.startswith(d + "/") for d in declared))
     assert not missing, f"dvc.yaml stage {stage!r} runs code it does not list in deps: {missing}"
-
-
-def _closure_of(entry: set[Path]) -> set[Path]:
-    seen, todo = set(), list(entry)
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        todo.extend(file_imports(f, ROOT) - seen)
-    return seen
 
 
 def test_the_dvc_model_stages_are_the_registry():

@@ -68,10 +68,9 @@ def file_imports(path: Path, root: Path = PACKAGE_ROOT, package_prefix: str = "e
     return found
 
 
-def import_closure(modules: Iterable[str], root: Path = PACKAGE_ROOT) -> list[Path]:
-    """Every project file that importing `modules` runs, sorted: the code a model's fit depends on."""
-    todo = [f for m in modules if (f := module_file(m, root)) is not None]
-    seen: set[Path] = set()
+def file_closure(files: Iterable[Path], root: Path = PACKAGE_ROOT) -> list[Path]:
+    """`files` and every project file they import, transitively, sorted."""
+    todo, seen = list(files), set()
     while todo:
         f = todo.pop()
         if f in seen:
@@ -79,6 +78,11 @@ def import_closure(modules: Iterable[str], root: Path = PACKAGE_ROOT) -> list[Pa
         seen.add(f)
         todo.extend(file_imports(f, root) - seen)
     return sorted(seen)
+
+
+def import_closure(modules: Iterable[str], root: Path = PACKAGE_ROOT) -> list[Path]:
+    """Every project file that importing `modules` runs: the code a model's fit depends on."""
+    return file_closure([f for m in modules if (f := module_file(m, root)) is not None], root)
 
 
 def code_digest(modules: Iterable[str]) -> str:
