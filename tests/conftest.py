@@ -111,7 +111,8 @@ def tiny_config(base: str, **overrides) -> dict:
 def marker_frame(n: int, words: list[str], marker: str, seed: int = 0) -> pd.DataFrame:
     """Battles whose label only the tokens tell: the winner's response carries `marker`, a tie has
     it in both responses or in neither. Lengths are random, so nothing else predicts the label;
-    every prompt is shared by two battles (prompt-grouped folds must keep them together)."""
+    battles 2i and 2i+1 share one prompt text exactly (prompt-grouped folds must keep them together:
+    tests/test_folds.py checks that they do)."""
     rng = np.random.default_rng(seed)
     words = [w for w in words if w != marker]
     rows = []
@@ -121,7 +122,9 @@ def marker_frame(n: int, words: list[str], marker: str, seed: int = 0) -> pd.Dat
         with_marker = {0: [a], 1: [b], 2: [a, b] if rng.random() < 0.5 else []}[label]
         for text in with_marker:
             text.insert(int(rng.integers(0, len(text) + 1)), marker)
-        rows.append({"id": f"m{i}", "prompt": [" ".join(rng.choice(words, size=4, replace=True)) + f" {i // 2}"],
+        drawn = " ".join(rng.choice(words, size=4, replace=True)) + f" {i // 2}"  # drawn every row: same stream
+        prompt = drawn if i % 2 == 0 else rows[i - 1]["prompt"][0]  # the odd battle repeats its pair's prompt
+        rows.append({"id": f"m{i}", "prompt": [prompt],
                      "response_a": [" ".join(a)], "response_b": [" ".join(b)], "label": label})
     return pd.DataFrame(rows)
 

@@ -46,10 +46,18 @@ def _frame(n: int = 24, seed: int = 0) -> pd.DataFrame:
 def _model(backbone: str, **over) -> DualTowerModel:
     train = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.0, "precision": "fp32",
              **over.pop("train", {})}
-    # fine-tuning path by default here (the demo default freezes the encoder)
+    # fine-tuning path by default here (the demo default freezes the encoder). calib_frac 0: a few
+    # dozen rows hold out fewer than the 30 rows a calibration needs (MIN_CALIBRATION_ROWS), and the
+    # model would predict the class prior for every row, which passes any symmetry or save/load check
     return DualTowerModel({"backbone": backbone, "max_len": 48, "device": "cpu", "head_lr": 1e-2,
-                           "freeze_layers": 0, "use_features": False, "infer_max_tokens": 512,
+                           "freeze_layers": 0, "use_features": False, "infer_max_tokens": 512, "calib_frac": 0.0,
                            "train": train, **over})
+
+
+def _varies(p: np.ndarray) -> bool:
+    """The predictions differ between rows and between A and B: not the class prior, so an equality
+    of two predictions says something."""
+    return not np.allclose(p, p[0]) and not np.allclose(p[:, 0], p[:, 1])
 
 
 @pytest.fixture(scope="session")
@@ -157,11 +165,16 @@ def test_one_step_lowers_loss_on_fixed_batch(tiny_backbone):
     assert after < before
 
 
-def test_fit_predict_valid_probabilities(fitted):
+def test_fit_predict_valid_probabilities(fitted, tiny_backbone):
     p = fitted.predict_proba(_frame(10, 5))
-    assert p.shape == (10, 3) and np.isfinite(p).all()
+    assert p.shape == (10, 3) and np.isfinite(p).all() and _varies(p)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
-    assert fitted.history and np.isfinite(fitted.history[-1]["valid_logloss"])
+    # with held-out training prompts the loop evaluates on them; 5 of them are too few to calibrate
+    # on, so the model says it cannot tell and predicts the class prior
+    held_out = _model(tiny_backbone, calib_frac=0.2).fit(_frame(24, 0), _frame(8, 1))
+    assert held_out.history and np.isfinite(held_out.history[-1]["valid_logloss"])
+    q = held_out.predict_proba(_frame(10, 5))
+    assert held_out.calibration.shrink == 1.0 and np.allclose(q, q[0]) and not _varies(q)
 
 
 @pytest.mark.parametrize("freeze_layers, saved", [(0, "all"), (1, "top"), (-1, "none")],
@@ -183,6 +196,7 @@ def test_save_keeps_only_trained_encoder_weights(tiny_backbone, tmp_path, freeze
         assert names and names < every and not any(n.startswith("embeddings.") or ".layer.0." in n for n in names)
     else:
         assert not names
+    assert _varies(model.predict_proba(frame))
     np.testing.assert_array_equal(DualTowerModel.load(tmp_path / "fold").predict_proba(frame),
                                   model.predict_proba(frame))
     if saved == "top":  # a trained-encoder file short of what freeze_layers trains is refused, not half-loaded
@@ -209,6 +223,7 @@ def test_frozen_fold_loads_when_the_tokenizer_needed_a_new_pad_token(tiny_backbo
     assert model.net.encoder.get_input_embeddings().num_embeddings == len(model.tokenizer)
     frame = _frame(10, 6)
     model.save(tmp_path / "fold")
+    assert _varies(model.predict_proba(frame))
     np.testing.assert_array_equal(DualTowerModel.load(tmp_path / "fold").predict_proba(frame),
                                   model.predict_proba(frame))
 
@@ -243,16 +258,19 @@ def test_save_load_ranking_and_features(tiny_backbone, tmp_path):
     model.save(tmp_path / "r")
     loaded = DualTowerModel.load(tmp_path / "r")
     assert loaded.band == model.band and loaded.features.names == model.features.names
+    assert _varies(model.predict_proba(frame))
     np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
 
 
-@pytest.mark.parametrize("over", [{}, {"use_features": True}, {"mode": "ranking"}, {"pooling": "cls", "head": "concat"}],
-                         ids=["default", "features", "ranking", "cls-concat"])
+@pytest.mark.parametrize("over", [{}, {"use_features": True}, {"mode": "ranking"}, {"pooling": "cls", "head": "concat"},
+                                  {"freeze_layers": -1}],
+                         ids=["default", "features", "ranking", "cls-concat", "frozen"])
 def test_swap_averaging_exactly_symmetric(tiny_backbone, over):
     model = _model(tiny_backbone, **over).fit(_frame(16, 0))
     frame = _frame(12, 7)
     p = model.predict_proba(frame)
     q = model.predict_proba(swap_ab(frame))
+    assert _varies(p)  # a constant (the prior) is symmetric whatever the TTA does
     np.testing.assert_array_equal(q, unswap_proba(p))
     assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0)
 
@@ -262,6 +280,7 @@ def test_dynamic_padding_matches_max_len_padding(fitted, tmp_path):
     enc = fitted._encode(frame)
     assert len({len(x) for x in enc["a"] + enc["b"]}) > 3  # lengths really differ
     dynamic = fitted.predict_proba(frame)
+    assert _varies(dynamic)
     fitted.save(tmp_path / "fold")  # pad_to_max_len is a run-time key: set at load, nothing retrained
     padded = DualTowerModel.load(tmp_path / "fold", runtime={"pad_to_max_len": True, "max_len": 9}).predict_proba(frame)
     np.testing.assert_allclose(dynamic, padded, atol=1e-5, rtol=0)  # (max_len is not run-time: ignored)
@@ -300,8 +319,9 @@ def test_layerwise_lr_decay_groups_and_freezing(tiny_backbone):
 
 
 def test_frozen_encoder_trains_head_on_cached_vectors(tiny_backbone):
-    model = _model(tiny_backbone, freeze_layers=-1, train={"max_steps": 0, "epochs": 3})
-    model.fit(_frame(24, 0), _frame(8, 1))
+    model = _model(tiny_backbone, freeze_layers=-1, calib_frac=0.2, train={"max_steps": 0, "epochs": 3})
+    model.fit(_frame(24, 0), _frame(8, 1))  # held-out rows for the evaluations (too few to calibrate on:
+    # the prediction is the prior, so the frozen path's symmetry is checked in test_swap_averaging_*)
     assert not any(p.requires_grad for p in model.net.encoder.parameters())
     assert model.cache.sizes()["dual_tower.pooled"] > 0 and len(model.history) == 3  # one eval per epoch
     frame = _frame(10, 2)
@@ -373,13 +393,66 @@ def test_embedded_minilm_integration(tmp_path):
         frame = read_battles(csv, verbose=False).iloc[:40].reset_index(drop=True)
     else:
         frame = _frame(40, 11)
-    model = DualTowerModel({"max_len": 32, "device": "cpu", "train": {"epochs": 2, "batch_size": 16}})
+    # calib_frac 0: 32 rows hold out too few to calibrate on, and the model would predict the prior
+    model = DualTowerModel({"max_len": 32, "device": "cpu", "calib_frac": 0.0,
+                            "train": {"epochs": 2, "batch_size": 16}})
     train, valid = frame.iloc[:32].reset_index(drop=True), frame.iloc[32:].reset_index(drop=True)
     model.fit(train, valid)
-    p = model.predict_proba(valid)  # reuses the vectors computed for validation during fit
-    assert p.shape == (8, 3) and np.isfinite(p).all()
+    p = model.predict_proba(valid)
+    assert p.shape == (8, 3) and np.isfinite(p).all() and _varies(p)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)
     np.testing.assert_array_equal(model.predict_proba(swap_ab(valid)), unswap_proba(p))
     model.save(tmp_path / "m")
     loaded = DualTowerModel.load(tmp_path / "m")  # a fresh run cache: the predict path must give the same bits
     np.testing.assert_array_equal(loaded.predict_proba(valid), p)
+
+
+# ----------------------------------------------------------------------------- swap mappings: negative controls
+
+def test_swap_tta_symmetry_check_fails_with_a_broken_mapping(fitted, monkeypatch):
+    """test_swap_averaging_exactly_symmetric can fail for the reason it claims: with the TTA's
+    mapping of the (B, A) pass broken (identity), predict(swap(x)) is predict(x), not its mirror."""
+    import ensemble.models.dual_tower.model as dual_tower
+
+    frame = _frame(12, 7)
+
+    def symmetric() -> bool:
+        return np.array_equal(fitted.predict_proba(swap_ab(frame)), unswap_proba(fitted.predict_proba(frame)))
+
+    assert symmetric()
+    monkeypatch.setattr(dual_tower, "SWAP_INDEX", [0, 1, 2])
+    assert not symmetric()
+    np.testing.assert_array_equal(fitted.predict_proba(swap_ab(frame)), fitted.predict_proba(frame))
+
+
+def test_training_twins_are_the_swapped_battles_and_a_broken_mapping_is_caught(tiny_backbone, monkeypatch):
+    """collate_towers' item n + i (the swap-augmented twin of battle i) must be exactly what battle i
+    swapped (swap_ab: towers, per-side features and label exchanged) collates to as item i, for token
+    batches and for cached pooled vectors; with its label mapping broken (identity) it is not."""
+    import ensemble.nn.batching as batching
+    from ensemble.models.dual_tower.features import TowerFeatures
+
+    frame = _frame(10, 3)
+    model = _model(tiny_backbone, use_features=True)
+    model.features = TowerFeatures().fit(frame)
+    model._build(tiny_backbone, len(model.features.names))
+    swapped = swap_ab(frame)
+    enc, enc_swapped = model._encode(frame), model._encode(swapped)
+    labels, labels_swapped = frame["label"].to_numpy(), swapped["label"].to_numpy()
+    assert (labels != labels_swapped).any()  # A and B wins among the battles: the mapping shows
+    rng = np.random.default_rng(0)
+    pooled = (rng.normal(size=(10, 4)).astype(np.float32), rng.normal(size=(10, 4)).astype(np.float32))
+    n = len(frame)
+
+    def twins_match() -> bool:
+        for cached, cached_swapped in ((None, None), (pooled, pooled[::-1])):
+            twin = model._collate(enc, labels, cached)(list(range(n, 2 * n)))
+            fresh = model._collate(enc_swapped, labels_swapped, cached_swapped)(list(range(n)))
+            assert set(twin) == set(fresh) and {"features", "labels"} <= set(twin)
+            if not all(torch.equal(twin[k], fresh[k]) for k in twin):
+                return False
+        return True
+
+    assert twins_match()
+    monkeypatch.setattr(batching, "SWAP_INDEX", [0, 1, 2])
+    assert not twins_match()

@@ -31,3 +31,23 @@ def test_deterministic_and_checked():
         attach_folds(frame.assign(id=frame["id"] + "x"), a)
     with pytest.raises(DataError, match="distinct prompts"):
         make_folds(frame.iloc[:4], 5)
+
+
+def test_marker_frame_pairs_share_a_prompt_and_its_folds_never_split_a_pair(monkeypatch):
+    """The learning tests' frame repeats each prompt in two battles (2i, 2i+1), so prompt-grouped
+    folds are really exercised: the folds must keep every pair together."""
+    from conftest import WORDS, marker_frame
+
+    import ensemble.core.folds as folds_module
+
+    frame = marker_frame(240, WORDS, "python")
+    prompts = frame["prompt"].map(lambda turns: turns[0]).to_numpy()
+    assert (prompts[0::2] == prompts[1::2]).all()  # the same text exactly, not only the same key
+    groups = prompt_groups(frame)
+    assert len(np.unique(groups)) == len(frame) // 2 and (groups[0::2] == groups[1::2]).all()
+    fold = attach_folds(frame, make_folds(frame, 3, seed=0))
+    assert (fold[0::2] == fold[1::2]).all()
+    # the check can fail: folds that ignore the prompts (one group per row) do split pairs
+    monkeypatch.setattr(folds_module, "prompt_groups", lambda f: np.arange(len(f)))
+    ungrouped = attach_folds(frame, folds_module.make_folds(frame, 3, seed=0))
+    assert (ungrouped[0::2] != ungrouped[1::2]).any()

@@ -94,3 +94,38 @@ def test_saved_fold_is_byte_identical_across_processes(tmp_path):
                        env={**os.environ, "PYTHONHASHSEED": seed}, timeout=300)
         digests.append({f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in sorted(out.iterdir())})
     assert digests[0] == digests[1]
+
+
+def test_lgbm_swap_mappings_have_negative_controls(monkeypatch):
+    """The swap TTA's un-swapping and the augmentation's label mapping each matter: with the real
+    mapping the model is exactly A/B symmetric and learns the marker from swap-augmented rows; with
+    the mapping broken (identity) the symmetry is gone, and the twins teach the opposite of their
+    battles, so A and B wins can no longer be told apart."""
+    from conftest import marker_frame
+
+    import ensemble.models.lgbm.model as lgbm_module
+
+    words = "the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code".split()
+    train, test = marker_frame(160, words, "zebra", seed=0), marker_frame(80, words, "zebra", seed=1)
+    config = {**FAST, "n_estimators": 30, "early_stopping_rounds": 0, "min_child_samples": 5, "n_jobs": 1,
+              "vectorizer": {"max_features": 100, "min_df": 1}}
+    model = LGBMModel(config).fit(train)
+
+    def symmetric() -> bool:
+        return np.allclose(model.predict_proba(swap_ab(test)), unswap_proba(model.predict_proba(test)),
+                           atol=1e-12, rtol=0)
+
+    assert symmetric()
+    with monkeypatch.context() as mp:
+        mp.setattr(lgbm_module, "unswap_proba", lambda proba: proba)
+        assert not symmetric()
+
+    decisive = test["label"].to_numpy() < 2
+
+    def a_vs_b_accuracy() -> float:  # swap_tta off: what the augmented training taught, nothing averaged
+        p = LGBMModel({**config, "swap_tta": False}).fit(train).predict_proba(test)[decisive]
+        return float((p[:, :2].argmax(axis=1) == test["label"].to_numpy()[decisive]).mean())
+
+    assert a_vs_b_accuracy() >= 0.95
+    monkeypatch.setattr(lgbm_module, "SWAP_INDEX", [0, 1, 2])
+    assert a_vs_b_accuracy() <= 0.75

@@ -329,3 +329,68 @@ def test_max_len_smaller_than_layout(tiny_llm):
     long_header._skeletons.clear()
     with pytest.raises(ConfigError, match="max_len"):
         long_header.encode_frame(battle_frame(3))
+
+
+# ----------------------------------------------------------------------------- the frozen-layer cache budget
+
+def _refused_tokens(base: str, tmp_path, test=None, **overrides) -> int:
+    """run_oof with a cache budget nothing fits: the ConfigError it raises, before any fold folder
+    exists, names lora_layers and cache_max_gib; the number of tokens it counted."""
+    import re
+
+    from ensemble.core.folds import make_folds
+    from ensemble.oof import run_oof
+
+    frame = battle_frame(24)
+    config = tiny_config(base, **{"quantization": "none", "num_layers": 2, "lora_layers": 1, "cache_max_gib": 1e-9,
+                                  "swap_augment": False, "swap_tta": False, **overrides})
+    art = tmp_path / f"art{len(list(tmp_path.iterdir()))}"
+    with pytest.raises(ConfigError) as err:
+        run_oof("llm", config, frame, make_folds(frame, 2, seed=0), art, test=test)
+    message = str(err.value)
+    assert "llm.lora_layers: 1" in message and "llm.cache_max_gib" in message and "\n" not in message, message
+    assert not list(art.rglob("fold_*")) and not (art / "oof").exists()
+    return int(re.search(r"\(([\d,]+) tokens x 64 x 4 bytes", message).group(1).replace(",", ""))
+
+
+def test_frozen_cache_budget_is_checked_before_any_fold_and_counts_every_sequence(tiny_llm, tmp_path):
+    from ensemble.models.llm.model import LLMModel
+
+    test = battle_frame(10, seed=3).drop(columns="label")
+    train_only = _refused_tokens(tiny_llm, tmp_path)
+    with_twins = _refused_tokens(tiny_llm, tmp_path, swap_tta=True)
+    with_test = _refused_tokens(tiny_llm, tmp_path, test=test)
+    with_test_twins = _refused_tokens(tiny_llm, tmp_path, test=test, swap_tta=True)
+    augment_only = _refused_tokens(tiny_llm, tmp_path, test=test, swap_augment=True)
+    assert train_only > 0
+    assert with_twins == 2 * train_only  # a twin is as long as its battle (the budget split is symmetric)
+    test_tokens = with_test - train_only
+    assert test_tokens > 0 and with_test_twins == 2 * with_test
+    assert augment_only == 2 * train_only + test_tokens  # swap_augment twins the training rows only
+    # a budget it fits passes (run_oof calls exactly this before the first fold; test_binary trains
+    # the LLM through run_oof under cache_max_gib 0.5), and so does the default: half of the RAM
+    frames = [battle_frame(24), test]
+    for budget in (0.5, 0.0):
+        LLMModel(tiny_config(tiny_llm, quantization="none", num_layers=2, lora_layers=1, cache_max_gib=budget,
+                             swap_tta=True)).check_resources(frames)
+    # nothing is cached (or counted) when every layer trains
+    LLMModel(tiny_config(tiny_llm, quantization="none", lora_layers=0, cache_max_gib=1e-9)).check_resources(frames)
+
+
+# ----------------------------------------------------------------------------- swap mappings: negative controls
+
+def test_swap_tta_symmetry_check_fails_with_a_broken_unswap(fitted, monkeypatch):
+    """test_swap_tta_is_exactly_symmetric can fail for the reason it claims: with the TTA's un-swapping
+    of the swapped pass broken (identity), predict(swap(x)) is predict(x), not its A/B mirror."""
+    import ensemble.models.llm.model as llm
+
+    model, frame = fitted
+    test = frame.iloc[:12].reset_index(drop=True)
+
+    def symmetric() -> bool:
+        return np.array_equal(model.predict_proba(swap_ab(test)), unswap_proba(model.predict_proba(test)))
+
+    assert symmetric()
+    monkeypatch.setattr(llm, "unswap_proba", lambda proba: proba)
+    assert not symmetric()
+    np.testing.assert_array_equal(model.predict_proba(swap_ab(test)), model.predict_proba(test))

@@ -127,6 +127,61 @@ def test_dual_tower_stage_killed_after_fold_1_resumes(tmp_path, tiny_backbone):
     check_kill_and_resume(tmp_path, "dual_tower", params, battle_frame(48, seed=4), "model.json")
 
 
+def stage_in_process(work: Path, name: str) -> None:
+    """`python stages/oof.py <name>` run in this process (the stage's own main, in `work`): the stage's
+    code without the seconds an interpreter start and its imports cost."""
+    import runpy
+
+    stage = runpy.run_path(str(ROOT / "stages" / "oof.py"))  # not run as __main__: main() is not called
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setattr(sys, "argv", [str(ROOT / "stages" / "oof.py"), name])
+        assert stage["main"]() == 0
+
+
+def test_lgbm_stage_rerun_after_a_training_text_edit_reuses_no_fold(tmp_path, capsys):
+    """A run that crashed after fold 1 (folds 0 and 1 finished), then one training text edited in
+    artifacts/prepared/train.parquet (same ids, labels and folds): the rerun of the stage must retrain the
+    finished folds too, not only the missing ones, and end with exactly what an uninterrupted run on the
+    edited data writes. (test_fingerprint checks the same with a negative control, in process.)"""
+    from ensemble.core.data import load_battles, save_battles
+
+    params = {"lgbm": {"n_estimators": 40, "early_stopping_rounds": 0, "num_leaves": 15, "n_jobs": 1,
+                       "vectorizer": {"max_features": 300}}}
+    frame = battle_frame(200, seed=3)
+    test = frame.head(12)
+    crashed = make_project(tmp_path / "crashed", params, frame, test)
+    stage_in_process(crashed, "lgbm")
+    models = crashed / "artifacts" / "models" / "lgbm"
+    for k in range(2, N_SPLITS):  # what a kill after fold 1 leaves (test_lgbm_stage_killed_after_fold_1_resumes)
+        (models / f"fold_{k}" / "done.json").unlink()
+    (crashed / "artifacts" / "oof" / "lgbm.parquet").unlink()
+    stamps = {k: (models / f"fold_{k}" / "booster.txt").stat().st_mtime_ns for k in (0, 1)}
+
+    train_path = crashed / "artifacts" / "prepared" / "train.parquet"
+    edited = load_battles(train_path)
+    edited.at[100, "response_a"] = [edited.at[100, "response_a"][0] + " with a new ending" * 20]
+    save_battles(train_path, edited)
+    capsys.readouterr()
+    stage_in_process(crashed, "lgbm")
+    out = capsys.readouterr().err
+    assert "already done" not in out, out[-3000:]
+    for k in range(N_SPLITS):
+        assert f"fold {k}: training on" in out
+    for k in (0, 1):  # the finished folds were rewritten
+        assert (models / f"fold_{k}" / "booster.txt").stat().st_mtime_ns != stamps[k]
+
+    clean = make_project(tmp_path / "clean", params, edited, test)
+    stage_in_process(clean, "lgbm")
+    pd.testing.assert_frame_equal(pd.read_parquet(crashed / "artifacts" / "folds.parquet"),
+                                  pd.read_parquet(clean / "artifacts" / "folds.parquet"))
+    for kind in ("oof", "test"):
+        got = pd.read_parquet(crashed / "artifacts" / kind / "lgbm.parquet")
+        want = pd.read_parquet(clean / "artifacts" / kind / "lgbm.parquet")
+        pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-7, rtol=0)
+    assert leftovers(crashed / "artifacts") == []
+
+
 # ------------------------------------------------------------------------------- atomic writes
 WRITER = """
 import sys, time

@@ -21,7 +21,7 @@ from sklearn.exceptions import NotFittedError
 from ensemble.core.cache import RunCache
 from ensemble.core.calibration import floor_absent_classes
 from ensemble.core.config import from_dict, to_dict
-from ensemble.core.data import DataError, class_counts, format_counts
+from ensemble.core.data import SWAP_INDEX, DataError, class_counts, format_counts
 from ensemble.core.io import write_json
 
 CONFIG_FILE = "model.json"
@@ -63,6 +63,9 @@ class BaseModel(ABC):
         if len(present) < 2:
             raise DataError(f"{self.name}: the training rows hold a single class ({format_counts(counts)}); "
                             f"a preference model needs at least two")
+        if getattr(self.config, "swap_augment", False) or getattr(self.config, "swap_tta", False):
+            # trained on (or averaged with) the A/B-swapped battles: an A win seen is a B win seen
+            present = sorted(set(present) | {SWAP_INDEX[k] for k in present})
         self.classes_, self.n_train_ = present, int(len(train))
         self._fit(train, valid)
         return self

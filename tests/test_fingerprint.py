@@ -1,0 +1,324 @@
+"""What a finished fold's fingerprint holds, part by part: a training text, a test text, a learned
+key, a file the model imports and the pretrained weights each invalidate what depends on them; the
+run-time keys (devices, inference budgets) and files no model imports invalidate nothing. Every
+check here comes with the broken code it catches, most with a negative control in the test itself."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import battle_frame, tiny_config
+
+from ensemble.core import fingerprint as fp
+from ensemble.core.data import TEXT_COLUMNS, DataError, save_battles
+from ensemble.core.folds import make_folds, prompt_groups, prompt_key
+from ensemble.oof import read_done, run_oof
+
+LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1, "min_child_samples": 5,
+        "vectorizer": {"max_features": 50, "min_df": 1}}
+PROBA = ["winner_model_a", "winner_model_b", "winner_tie"]
+
+
+@pytest.fixture
+def pinned_code(monkeypatch):
+    """The code part pinned: the library is edited by others while the suite runs, and such an edit
+    between two runs of one test is not what these tests are about (test_code_digest_* is)."""
+    monkeypatch.setattr(fp, "code_digest", lambda modules: "code-pinned")
+
+
+def texts_blind_frame_digest(frame: pd.DataFrame) -> str:
+    """The broken digest the negative controls plant: ids and labels only, no texts."""
+    labels = frame["label"].to_numpy().tobytes() if "label" in frame else b""
+    return hashlib.sha256("\x1e".join(frame["id"]).encode() + labels).hexdigest()
+
+
+def run(capsys, name, config, train, folds, art, test=None):
+    """run_oof; (its log, the OOF matrix, the test matrix or None)."""
+    capsys.readouterr()
+    run_oof(name, config, train, folds, art, test=test)
+    log = capsys.readouterr().err
+    oof = pd.read_parquet(art / "oof" / f"{name}.parquet")[PROBA].to_numpy()
+    pred = pd.read_parquet(art / "test" / f"{name}.parquet")[PROBA].to_numpy() if test is not None else None
+    return log, oof, pred
+
+
+def reused(log: str, n: int) -> list[int]:
+    return [k for k in range(n) if re.search(rf"\] fold {k}: already done, reusing", log)]
+
+
+def trained(log: str, n: int) -> list[int]:
+    return [k for k in range(n) if re.search(rf"\] fold {k}: training on \d+ rows", log)]
+
+
+def lgbm_data() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    train = battle_frame(99, seed=5)
+    test = battle_frame(12, seed=6).drop(columns="label").assign(id=lambda f: "t" + f["id"])
+    return train, test, make_folds(train, 3, seed=0)
+
+
+def edit_text(frame: pd.DataFrame, row: int) -> pd.DataFrame:
+    """One text edited, same ids and labels: response A made the shorter one if it was the longer one
+    and far longer if not (the length is what the model learns, so its prediction must move)."""
+    edited = frame.copy()
+    a, b = edited.at[row, "response_a"][0], edited.at[row, "response_b"][0]
+    edited.at[row, "response_a"] = ["word"] if len(a) > len(b) else [a + " and a much longer ending" * 30]
+    return edited
+
+
+# ----------------------------------------------------------------------------- the data part
+
+def test_frame_digest_sees_every_text_of_every_turn():
+    frame = battle_frame(6).assign(prompt=[["first turn", "second turn"]] * 6)
+    base = fp.frame_digest(frame)
+    assert fp.frame_digest(frame.copy()) == base
+    for col in TEXT_COLUMNS:
+        for turn in (0, -1):
+            edited = frame.copy()
+            turns = list(edited.at[2, col])
+            turns[turn] = turns[turn] + "!"
+            edited.at[2, col] = turns
+            assert fp.frame_digest(edited) != base, (col, turn)
+    assert fp.frame_digest(frame.assign(label=(frame["label"] + 1) % 3)) != base
+    assert fp.frame_digest(frame.assign(id=frame["id"] + "x")) != base
+    # turn boundaries count: ["ab"] and ["a", "b"] are different battles
+    assert fp.frame_digest(frame.assign(prompt=[["ab"]] * 6)) != fp.frame_digest(frame.assign(prompt=[["a", "b"]] * 6))
+
+
+def test_a_training_text_edit_retrains_every_fold_and_an_unchanged_rerun_reuses_them(
+        tmp_path, capsys, pinned_code, monkeypatch):
+    train, _, folds = lgbm_data()
+    log, oof, _ = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "a")
+    assert trained(log, 3) == [0, 1, 2]
+    log, again, _ = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "a")
+    assert reused(log, 3) == [0, 1, 2] and trained(log, 3) == [] and np.array_equal(again, oof)
+    before = read_done(tmp_path / "a" / "models" / "lgbm" / "fold_0")["parts"]
+
+    edited = edit_text(train, 7)
+    log, changed, _ = run(capsys, "lgbm", LGBM, edited, folds, tmp_path / "a")
+    assert reused(log, 3) == [] and trained(log, 3) == [0, 1, 2], log
+    assert not np.array_equal(changed, oof)
+    after = read_done(tmp_path / "a" / "models" / "lgbm" / "fold_0")["parts"]
+    assert [p for p in before if before[p] != after[p]] == ["data"]
+
+    # negative control: a digest blind to the texts would keep every stale fold (the check above fails)
+    monkeypatch.setattr(fp, "frame_digest", texts_blind_frame_digest)
+    run(capsys, "lgbm", LGBM, train, folds, tmp_path / "blind")
+    log, stale, _ = run(capsys, "lgbm", LGBM, edited, folds, tmp_path / "blind")
+    assert reused(log, 3) == [0, 1, 2] and np.array_equal(stale, oof)
+
+
+def test_a_test_text_edit_recomputes_that_test_prediction_while_the_folds_are_reused(
+        tmp_path, capsys, pinned_code, monkeypatch):
+    train, test, folds = lgbm_data()
+    _, oof, pred = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "a", test)
+    edited = edit_text(test, 3)
+    log, oof2, pred2 = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "a", edited)
+    assert reused(log, 3) == [0, 1, 2] and trained(log, 3) == []
+    assert np.array_equal(oof2, oof)
+    others = np.arange(len(test)) != 3
+    assert not np.allclose(pred2[3], pred[3]) and np.array_equal(pred2[others], pred[others])
+    # the recomputed row is what a fresh run on the edited test frame predicts
+    _, _, fresh = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "fresh", edited)
+    np.testing.assert_allclose(pred2, fresh, atol=1e-12)
+
+    # negative control: test predictions keyed by the test ids alone would stay stale
+    monkeypatch.setattr(fp, "frame_digest", texts_blind_frame_digest)
+    _, _, blind = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "blind", test)
+    _, _, stale = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "blind", edited)
+    assert np.array_equal(stale, blind)
+
+
+# ----------------------------------------------------------------------------- the config part: run-time keys
+
+@pytest.fixture(scope="module")
+def llm_run(tmp_path_factory, tiny_llm, one_torch_thread):
+    """A finished 2-fold LLM run (tiny Llama copied to its own folder, LoRA on the top layer from
+    cached frozen states, one device) with the prepared files and folds submit checks against."""
+    root = tmp_path_factory.mktemp("llm_fingerprint")
+    base = root / "base"
+    shutil.copytree(tiny_llm, base)
+    art = root / "artifacts"
+    frame = battle_frame(30, seed=1)
+    train = frame.iloc[:24].reset_index(drop=True)
+    test = frame.iloc[24:].drop(columns="label").assign(id=lambda f: "t" + f["id"]).reset_index(drop=True)
+    save_battles(art / "prepared" / "train.parquet", train)
+    save_battles(art / "prepared" / "test.parquet", test)
+    folds = make_folds(train, 2, seed=0)
+    folds.to_parquet(art / "folds.parquet")
+    config = tiny_config(str(base), quantization="none", lora_layers=1, devices=["cpu"], infer_max_tokens=256,
+                         infer_max_rows=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fp, "code_digest", lambda modules: "code-pinned")
+        run_oof("llm", config, train, folds, art, test=test)
+    return {"art": art, "base": base, "config": config, "train": train, "test": test, "folds": folds}
+
+
+def test_llm_trained_on_one_device_is_submitted_on_two_without_retraining(llm_run, pinned_code, monkeypatch):
+    from ensemble.models import load
+    from ensemble.models.llm.model import LLMModel
+    from ensemble.submit import fold_dirs, predict_model
+
+    art, config, test = llm_run["art"], llm_run["config"], llm_run["test"]
+    two = {**config, "devices": ["cpu:0", "cpu:1"]}
+    assert [d.name for d in fold_dirs(art, "llm", {"llm": two})] == ["fold_0", "fold_1"]
+    model = load(art / "models" / "llm" / "fold_0", runtime=two)
+    sharded = model.predict_proba(test)
+    assert sorted(model._replicas.models) == ["cpu:0", "cpu:1"]  # really two devices, one replica each
+    single = load(art / "models" / "llm" / "fold_0", runtime=config).predict_proba(test)
+    np.testing.assert_array_equal(sharded, single)
+    one_dev, two_dev = predict_model(art, "llm", test, {"llm": config}), predict_model(art, "llm", test, {"llm": two})
+    np.testing.assert_array_equal(two_dev, one_dev)
+    np.testing.assert_allclose(one_dev, pd.read_parquet(art / "test" / "llm.parquet")[PROBA].to_numpy(), atol=1e-12)
+    # negative control: were `devices` a learned key, submit would refuse these very folds
+    monkeypatch.setattr(LLMModel, "runtime_keys", tuple(k for k in LLMModel.runtime_keys if k != "devices"))
+    with pytest.raises(DataError, match=r"fold_0: no longer matches its fingerprint: params llm\.devices changed"):
+        fold_dirs(art, "llm", {"llm": two})
+
+
+def test_llm_run_time_keys_reuse_the_folds_and_a_learned_key_retrains(llm_run, pinned_code, tmp_path, capsys):
+    art = tmp_path / "artifacts"
+    shutil.copytree(llm_run["art"], art)  # the shared run stays as trained
+    config, train, test, folds = llm_run["config"], llm_run["train"], llm_run["test"], llm_run["folds"]
+    _, oof, pred = run(capsys, "llm", config, train, folds, art, test)
+    for runtime in ({"devices": ["cpu:0", "cpu:1"]}, {"infer_max_rows": 3}, {"pad_to_max_len": True},
+                    {"infer_max_tokens": 512, "cpu_fallback": True, "cache_max_gib": 4.0}):
+        log, again, pred_again = run(capsys, "llm", {**config, **runtime}, train, folds, art, test)
+        assert reused(log, 2) == [0, 1] and trained(log, 2) == [], runtime
+        assert np.array_equal(again, oof) and np.array_equal(pred_again, pred)
+    log, _, _ = run(capsys, "llm", {**config, "lora_r": 8}, train, folds, art)
+    assert reused(log, 2) == [] and trained(log, 2) == [0, 1], log
+
+
+# ----------------------------------------------------------------------------- the backbone part
+
+def test_llm_refuses_a_fold_whose_base_weights_changed(llm_run, pinned_code, tiny_llm):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from ensemble.models import load
+    from ensemble.nn.hf import ModelLoadError
+    from ensemble.submit import fold_dirs
+
+    art, base, config, test = llm_run["art"], llm_run["base"], llm_run["config"], llm_run["test"]
+    fold = art / "models" / "llm" / "fold_0"
+    params = {"llm": config}
+    assert np.isfinite(load(fold, runtime=config).predict_proba(test)).all()  # the same fold loads before
+    assert len(fold_dirs(art, "llm", params)) == 2
+    try:
+        net = LlamaForCausalLM.from_pretrained(base)
+        with torch.no_grad():
+            net.model.layers[0].mlp.down_proj.weight.mul_(1.01)
+        net.save_pretrained(base)  # same config, tokenizer and file names: only the weights differ
+        with pytest.raises(ModelLoadError, match=rf"fold_0: llm\.base_model {re.escape(str(base))} no longer holds "
+                                                 rf"the weights this fold was trained on") as err:
+            load(fold, runtime=config)
+        assert "\n" not in str(err.value)
+        with pytest.raises(DataError, match=r"fold_0: no longer matches its fingerprint: its pretrained weights "
+                                            r"changed since it was trained") as err:
+            fold_dirs(art, "llm", params)
+        assert "\n" not in str(err.value)
+    finally:  # the module's other tests use this folder as trained
+        shutil.rmtree(base)
+        shutil.copytree(tiny_llm, base)
+    assert len(fold_dirs(art, "llm", params)) == 2
+
+
+# ----------------------------------------------------------------------------- the code part
+
+def _package_copy(tmp_path: Path) -> Path:
+    root = tmp_path.resolve() / "copy"
+    shutil.copytree(fp.PACKAGE_ROOT / "ensemble", root / "ensemble",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return root
+
+
+def _touch(root: Path, rel: str) -> None:
+    path = root / rel
+    path.write_text(path.read_text(encoding="utf-8") + "\n# edited by test_fingerprint\n", encoding="utf-8")
+
+
+def test_code_digest_follows_the_files_a_model_imports_and_nothing_else(tmp_path, monkeypatch):
+    """code_digest over a copy of the package (PACKAGE_ROOT and import_closure pointed at it; the real
+    files are never edited): an edit of a file no model imports (the report) leaves every model's
+    digest unchanged; an edit of a file a model imports changes that model's digest, and only its."""
+    from ensemble.models import REGISTRY, model_class
+
+    modules = {name: model_class(name).__module__ for name, target in REGISTRY.items()  # what fold_parts hashes
+               if target.startswith("ensemble.")}  # the package's own (not a toy registered by a test)
+    assert set(modules) >= {"lgbm", "dual_tower", "llm"}
+    real = {name: fp.code_digest([m]) for name, m in modules.items()}
+    root = _package_copy(tmp_path)
+    closure = fp.import_closure
+    monkeypatch.setattr(fp, "PACKAGE_ROOT", root)
+    monkeypatch.setattr(fp, "import_closure", lambda mods, root=root: closure(mods, root))
+
+    def digests() -> dict[str, str]:
+        return {name: fp.code_digest([m]) for name, m in modules.items()}
+
+    base = digests()
+    assert base == real  # the copy hashes as the package does: the edits below are the only difference
+    files = {name: {p.relative_to(root).as_posix() for p in fp.import_closure([m])} for name, m in modules.items()}
+    assert all("ensemble/report_html.py" not in f and "ensemble/report.py" not in f for f in files.values())
+    assert all("ensemble/core/data.py" in f and "ensemble/__init__.py" in f for f in files.values())
+    assert "ensemble/core/features.py" in files["lgbm"] and "ensemble/nn/batching.py" in files["llm"]
+    assert "ensemble/models/dual_tower/ranking.py" in files["dual_tower"]
+
+    package = fp.folder_digest(root / "ensemble")
+    for unrelated in ("ensemble/report_html.py", "ensemble/report.py", "ensemble/demo.py"):
+        _touch(root, unrelated)
+    assert digests() == base
+    # negative control: the edits are real; a digest of the whole package would have retrained every fold
+    assert fp.folder_digest(root / "ensemble") != package
+
+    # an edit changes exactly the digests of the models whose closure holds the file: a model's own
+    # file only its own, a shared one (the data contract) every model's
+    edits = ["ensemble/models/lgbm/model.py", "ensemble/models/dual_tower/ranking.py", "ensemble/models/llm/probe.py",
+             "ensemble/nn/inference.py", "ensemble/core/data.py"]
+    expected = {rel: sorted(m for m in modules if rel in files[m]) for rel in edits}
+    assert expected["ensemble/models/lgbm/model.py"] == ["lgbm"] and expected["ensemble/models/llm/probe.py"] == ["llm"]
+    assert expected["ensemble/models/dual_tower/ranking.py"] == ["dual_tower"]
+    assert expected["ensemble/core/data.py"] == sorted(modules)
+    before = base
+    for rel in edits:
+        _touch(root, rel)
+        after = digests()
+        assert sorted(m for m in modules if after[m] != before[m]) == expected[rel], rel
+        before = after
+
+
+def test_an_unrelated_file_edit_reuses_the_folds_and_an_imported_one_retrains(tmp_path, capsys, monkeypatch):
+    """The same, end to end through run_oof (its code digest read from a package copy)."""
+    root = _package_copy(tmp_path)
+    closure = fp.import_closure
+    monkeypatch.setattr(fp, "PACKAGE_ROOT", root)
+    monkeypatch.setattr(fp, "import_closure", lambda mods, root=root: closure(mods, root))
+    train, _, folds = lgbm_data()
+    art = tmp_path / "artifacts"
+    assert trained(run(capsys, "lgbm", LGBM, train, folds, art)[0], 3) == [0, 1, 2]
+    _touch(root, "ensemble/report_html.py")
+    _touch(root, "ensemble/models/llm/model.py")  # another model's file
+    assert reused(run(capsys, "lgbm", LGBM, train, folds, art)[0], 3) == [0, 1, 2]
+    _touch(root, "ensemble/core/features.py")  # LightGBM's length features
+    log = run(capsys, "lgbm", LGBM, train, folds, art)[0]
+    assert reused(log, 3) == [] and trained(log, 3) == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- the grouping key
+
+def test_prompt_key_normalises_case_space_width_and_keeps_the_first_turn():
+    same = [["Hello world"], ["hello  world"], ["Hello\r\nworld"], ["\uff28\uff45\uff4c\uff4c\uff4f world"],
+            ["  HELLO\tWorld "], ["Hello world", "and a second turn"]]
+    assert {prompt_key(t) for t in same} == {"hello world"}
+    assert prompt_key("Hello world") == "hello world"  # a bare string is one turn
+    other = [["Hello world!"], ["Hello there"], ["Second turn first", "Hello world"], ["hello world again"],
+             ["Helloworld"]]
+    keys = [prompt_key(t) for t in other]
+    assert len(set(keys)) == len(other) and "hello world" not in keys
+    groups = prompt_groups(pd.DataFrame({"prompt": same + other}))
+    assert len(set(groups[:len(same)])) == 1 and len(set(groups)) == 1 + len(other)
