@@ -53,7 +53,8 @@ def main() -> None:
     for pair in [("lgbm", "dual_tower"), ("lgbm", "llm"), ("dual_tower", "llm")]:
         if set(pair) <= set(order):
             p = [probas[m] for m in pair]
-            scores = {m: log_loss(y, crossfit(lambda m=m: create_blender(m, list(pair), cfg), p, y, fold_of, frame))
+            scores = {m: log_loss(y, crossfit(lambda m=m, pair=pair: create_blender(m, list(pair), cfg),
+                                              p, y, fold_of, frame))
                       for m in BLENDERS}
             print(f"pair {'+'.join(pair):<18} cross-fitted log loss "
                   + ", ".join(f"{m} {v:.4f}" for m, v in scores.items()))

@@ -111,7 +111,8 @@ def inference_figures(args, model_dir: Path) -> dict:
     for k in ("rows", "towers", "distinct_towers", "real_tokens", "computed_tokens"):
         fig[k] = first[k]
     for mode in ("dynamic", "dynamic_nodedupe"):
-        fig[f"speedup_{mode}_over_padded"] = round(fig[mode]["rows_per_s_median"] / fig["padded"]["rows_per_s_median"], 2)
+        fig[f"speedup_{mode}_over_padded"] = round(fig[mode]["rows_per_s_median"]
+                                                   / fig["padded"]["rows_per_s_median"], 2)
     return fig
 
 
@@ -152,7 +153,8 @@ def training_figures(frame, config: dict, rows: int) -> dict:
     return {"freeze_layers": model.config.freeze_layers, "max_len": model.config.max_len,
             "battles": len(sample), "items_trained": int(items), "loop_s": round(timings["loop"], 1),
             "encode_s": round(timings.get("encode", 0.0), 1),
-            "items_per_s": round(items / timings["loop"], 2), "battles_per_s": round(items / copies / timings["loop"], 2),
+            "items_per_s": round(items / timings["loop"], 2),
+            "battles_per_s": round(items / copies / timings["loop"], 2),
             "battles_per_s_incl_encode": round(len(sample) / (timings["loop"] + timings.get("encode", 0.0)), 2),
             "fit_wall_s": round(fit, 1)}
 

@@ -63,12 +63,14 @@ def stage(work: Path, art: Path, name: str, protocol: str, lgbm_params: dict) ->
 
 
 def run_stage(work: Path, art: Path, name: str, protocol: str, lgbm_params: dict) -> dict:
-    code = (f"import json,sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_lgbm as b; from pathlib import Path; "
-            f"print('RESULT'+json.dumps(b.stage(Path({str(work)!r}), Path({str(art)!r}), {name!r}, {protocol!r}, {lgbm_params!r})))")
+    code = (f"import json,sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_lgbm as b; "
+            "from pathlib import Path; "
+            f"print('RESULT'+json.dumps(b.stage(Path({str(work)!r}), Path({str(art)!r}), "
+            f"{name!r}, {protocol!r}, {lgbm_params!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         sys.exit(f"stage {name} failed:\n{proc.stderr[-3000:]}")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])
 
 

@@ -4,8 +4,9 @@
     python bench/bench_lgbm_cost.py "vectorizer.max_features=3000" "feature_fraction=0.5 feature_fraction_bynode=1.0"
 
 Fold 0 of the 57,477-row resampled set (bench_lgbm.kaggle_scale_files): for each variant (params.yaml's
-lgbm section with that variant's space-separated key=value overrides), the featurisation time (vectorizer fit + swap-augmented matrix) and the
-boosting cost per round, as medians over --repeats runs taken in turn, so the ratios are side by side.
+lgbm section with that variant's space-separated key=value overrides), the featurisation time (vectorizer fit +
+swap-augmented matrix) and the boosting cost per round, as medians over --repeats runs taken in turn, so the ratios
+are side by side.
 A fold's fit costs about features + rounds x ms/round; the stage is 5 folds plus test predictions.
 """
 
@@ -25,7 +26,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variants", nargs="*", help='overrides of params.yaml\'s lgbm section, e.g. "learning_rate=0.03 vectorizer.max_features=3000"')
+    ap.add_argument("variants", nargs="*",
+                    help='overrides of params.yaml\'s lgbm section, '
+                         'e.g. "learning_rate=0.03 vectorizer.max_features=3000"')
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n-train", type=int, default=57_477)

@@ -46,7 +46,7 @@ def _rss_mb() -> float:
 
 def _hwm_mb() -> float:
     with open("/proc/self/status") as fh:
-        line = next(l for l in fh if l.startswith("VmHWM:"))
+        line = next(ln for ln in fh if ln.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
 
 
@@ -82,11 +82,11 @@ def _throughput_child(args) -> dict:
     if computed is None:  # what the dynamic batches actually pad to
         from ensemble.nn.hf import token_budget_batches
 
-        lengths = np.array([len(x) for x in orig])
-        if swap:
-            lengths = np.maximum(lengths, [len(x) for x in swap])
+        lengths = np.array([len(x) for x in enc.ids])
+        if enc.swap_ids:
+            lengths = np.maximum(lengths, [len(x) for x in enc.swap_ids])
         batches = token_budget_batches(lengths, model.config.infer_max_tokens, model.config.infer_max_rows)
-        computed = (2 if swap else 1) * sum(len(b) * int(lengths[b].max()) for b in batches)
+        computed = (2 if enc.swap_ids else 1) * sum(len(b) * int(lengths[b].max()) for b in batches)
     return {"mode": args.mode, "rows": len(frame), "sequences": len(seqs), "seconds": seconds,
             "rows_per_s": len(frame) / seconds, "real_tokens_per_s": real / seconds,
             "real_tokens": real, "computed_tokens": computed}
@@ -108,7 +108,8 @@ def throughput_figures(args, model_dir: Path) -> dict:
     fig["max_len"] = args.infer_max_len or "as trained"
     fig["rows"], fig["sequences_incl_swap_tta"] = runs["dynamic"][0]["rows"], runs["dynamic"][0]["sequences"]
     fig["real_tokens"] = runs["dynamic"][0]["real_tokens"]
-    fig["speedup_dynamic_over_padded"] = round(fig["dynamic"]["rows_per_s_median"] / fig["padded"]["rows_per_s_median"], 2)
+    fig["speedup_dynamic_over_padded"] = round(fig["dynamic"]["rows_per_s_median"]
+                                               / fig["padded"]["rows_per_s_median"], 2)
     return fig
 
 

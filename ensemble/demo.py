@@ -67,10 +67,12 @@ _TOPICS = {
         "terms": ["Readability", "Performance", "Edge cases", "Testing", "Error handling", "Memory"],
         "code": [
             "def reverse(text):\n    return text[::-1]\n\nprint(reverse(\"hello\"))",
-            "items = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)\nfor name, score in items:\n    print(name, score)",
+            "items = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)\n"
+            "for name, score in items:\n    print(name, score)",
             "with open(\"data.txt\") as handle:\n    for line in handle:\n        print(line.strip())",
             "const data = JSON.parse(text);\nconsole.log(data.name);",
-            "fn main() {\n    let words: Vec<&str> = \"a b c\".split_whitespace().collect();\n    println!(\"{:?}\", words);\n}",
+            "fn main() {\n    let words: Vec<&str> = \"a b c\".split_whitespace().collect();\n"
+            "    println!(\"{:?}\", words);\n}",
             "import time\n\nstart = time.perf_counter()\nrun()\nprint(time.perf_counter() - start)",
         ],
     },
@@ -260,7 +262,8 @@ _FOREIGN = {
             "Солнечный свет рассеивается в атмосфере.", "Производная показывает скорость изменения функции.",
             "Надеюсь, это поможет."]),
     "ja": (["よく眠るためのコツを教えてください。", "日本の歴史について簡単に説明してください。"],
-           ["良い質問ですね。", "毎日同じ時間に寝ることが大切です。", "寝る前にスマートフォンを使わないようにしましょう。",
+           ["良い質問ですね。", "毎日同じ時間に寝ることが大切です。",
+            "寝る前にスマートフォンを使わないようにしましょう。",
             "歴史は長く、多くの時代に分かれています。", "参考になれば幸いです。"]),
 }
 _LANGS = tuple(_FOREIGN)

@@ -98,12 +98,14 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", key)
             oof[va] = valid_pred
             if test is not None:
-                test_sum += _predict_cached(fold, test, fold_dir / "test_pred.npy", fp.combine({"fold": key, "test": test_key}))
+                test_sum += _predict_cached(fold, test, fold_dir / "test_pred.npy",
+                                            fp.combine({"fold": key, "test": test_key}))
             write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": parts, "valid_rows": len(va)})
             if "label" in train:
                 labels = train["label"].to_numpy()[va]
                 prior = prior_proba(train["label"].to_numpy()[tr], len(va))
-                progress.log(f"[{name}] fold {k}: fit {timings[k]:.1f} s, fold log loss {log_loss(labels, valid_pred):.4f}"
+                progress.log(f"[{name}] fold {k}: fit {timings[k]:.1f} s, "
+                             f"fold log loss {log_loss(labels, valid_pred):.4f}"
                              f" (fold prior {log_loss(labels, prior):.4f}), accuracy "
                              f"{(valid_pred.argmax(1) == labels).mean():.4f}")
             last_fold = fold

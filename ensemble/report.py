@@ -192,12 +192,14 @@ def summary_rows(data: ReportInputs) -> list[dict]:
     for name, proba in data.probas.items():
         entry = mets.get("blend", {}) if name == BLEND else mets.get("models", {}).get(name, {})
         label = f"blend {method}, cross-fitted" if name == BLEND else name
-        rows.append({"name": name, "label": label, "weight": weights.get(name), "log_loss": log_loss(data.labels, proba),
+        rows.append({"name": name, "label": label, "weight": weights.get(name),
+                     "log_loss": log_loss(data.labels, proba),
                      "accuracy": float((proba.argmax(axis=1) == data.labels).mean()), "ci": intervals(entry)})
     blend = mets.get("blend", {})
     extra = [(f"blend {m}, cross-fitted", v) for m, v in blend.get("by_method", {}).items() if m != method]
     if isinstance(blend.get("insample"), dict):
-        extra.append((f"blend {method}, in-sample (scored on the rows it was fitted on: optimistic)", blend["insample"]))
+        extra.append((f"blend {method}, in-sample (scored on the rows it was fitted on: optimistic)",
+                      blend["insample"]))
     if isinstance(mets.get("fixed_blend"), dict) and "log_loss" in mets["fixed_blend"]:
         extra.append(("blend, fixed hand-set weights", mets["fixed_blend"]))
     for label, entry in extra:

@@ -146,7 +146,10 @@ def _ci(row: dict, best: str) -> str:
     """Every interval metrics.json holds for this row: of its log loss or accuracy, or of a log-loss difference
     (a model vs the class prior, the cross-fitted blend vs the best single model), as the blend stage writes."""
     labels = {"log_loss": "", "accuracy": "accuracy ", "diff_vs_prior": "vs prior ", "diff_vs_best": f"vs {best} "}
-    fmt = lambda k, v: f"[{v:+.4f}" if k.startswith("diff") else f"[{v:.4f}"
+
+    def fmt(k, v):
+        return f"[{v:+.4f}" if k.startswith("diff") else f"[{v:.4f}"
+
     parts = []
     for key, (lo, hi) in row["ci"].items():
         label = labels.get(key, f"{key} ")
@@ -161,7 +164,8 @@ def _summary(data: ReportInputs) -> str:
     has_ci = any(r["ci"] for r in rows)
     head = ["model", "blend weight", "log loss", "accuracy", "gain over prior (nats)"] + \
         (["95% interval (of the log loss, or of the difference)"] if has_ci else [])
-    out = ["<table><tr>" + "".join(f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(head)) + "</tr>"]
+    out = ["<table><tr>" + "".join(f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(head))
+           + "</tr>"]
     out.append(f'<tr><td class="l">class prior</td><td></td><td>{prior:.4f}</td><td></td><td>0</td>'
                + ("<td></td>" if has_ci else "") + "</tr>")
     for r in rows:
@@ -225,10 +229,11 @@ def _inputs_html(data: ReportInputs) -> str:
         for part, value in info.items():
             if isinstance(value, dict) and "kept_share" in value:
                 out.append(f'<tr><td class="l">{_e(name)}</td><td>{_e(info.get("max_len", ""))}</td><td class="l">'
-                           f'{_e(part)}</td><td>{value["kept_share"]:.3f}</td><td>{value.get("battles_cut", 0):.3f}</td></tr>')
+                           f'{_e(part)}</td><td>{value["kept_share"]:.3f}</td>'
+                           f'<td>{value.get("battles_cut", 0):.3f}</td></tr>')
         if "battles_cut_any" in info:
-            out.append(f'<tr><td class="l">{_e(name)}</td><td>{_e(info.get("max_len", ""))}</td><td class="l">any part</td>'
-                       f'<td></td><td>{info["battles_cut_any"]:.3f}</td></tr>')
+            out.append(f'<tr><td class="l">{_e(name)}</td><td>{_e(info.get("max_len", ""))}</td>'
+                       f'<td class="l">any part</td><td></td><td>{info["battles_cut_any"]:.3f}</td></tr>')
     out.append("</table>")
     out.append("<p>The <i>truncated</i> slices are per battle, but no per-battle flags are saved, so they use a "
                "character-length proxy:</p><ul>" +
@@ -250,8 +255,9 @@ def render(data: ReportInputs, sources: dict[str, str]) -> str:
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>Arena ensemble report</title>",
         f"<style>{CSS}</style></head><body>", "<h1>Arena ensemble report</h1>",
         f'<p>{len(data.labels)} labelled battles, out-of-fold predictions'
-        f'{f" from {data.folds} folds" if data.folds else ""}; actual outcomes: A wins {counts[0]}, B wins {counts[1]}, '
-        f'tie {counts[2]}. Blend: method {_e(data.method)}{f" ({_e(described)})" if described else ""}'
+        f'{f" from {data.folds} folds" if data.folds else ""}; actual outcomes: A wins {counts[0]}, '
+        f'B wins {counts[1]}, tie {counts[2]}. '
+        f'Blend: method {_e(data.method)}{f" ({_e(described)})" if described else ""}'
         f'{f": {weights}" if weights else ""}. Every blend figure below is cross-fitted (each fold blended by a '
         f'blender fitted on the other folds) unless its row says in-sample.</p>',
         f"<nav>{nav}</nav>",
@@ -270,8 +276,8 @@ def render(data: ReportInputs, sources: dict[str, str]) -> str:
         title = f"blend ({data.method}, cross-fitted)" if name == BLEND else f"model: {name}"
         weight = f' (blend weight {data.weights[name]:.3f})' if name in data.weights else ""
         parts += [f'<h2 id="{_e(name)}">{_e(title)}{weight}</h2>', _class_table(name, data),
-                  f'<p class="note">Reliability per class with the diagonal (perfect calibration); the shaded bars show '
-                  f"how many predictions fall in each bin (scaled; hollow markers: fewer than {MIN_BIN}). "
+                  f'<p class="note">Reliability per class with the diagonal (perfect calibration); the shaded '
+                  f"bars show how many predictions fall in each bin (scaled; hollow markers: fewer than {MIN_BIN}). "
                   f"Confusion matrix of the argmax prediction, "
                   f"counts and share of each actual outcome.</p>", fig_section(name, data)]
     parts += ['<h2 id="inputs">What the transformer models saw</h2>', _inputs_html(data),

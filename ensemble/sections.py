@@ -36,7 +36,8 @@ def check_params(params: dict[str, Any], source: str = "params.yaml") -> dict[st
     choices and ranges are ConfigErrors naming the key. Returns the built configs by section."""
     unknown = sorted(set(params) - set(sections()))
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {', '.join(map(str, unknown))}; known: {', '.join(sections())}")
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(map(str, unknown))}; "
+                          f"known: {', '.join(sections())}")
     for name, values in params.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {name} is {values!r}; expected a mapping of keys")

@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-code-check", action="store_true",
                     help="accept fold models trained by other code (params, data, folds and weights are still checked)")
     ap.add_argument("--reuse-test-predictions", action="store_true",
-                    help="use artifacts/test/<model>.parquet (written by `dvc repro` for data.test) instead of predicting")
+                    help="use artifacts/test/<model>.parquet (written by `dvc repro` for data.test) "
+                         "instead of predicting")
     args = ap.parse_args(argv)
     path = Path(args.test_csv)
     params = load_params(args.params)

@@ -99,9 +99,9 @@ def tiny_llm(tmp_path_factory) -> str:
 
 
 def tiny_config(base: str, **overrides) -> dict:
-    config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=96, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                  max_train_rows=0, infer_max_tokens=512, infer_max_rows=8, swap_augment=True, swap_tta=True, calib_frac=0.0,
-                  train={"epochs": 1, "batch_size": 8, "lr": 5e-3, "seed": 0})
+    config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=96, lora_r=4, lora_alpha=8,
+                  lora_dropout=0.0, max_train_rows=0, infer_max_tokens=512, infer_max_rows=8, swap_augment=True,
+                  swap_tta=True, calib_frac=0.0, train={"epochs": 1, "batch_size": 8, "lr": 5e-3, "seed": 0})
     config.update(overrides)
     return config
 
@@ -129,7 +129,8 @@ def marker_frame(n: int, words: list[str], marker: str, seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def oof_log_loss(name: str, config: dict, frame: pd.DataFrame, artifacts: Path, n_splits: int = 3) -> tuple[float, float]:
+def oof_log_loss(name: str, config: dict, frame: pd.DataFrame, artifacts: Path,
+                 n_splits: int = 3) -> tuple[float, float]:
     """(OOF log loss, class-prior log loss) of `name` trained through run_oof on prompt-grouped folds."""
     from ensemble.core.folds import make_folds
     from ensemble.core.metrics import log_loss, prior_proba

@@ -114,7 +114,8 @@ def test_select_is_never_worse_than_the_prior_when_the_models_know_nothing():
     labels = rng.integers(0, 3, 100)
     noise = [rng.dirichlet(np.full(3, 0.5), 100) for _ in range(3)]
     fold_of, frame = np.arange(100) % 5, frame_of(100, 1)
-    score = {m: log_loss(labels, crossfit(lambda: create_blender(m, ["a", "b", "c"], CFG), noise, labels, fold_of, frame))
+    score = {m: log_loss(labels, crossfit(lambda m=m: create_blender(m, ["a", "b", "c"], CFG),
+                                          noise, labels, fold_of, frame))
              for m in ("prior", "weights", "greedy", "select")}
     assert score["weights"] > score["prior"] + 0.01 and score["greedy"] > score["prior"] + 0.1
     assert score["select"] <= score["prior"] + 0.01
@@ -134,7 +135,7 @@ def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold():
     poisoned = labels.copy()
     poisoned[fold_of == 0] = (poisoned[fold_of == 0] + 1) % 3
     for name in BLENDERS:
-        make = lambda: create_blender(name, ["m0", "m1"], CFG)  # noqa: E731
+        make = lambda name=name: create_blender(name, ["m0", "m1"], CFG)  # noqa: E731
         clean, bad = (crossfit(make, probas, y, fold_of, frame) for y in (labels, poisoned))
         np.testing.assert_array_equal(clean[fold_of == 0], bad[fold_of == 0], err_msg=name)
         if name in ("weights", "stack", "select"):  # a fitted number moves: the poison does reach other folds
@@ -212,7 +213,8 @@ def test_run_writes_the_cross_fitted_blend_and_its_intervals(tmp_path):
     assert set(metrics["models"]) == {"m0", "m1", "m2"} and set(b["by_method"]) == set(BLENDERS)
     oof = pd.read_parquet(tmp_path / "blend_oof.parquet")  # the honest blend: its log loss is the reported one
     assert list(oof["label"]) == list(labels)
-    assert round(log_loss(labels, oof[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()), 6) == b["log_loss"]
+    assert (round(log_loss(labels, oof[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()), 6)
+            == b["log_loss"])
     assert b["log_loss"] == b["by_method"]["select"]["log_loss"] and b["insample"]["log_loss"] <= b["log_loss"] + 0.01
     lo, hi = b["diff_vs_best_ci"]
     assert lo < hi  # 300 prompts in 3 folds: a real interval, not the degenerate [x, x] of one group
@@ -231,7 +233,8 @@ def test_run_writes_the_cross_fitted_blend_and_its_intervals(tmp_path):
 def test_method_override_and_bad_method(tmp_path, capsys):
     write_run(tmp_path, 300, per_prompt=3)
     (tmp_path / "params.yaml").write_text("blend:\n  models: [m0, m1]\n  bootstrap: 0\n")
-    argv = ["--params", str(tmp_path / "params.yaml"), "--artifacts", str(tmp_path), "--metrics", str(tmp_path / "m.json")]
+    argv = ["--params", str(tmp_path / "params.yaml"), "--artifacts", str(tmp_path),
+            "--metrics", str(tmp_path / "m.json")]
     assert fail_cleanly(lambda: main(argv + ["--method", "greedy"])) == 0
     assert json.loads((tmp_path / "blend.json").read_text())["method"] == "greedy"
     assert "blend greedy, crossfit" in capsys.readouterr().out

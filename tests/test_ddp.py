@@ -71,7 +71,8 @@ def check_ddp_stage(tmp_path, name: str, params: dict, frame: pd.DataFrame) -> N
 
     oof = pd.read_parquet(work / "artifacts" / "oof" / f"{name}.parquet")
     folds = pd.read_parquet(work / "artifacts" / "folds.parquet")
-    assert list(oof["id"]) == list(frame["id"]) and list(oof["fold"]) == list(folds.set_index("id").loc[oof["id"], "fold"])
+    assert (list(oof["id"]) == list(frame["id"])
+            and list(oof["fold"]) == list(folds.set_index("id").loc[oof["id"], "fold"]))
     proba = oof[TARGETS].to_numpy()
     assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-6)
     assert leftovers(work / "artifacts") == []

@@ -101,7 +101,10 @@ def test_label_balance(demo):
 
 def test_signals_point_the_right_way(demo):
     train, _ = demo
-    length = lambda col: train[col].map(lambda s: sum(len(t or "") for t in json.loads(s)))
+
+    def length(col):
+        return train[col].map(lambda s: sum(len(t or "") for t in json.loads(s)))
+
     longer_a = length("response_a") > 1.5 * length("response_b")
     longer_b = length("response_b") > 1.5 * length("response_a")
     assert train.loc[longer_a, "winner_model_a"].mean() > train.loc[longer_a, "winner_model_b"].mean() + 0.15

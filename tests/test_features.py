@@ -140,7 +140,8 @@ def test_counts(feats, frame):
 def test_turn_stats(feats, frame):
     for i in range(len(frame)):
         for side in ("a", "b"):
-            lengths = np.array([len(t) for t in as_turns(frame.loc[i, f"response_{side}"])], dtype=float)  # one turn parser
+            # one turn parser
+            lengths = np.array([len(t) for t in as_turns(frame.loc[i, f"response_{side}"])], dtype=float)
             got = feats.loc[i]
             assert got[f"{side}_turns"] == len(lengths)
             if len(lengths) == 0:
@@ -151,7 +152,8 @@ def test_turn_stats(feats, frame):
             assert got[f"{side}_turn_max"] == pytest.approx(lengths.max())
             assert got[f"{side}_turn_median"] == pytest.approx(np.median(lengths))
             assert got[f"{side}_turn_std"] == pytest.approx(lengths.std(), abs=1e-3)
-    assert feats.loc[7, "p_turns"] == 3 and feats.loc[3, "p_turns"] == 1  # an empty prompt list is one empty turn (data.as_turns)
+    # an empty prompt list is one empty turn (data.as_turns)
+    assert feats.loc[7, "p_turns"] == 3 and feats.loc[3, "p_turns"] == 1
 
 
 def test_row_order_preserved(frame, feats):
@@ -191,6 +193,7 @@ def test_repetition_and_overlap_features_see_what_they_claim():
     assert f.loc[0, "a_dup_lines"] > 0.9 and f.loc[0, "b_dup_lines"] == 0
     assert f.loc[0, "a_compress_ratio"] < 0.5 * f.loc[0, "b_compress_ratio"]
     assert f.loc[0, "a_trigram_repeat"] > 0.8 and f.loc[0, "b_trigram_repeat"] == 0
-    assert f.loc[0, "a_prompt_overlap"] == 1.0 and f.loc[0, "a_prompt_cover"] == 0.8 and f.loc[0, "b_prompt_overlap"] < 0.2
+    assert (f.loc[0, "a_prompt_overlap"] == 1.0 and f.loc[0, "a_prompt_cover"] == 0.8
+            and f.loc[0, "b_prompt_overlap"] < 0.2)
     assert f.loc[0, "ab_same"] == 0 and f.loc[1, "ab_same"] == 1 and f.loc[1, "ab_jaccard"] == 1
     assert f.loc[0, "a_ends_open"] == 1 and f.loc[0, "b_ends_open"] == 0  # "beginners" vs "simple."

@@ -118,7 +118,8 @@ def test_no_model_imports_another_models_package_and_core_imports_no_model():
             if p is own:
                 continue
             bad = sorted(g.relative_to(ROOT).as_posix() for g in imported if p in g.parents)
-            if own is not None or f.is_relative_to(ROOT / "ensemble" / "core") or f.is_relative_to(ROOT / "ensemble" / "nn"):
+            if (own is not None or f.is_relative_to(ROOT / "ensemble" / "core")
+                    or f.is_relative_to(ROOT / "ensemble" / "nn")):
                 assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
 
 

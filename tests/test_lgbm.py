@@ -71,7 +71,8 @@ def test_lgbm_learns_a_planted_marker_through_run_oof(tmp_path):
 
     words = "the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code".split()
     frame = marker_frame(240, words, "zebra")
-    oof, prior = oof_log_loss("lgbm", {**FAST, "min_child_samples": 5, "vectorizer": {"max_features": 300, "min_df": 1}},
+    oof, prior = oof_log_loss("lgbm",
+                              {**FAST, "min_child_samples": 5, "vectorizer": {"max_features": 300, "min_df": 1}},
                               frame, tmp_path)
     assert oof <= 0.5 * prior, f"lgbm OOF log loss {oof:.4f} vs prior {prior:.4f}"
 

@@ -302,8 +302,10 @@ def test_missing_cuda_device(fitted):
     ({"quantization": "3bit"}, "llm.quantization"), ({"layout": "xml"}, "llm.layout"),
     ({"max_len": 4}, "llm.max_len"), ({"prompt_frac": 1.5}, "llm.prompt_frac"),
     ({"devices": []}, "llm.devices"), ({"nonsense": 1}, "unknown key"),
-    ({"swap_augment": "false"}, "llm.swap_augment.*true or false"), ({"lora_layers": 9, "num_layers": 4}, "llm.lora_layers"),
-    ({"num_layers": -1}, "llm.num_layers"), ({"probe_c": [0.1, -1]}, "llm.probe_c"), ({"calib_frac": 1.5}, "llm.calib_frac"),
+    ({"swap_augment": "false"}, "llm.swap_augment.*true or false"),
+    ({"lora_layers": 9, "num_layers": 4}, "llm.lora_layers"),
+    ({"num_layers": -1}, "llm.num_layers"), ({"probe_c": [0.1, -1]}, "llm.probe_c"),
+    ({"calib_frac": 1.5}, "llm.calib_frac"),
     ({"pooling": "max"}, "llm.pooling"), ({"max_train_rows": 2.5}, "llm.max_train_rows"),
 ])
 def test_bad_params(bad, match):

@@ -43,7 +43,8 @@ def project(tmp_path, name, backbone):
 
 
 def cache_files(work):
-    return sorted(str(p.relative_to(work / ".dvc" / "cache")) for p in (work / ".dvc" / "cache").rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(work / ".dvc" / "cache")) for p in (work / ".dvc" / "cache").rglob("*")
+                  if p.is_file())
 
 
 def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny_backbone, monkeypatch):

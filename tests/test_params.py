@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("model, section, match", [
-    ("llm", {"train": {"scheduler": "linaer"}}, r"llm\.train\.scheduler: 'linaer' is not allowed; expected one of linear, cosine"),
-    ("dual_tower", {"train": {"precision": "fp8"}}, r"dual_tower\.train\.precision: 'fp8' is not allowed; expected one of auto"),
+    ("llm", {"train": {"scheduler": "linaer"}},
+     r"llm\.train\.scheduler: 'linaer' is not allowed; expected one of linear, cosine"),
+    ("dual_tower", {"train": {"precision": "fp8"}},
+     r"dual_tower\.train\.precision: 'fp8' is not allowed; expected one of auto"),
     ("llm", {"swap_augment": "false"}, r"llm\.swap_augment: 'false' \(str\) must be true or false"),
     ("lgbm", {"n_estimators": "many"}, r"lgbm\.n_estimators: 'many' \(str\) must be a whole number"),
     ("lgbm", {"learning_rate": 0}, r"lgbm\.learning_rate: 0.0 is not allowed; expected a number > 0"),
@@ -32,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("llm", {"lora_r": 0}, r"llm\.lora_r: 0 is not allowed"),
     ("nonsense", {}, r"unknown model 'nonsense'; known: lgbm, dual_tower, llm"),
     ("lgbm", {"learning_rate": float("nan")}, r"lgbm\.learning_rate: nan is not allowed; expected a number > 0"),
-    ("lgbm", {"early_stopping_folds": 1}, r"lgbm\.early_stopping_folds: 1 is not allowed; expected one of auto, 0 or a number >= 2"),
+    ("lgbm", {"early_stopping_folds": 1},
+     r"lgbm\.early_stopping_folds: 1 is not allowed; expected one of auto, 0 or a number >= 2"),
     ("llm", {"train": {"lr": "3e-5x"}}, r"llm\.train\.lr: '3e-5x' \(str\) must be a number"),
 ])
 def test_bad_params_are_refused_at_construction(model, section, match):
@@ -104,5 +107,6 @@ def test_params_yaml_lists_every_key_with_the_code_defaults():
     for name, cls in classes.items():
         code = _flat(to_dict(cls()))
         listed = _flat(to_dict(from_dict(cls, params[name], name)))
-        assert set(_flat(params[name])) == set(code), f"{name}: params.yaml lacks {set(code) - set(_flat(params[name]))}"
+        assert set(_flat(params[name])) == set(code), (
+            f"{name}: params.yaml lacks {set(code) - set(_flat(params[name]))}")
         assert listed == code, {k: (listed[k], code[k]) for k in code if listed[k] != code[k]}

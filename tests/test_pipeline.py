@@ -105,7 +105,8 @@ def test_changing_lgbm_param_reruns_only_downstream(project):
     assert {"model@lgbm", "blend", "submit", "report"} >= changed >= {"model@lgbm"}
     assert not changed & {"demo", "prepare", "folds", "model@llm", "model@dual_tower"}
     # submit refuses fold models trained for other params
-    proc = run([sys.executable, "-m", "ensemble.submit", "artifacts/demo/demo_test.csv", "-o", "s.csv"], work, check=False)
+    proc = run([sys.executable, "-m", "ensemble.submit", "artifacts/demo/demo_test.csv", "-o", "s.csv"], work,
+               check=False)
     assert proc.returncode == 2 and "lgbm.num_leaves changed" in proc.stderr and "Traceback" not in proc.stderr
     (work / "params.yaml").write_text(original)
     params["lgbm"]["num_leaves"] = yaml.safe_load(original)["lgbm"].get("num_leaves", 15)

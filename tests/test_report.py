@@ -57,7 +57,8 @@ def art(tmp_path: Path) -> Path:
     (art / "metrics.json").write_text(json.dumps({
         "blend": {"log_loss": 0.9, "accuracy": 0.5, "ci": {"log_loss": [0.81, 0.99]},
                   "insample": {"log_loss": 0.85, "accuracy": 0.52},
-                  "by_method": {"weights": {"log_loss": 0.9, "accuracy": 0.5}, "stack": {"log_loss": 0.95, "accuracy": 0.4}}},
+                  "by_method": {"weights": {"log_loss": 0.9, "accuracy": 0.5},
+                                "stack": {"log_loss": 0.95, "accuracy": 0.4}}},
         "blender": {"method": "weights", "summary": {"temperature": 1.0}, "weights": {"lgbm": 0.4, "llm": 0.6}}}))
     (art / "models" / "llm").mkdir(parents=True)
     (art / "models" / "llm" / "input.json").write_text(json.dumps(
@@ -95,7 +96,8 @@ def test_report_is_self_contained_with_every_section(art, tmp_path):
     plots = tmp_path / "out" / "plots"
     reliability = pd.read_csv(plots / "reliability.csv")
     assert set(reliability["model"]) == {"blend (weights, cross-fitted)", *MODELS, "perfect calibration"}
-    assert set(reliability["outcome"]) == {"model_a", "model_b", "tie"} and len(pd.read_csv(plots / "confusion.csv")) == 90
+    assert (set(reliability["outcome"]) == {"model_a", "model_b", "tie"}
+            and len(pd.read_csv(plots / "confusion.csv")) == 90)
     # same inputs, same bytes
     first = (tmp_path / "out" / "report.html").read_bytes()
     assert _run(art, tmp_path / "out").returncode == 0

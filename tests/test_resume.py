@@ -58,7 +58,8 @@ def kill_after_fold(work: Path, name: str, fold: int, timeout: float = 600) -> f
     try:
         while not done.exists():
             if proc.poll() is not None:
-                pytest.fail(f"the stage ended ({proc.returncode}) before fold {fold} finished:\n{proc.stdout.read()[-3000:]}")
+                pytest.fail(f"the stage ended ({proc.returncode}) before fold {fold} finished:\n"
+                            f"{proc.stdout.read()[-3000:]}")
             if time.perf_counter() - start > timeout:
                 pytest.fail(f"fold {fold} did not finish within {timeout} s")
             time.sleep(0.005)
@@ -201,7 +202,8 @@ def test_writer_killed_mid_atomic_write_leaves_old_file(tmp_path):
     target = tmp_path / "oof" / "model.parquet"
     target.parent.mkdir()
     target.write_text("old content")
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=stage_env(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=stage_env(), stdout=subprocess.PIPE,
+                            text=True)
     try:
         assert proc.stdout.readline().strip() == "writing"
         stale = list(target.parent.glob(".model.parquet.*.tmp"))

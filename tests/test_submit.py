@@ -165,5 +165,6 @@ def test_blend_checks_the_external_test_file_up_front(art, tmp_path):
     with pytest.raises(DataError, match="gemma.parquet: no predictions for 2 of the 30 ids of .*prepared/test.parquet"):
         run_blend(params_for(["lgbm", "gemma"]), art, metrics_path=tmp_path / "m.json")
     path.unlink()
-    with pytest.raises(DataError, match="gemma.parquet: no prediction file for model 'gemma'; .* for a model from elsewhere"):
+    with pytest.raises(DataError,
+                       match="gemma.parquet: no prediction file for model 'gemma'; .* for a model from elsewhere"):
         run_blend(params_for(["lgbm", "gemma"]), art, metrics_path=tmp_path / "m.json")

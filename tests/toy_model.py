@@ -21,7 +21,8 @@ class ToyConfig:
 
 
 def length_diff(frame) -> np.ndarray:
-    chars = {c: np.array([sum(len(t) for t in turns) for turns in frame[c]], float) for c in ("response_a", "response_b")}
+    chars = {c: np.array([sum(len(t) for t in turns) for turns in frame[c]], float)
+             for c in ("response_a", "response_b")}
     return np.log1p(chars["response_a"]) - np.log1p(chars["response_b"])
 
 

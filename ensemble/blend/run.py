@@ -71,7 +71,8 @@ def check_external_tests(artifacts: Path, models: list[str]) -> None:
 
 
 def scores(labels: np.ndarray, proba: np.ndarray) -> dict:
-    return {"log_loss": round(log_loss(labels, proba), 6), "accuracy": round(float((proba.argmax(1) == labels).mean()), 6)}
+    return {"log_loss": round(log_loss(labels, proba), 6),
+            "accuracy": round(float((proba.argmax(1) == labels).mean()), 6)}
 
 
 def run(params: dict, artifacts: Path, models: list[str] | None = None, method: str | None = None,
@@ -138,7 +139,8 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
     write_json(artifacts / "metrics.json", metrics)
     if metrics_path is not None:
         write_json(metrics_path, headline(metrics))
-    oof_frame = pd.DataFrame(honest, columns=list(TARGETS)).assign(id=train.index.to_numpy(), label=labels, fold=fold_of)
+    oof_frame = pd.DataFrame(honest, columns=list(TARGETS)).assign(id=train.index.to_numpy(), label=labels,
+                                                                   fold=fold_of)
     write_parquet(artifacts / BLEND_OOF, oof_frame[["id", "label", "fold", *TARGETS]])
     print(format_table(metrics))
     print(f"blend fitted and cross-fitted in {fit_seconds:.2f} s on {len(labels)} rows x {len(models)} model(s)")
@@ -151,9 +153,11 @@ def headline(metrics: dict) -> dict:
     intervals ride along as [lo, hi] lists (DVC's tables skip lists); everything else is in the details."""
     b = metrics["blend"]
     out = {"prior": {"log_loss": metrics["prior"]["log_loss"], "accuracy": metrics["prior"]["accuracy"]},
-           "models": {m: {"log_loss": r["log_loss"], "accuracy": r["accuracy"], "diff_vs_prior_ci": r["diff_vs_prior_ci"]}
+           "models": {m: {"log_loss": r["log_loss"], "accuracy": r["accuracy"],
+                          "diff_vs_prior_ci": r["diff_vs_prior_ci"]}
                       for m, r in metrics["models"].items()},
-           "blend": {"method": metrics["method"], "log_loss_crossfit": b["log_loss"], "accuracy_crossfit": b["accuracy"],
+           "blend": {"method": metrics["method"], "log_loss_crossfit": b["log_loss"],
+                     "accuracy_crossfit": b["accuracy"],
                      "log_loss_insample": b["insample"]["log_loss"], "diff_vs_best_ci": b["diff_vs_best_ci"],
                      "diff_vs_prior_ci": b["diff_vs_prior_ci"]}}
     chosen = metrics["blender"]["summary"].get("chosen")
@@ -172,7 +176,8 @@ def format_table(metrics: dict) -> str:
     b, method = metrics["blend"], metrics["method"]
     weights = metrics["blender"]["weights"] or {}
     lines = [f"{'':<30}{'weight':>8}{'log_loss':>10}{'accuracy':>10}   {level} of the log-loss difference",
-             f"{'class prior (crossfit)':<30}{'':>8}{metrics['prior']['log_loss']:>10.4f}{metrics['prior']['accuracy']:>10.4f}"
+             f"{'class prior (crossfit)':<30}{'':>8}"
+             f"{metrics['prior']['log_loss']:>10.4f}{metrics['prior']['accuracy']:>10.4f}"
              f"   the class frequencies of the other folds"]
     for m, r in metrics["models"].items():
         w = f"{weights[m]:>8.3f}" if m in weights else f"{'':>8}"

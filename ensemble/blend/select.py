@@ -72,7 +72,8 @@ class SelectBlender(Blender):
                 folds[va] = j
         losses = {}
         for name in self.config.candidates:
-            oof = crossfit(lambda: create_blender(name, self.models, self.blend), probas, labels, folds, frame)
+            oof = crossfit(lambda name=name: create_blender(name, self.models, self.blend), probas, labels, folds,
+                           frame)
             losses[name] = row_log_loss(labels, oof)
         self.scores = {name: round(float(v.mean()), 6) for name, v in losses.items()}
         self.chosen = create_blender(one_se_choice(losses, prompt_groups(frame)), self.models,

@@ -75,7 +75,8 @@ class WeightsBlender(Blender):
 
     def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
         self.weights = fit_weights(probas, labels)
-        self.temperature = fit_temperature(apply_blend(probas, self.weights), labels) if self.config.temperature else 1.0
+        self.temperature = (fit_temperature(apply_blend(probas, self.weights), labels)
+                            if self.config.temperature else 1.0)
 
     def _predict(self, probas, frame) -> np.ndarray:
         return apply_blend(probas, self.weights, self.temperature)

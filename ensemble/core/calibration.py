@@ -104,7 +104,8 @@ class Calibration:
 
     @classmethod
     def from_json(cls, d: dict) -> Calibration:
-        return cls(float(d["temperature"]), float(d["shrink"]), tuple(float(v) for v in d["prior"]), int(d.get("rows", 0)))
+        return cls(float(d["temperature"]), float(d["shrink"]), tuple(float(v) for v in d["prior"]),
+                   int(d.get("rows", 0)))
 
 
 def fit_calibration(proba: np.ndarray, y: np.ndarray, prior) -> Calibration:

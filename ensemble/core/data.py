@@ -73,7 +73,8 @@ class ReadReport:
             head += ", ids derived from the texts"
         parts = [head]
         if raw:
-            detail = "; ".join(f"{c}={n}, ids {listed(self.raw_ids.get(c, []))}" for c, n in self.raw_cells.items() if n)
+            detail = "; ".join(f"{c}={n}, ids {listed(self.raw_ids.get(c, []))}"
+                               for c, n in self.raw_cells.items() if n)
             parts.append(f"{raw} cells were not JSON lists and were read as one raw turn ({detail})")
         if self.duplicates_dropped:
             parts.append(f"{self.duplicates_dropped} exact duplicate battles dropped")

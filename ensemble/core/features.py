@@ -4,9 +4,9 @@ features, shared here).
 Arena votes are driven largely by verbosity, markdown formatting and refusals, and older models' answers
 by degenerate repetition (PandaLM's 7B models repeat lines until they hit their limit), so these cheap
 counts carry most of the non-semantic signal; a few cross features compare each answer with the prompt
-(how much of it the answer addresses) and the two answers with each other (look-alike answers tie). Features are computed per response
-side (``a_`` / ``b_``) and then paired (``diff_`` / ``ratio_``) so a tree can split on
-the comparison directly; the pairing is exactly antisymmetric under an A/B swap, which
+(how much of it the answer addresses) and the two answers with each other (look-alike answers tie).
+Features are computed per response side (``a_`` / ``b_``) and then paired (``diff_`` / ``ratio_``) so a tree
+can split on the comparison directly; the pairing is exactly antisymmetric under an A/B swap, which
 keeps swap-augmented training and test-time swap averaging consistent.
 """
 

@@ -49,7 +49,8 @@ def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *T
     """Read a prediction file and check what holds whatever rows it is compared with."""
     if not path.is_file():
         raise DataError(f"{path}: no prediction file for model {name!r}; run its stage first (dvc repro "
-                        f"model@{name}), or for a model from elsewhere write this file (README, 'Models from elsewhere')")
+                        f"model@{name}), or for a model from elsewhere write this file "
+                        f"(README, 'Models from elsewhere')")
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem

@@ -90,7 +90,7 @@ class BaseModel(ABC):
         """Digest of the pretrained weights a fit starts from (None: no backbone)."""
         return None
 
-    def check_resources(self, frames: list[pd.DataFrame]) -> None:
+    def check_resources(self, frames: list[pd.DataFrame]) -> None:  # noqa: B027  (an optional hook: a no-op by default)
         """Called by the OOF runner with every frame a run will show the model (training rows, test
         rows) before any fold trains: refuse what cannot fit (memory) before hours of work."""
 

@@ -76,7 +76,8 @@ def convert(out: str | Path, gguf: str | Path | None = None, dtype: str = "float
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # A fresh model from a copy of the config carries no GGUF bookkeeping, so save_pretrained works (a
     # copy, not AutoConfig on the GGUF again: every GGUF read parses the whole file, ~5 s here).
-    config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items()
+                                            if k != "quantization_config"})
     config.architectures = [type(loaded).__name__]
     config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     model = type(loaded)(config)

@@ -87,12 +87,12 @@ class DualTowerConfig:
     train: DualTowerTrain = field(default_factory=DualTowerTrain)
 
     constraints: ClassVar[dict] = {
-        "truncation_side": Choice("left", "right"), "pooling": Choice("mean", "cls"), "head": Choice("interact", "concat"),
-        "mode": Choice("classification", "ranking"), "max_len": Range(16), "prompt_frac": Range(0, 1, True, True),
-        "dropout": Range(0, 1, high_open=True), "rank_margin": Range(0, low_open=True),
-        "label_smoothing": Range(0, 1, high_open=True), "calib_frac": Range(0, 0.9, high_open=True),
-        "head_lr": Range(0), "layer_decay": Range(0, 1, low_open=True), "freeze_layers": Range(-1),
-        "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
+        "truncation_side": Choice("left", "right"), "pooling": Choice("mean", "cls"),
+        "head": Choice("interact", "concat"), "mode": Choice("classification", "ranking"), "max_len": Range(16),
+        "prompt_frac": Range(0, 1, True, True), "dropout": Range(0, 1, high_open=True),
+        "rank_margin": Range(0, low_open=True), "label_smoothing": Range(0, 1, high_open=True),
+        "calib_frac": Range(0, 0.9, high_open=True), "head_lr": Range(0), "layer_decay": Range(0, 1, low_open=True),
+        "freeze_layers": Range(-1), "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
 
     def problems(self):
         if self.infer_max_tokens < self.max_len:
@@ -251,7 +251,8 @@ class DualTowerModel(BaseModel):
         net = self.net
         net.eval()
         dev = net.head.weight.device
-        return tuple(net.join(torch.as_tensor(p).to(dev), None if feats is None else torch.as_tensor(feats[:, i]).to(dev))
+        return tuple(net.join(torch.as_tensor(p).to(dev),
+                              None if feats is None else torch.as_tensor(feats[:, i]).to(dev))
                      for i, p in enumerate((pa, pb)))
 
     @torch.inference_mode()
@@ -292,13 +293,11 @@ class DualTowerModel(BaseModel):
         n_feat = len(self.features.names) if self.features is not None else 0
         self._build(cfg.backbone, n_feat)
         set_seed(cfg.train.seed)  # the head's init must not depend on what loading consumed
-        groups = self._param_groups()
-        frozen = self._frozen_by_config()
+        groups, frozen = self._param_groups(), self._frozen_by_config()
         if frozen:
             self.net.to(device)
 
-        labels = train["label"].to_numpy(dtype=np.int64)
-        enc = self._encode(train)
+        labels, enc = train["label"].to_numpy(dtype=np.int64), self._encode(train)
         pooled = self.pooler.cached_pooled(enc) if frozen else None
         lengths = np.maximum([len(x) for x in enc["a"]], [len(x) for x in enc["b"]])
         if cfg.swap_augment:
@@ -357,7 +356,8 @@ class DualTowerModel(BaseModel):
         from safetensors.torch import save_file
 
         encoder = {k: v for k, v in self.net.encoder.state_dict().items()}
-        trained = {k: v.detach().cpu().contiguous() for k, v in encoder.items() if not self._stays_frozen(f"encoder.{k}")}
+        trained = {k: v.detach().cpu().contiguous() for k, v in encoder.items()
+                   if not self._stays_frozen(f"encoder.{k}")}
         frozen = [(k, v) for k, v in encoder.items() if self._stays_frozen(f"encoder.{k}")]
         if trained:
             save_file(trained, str(path / ENCODER_FILE))
@@ -387,7 +387,8 @@ class DualTowerModel(BaseModel):
         expected = {k for k in encoder if not self._stays_frozen(f"encoder.{k}")}
         if set(trained) != expected:  # the trained and the frozen weights together are the whole encoder
             raise ModelLoadError(f"{path / ENCODER_FILE}: holds {len(trained)} encoder tensors, the config's "
-                                 f"freeze_layers trains {len(expected)} (missing {sorted(expected - set(trained))[:3]}, "
+                                 f"freeze_layers trains {len(expected)} "
+                                 f"(missing {sorted(expected - set(trained))[:3]}, "
                                  f"unexpected {sorted(set(trained) - expected)[:3]}); retrain the fold (dvc repro)")
         if trained:
             self.net.encoder.load_state_dict(trained, strict=False)

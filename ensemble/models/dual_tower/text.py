@@ -90,7 +90,8 @@ def truncation_report(frame: pd.DataFrame, tokenizer, cfg) -> dict:
         kept = np.array([sum(t not in specials for t in tower) for tower in ids], dtype=float)
         cut_rows = kept < total
         any_cut |= cut_rows
-        out[f"tower_{side}"] = {"kept_share": round(float(np.where(total > 0, kept / np.maximum(total, 1), 1).mean()), 4),
-                                "battles_cut": round(float(cut_rows.mean()), 4)}
+        out[f"tower_{side}"] = {
+            "kept_share": round(float(np.where(total > 0, kept / np.maximum(total, 1), 1).mean()), 4),
+            "battles_cut": round(float(cut_rows.mean()), 4)}
     out["battles_cut_any"] = round(float(any_cut.mean()), 4)
     return out

@@ -47,7 +47,8 @@ class LGBMConfig:
     num_leaves: int = 15
     min_child_samples: int = 20
     feature_fraction: float = 1.0  # per tree
-    feature_fraction_bynode: float = 0.5  # per split: as a regulariser like feature_fraction, far cheaper with sparse counts
+    # per split: as a regulariser like feature_fraction, far cheaper with sparse counts
+    feature_fraction_bynode: float = 0.5
     bagging_fraction: float = 0.8
     bagging_freq: int = 1
     lambda_l2: float = 1.0
@@ -56,9 +57,11 @@ class LGBMConfig:
     # held-out share of its prompts), then a refit on all training rows for the rounds found there;
     # valid = the fold's valid rows, i.e. its OOF rows: optimistic (PandaLM: 0.818 vs 0.832 honest)
     early_stopping: str = "inner"
-    early_stopping_folds: int | str = "auto"  # inner: k prompt-grouped folds (~k x one fit), 0: one held-out share, auto
+    # inner: k prompt-grouped folds (~k x one fit), 0: one held-out share, auto
+    early_stopping_folds: int | str = "auto"
     early_stopping_frac: float = 0.2  # inner with early_stopping_folds 0: share of the training prompts held out
-    embeddings: str = ""  # an encoder (e.g. embedded:minilm) whose prompt/answer cosine similarities join the features; "" = off
+    # an encoder (e.g. embedded:minilm) whose prompt/answer cosine similarities join the features; "" = off
+    embeddings: str = ""
     embed_max_len: int = 256  # tokens per text for those embeddings
     n_jobs: int = 2
     seed: int = 42

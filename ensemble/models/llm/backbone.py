@@ -121,7 +121,8 @@ def forward_from(base, hidden: torch.Tensor, attention_mask: torch.Tensor, start
 
 
 def sequence_key(ids: list[int], tags: list[int]) -> bytes:
-    return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes() + b"|" + np.asarray(tags, dtype=np.int8).tobytes()).digest()
+    return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes() + b"|"
+                        + np.asarray(tags, dtype=np.int8).tobytes()).digest()
 
 
 class FrozenCache:
@@ -211,7 +212,8 @@ def lora_config(cfg, kept: int, start: int):
     if start and targets == "all-linear":  # peft takes layers_to_transform with a list of names only
         targets = list(LLAMA_LINEAR_MODULES)
     return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=targets if isinstance(targets, str) else list(targets),
+                      lora_dropout=cfg.lora_dropout,
+                      target_modules=targets if isinstance(targets, str) else list(targets),
                       layers_to_transform=list(range(start, kept)) if start else None,
                       layers_pattern="layers" if start else None)
 

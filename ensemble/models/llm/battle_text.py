@@ -67,7 +67,8 @@ class TruncationStats:
 
     def summary(self) -> dict:
         """Mean share of tokens kept and share of battles cut, per part; `any` = any part cut."""
-        total, kept = np.asarray(self.total, dtype=float).reshape(-1, 3), np.asarray(self.kept, dtype=float).reshape(-1, 3)
+        total, kept = (np.asarray(self.total, dtype=float).reshape(-1, 3),
+                       np.asarray(self.kept, dtype=float).reshape(-1, 3))
         if not len(total):
             return {"battles": 0}
         share = np.where(total > 0, kept / np.maximum(total, 1), 1.0)
@@ -124,7 +125,8 @@ class BattleEncoder:
         slot = {(part, t): _SLOT.format(3 * t + "pab".index(part)) for t in range(n) for part in "pab"}
         if self.layout == "plain":
             return "\n\n".join(_PLAIN_HEADERS["p"] + slot["p", t] + _PLAIN_HEADERS["a"] + slot["a", t]
-                               + _PLAIN_HEADERS["b"] + slot["b", t] for t in range(n)) + (QUESTION if self.question else "")
+                               + _PLAIN_HEADERS["b"] + slot["b", t]
+                               for t in range(n)) + (QUESTION if self.question else "")
         messages = []
         for t in range(n):
             messages.append({"role": "user", "content": slot["p", t]})

@@ -81,8 +81,10 @@ class LLMConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str = "all-linear"  # or a list such as [q_proj, v_proj]
-    pooling: str = "last_and_spans"  # last (the last token) | last_and_spans (+ mean A - mean B) | interact (+ A, B, A-B, A*B)
-    probe_c: list[float] | float = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # probe L2 strengths tried by inner CV
+    # last (the last token) | last_and_spans (+ mean A - mean B) | interact (+ A, B, A-B, A*B)
+    pooling: str = "last_and_spans"
+    # probe L2 strengths tried by inner CV
+    probe_c: list[float] | float = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
     calib_frac: float = 0.2  # share of training prompts held out to fit temperature and prior shrinkage
     max_len: int = 256  # tokens per battle, scaffolding included
     prompt_frac: float = 0.2  # the prompt's share of the text budget; A and B split the rest evenly
@@ -95,7 +97,7 @@ class LLMConfig:
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
     pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
-    devices: list[str] | str = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on the first
+    devices: list[str] | str = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on first
     cache_max_gib: float = 0.0  # lora_layers > 0: RAM the frozen layers' states may take (0 = half of the machine's)
     cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
@@ -245,15 +247,13 @@ class LLMModel(BaseModel):
         n = len(enc.ids)
         if n == 0:
             return np.zeros((0, 3))
-        cfg = self.config
-        devices = devices or self._devices()
+        cfg, devices = self.config, devices or self._devices()
         replicas = Replicas(lambda d: net_for) if net_for is not None else self._replicas
-        ids = enc.ids + (enc.swap_ids or [])
-        tags = enc.tags + (enc.swap_tags or [])
-        first = replicas.get(devices[0])
-        hidden = None
+        ids, tags = enc.ids + (enc.swap_ids or []), enc.tags + (enc.swap_tags or [])
+        first, hidden = replicas.get(devices[0]), None
         if first.start:
-            cache = frozen_pass(cfg, first, ids, tags, self.tokenizer.pad_token_id, devices[0], self._frozen_store(devices[0]))
+            cache = frozen_pass(cfg, first, ids, tags, self.tokenizer.pad_token_id, devices[0],
+                                self._frozen_store(devices[0]))
             hidden = cache.hidden([sequence_key(i, t) for i, t in zip(ids, tags)])
         lengths = np.array([len(x) for x in enc.ids])
         if enc.swap_ids is not None:  # one plan for both passes: a battle and its twin land in identical batches
@@ -286,7 +286,8 @@ class LLMModel(BaseModel):
     def input_report(self, frame: pd.DataFrame) -> dict:
         """How much of the prompt and of each response survives truncation at max_len."""
         self.check_fitted("input_report")
-        return {"max_len": self.config.max_len, **self._encoder().encode_frame(frame, swapped=False).truncation.summary()}
+        return {"max_len": self.config.max_len,
+                **self._encoder().encode_frame(frame, swapped=False).truncation.summary()}
 
     # -- training
     def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
@@ -328,8 +329,7 @@ class LLMModel(BaseModel):
             chosen = np.sort(np.random.default_rng(cfg.train.seed).choice(n, cfg.max_train_rows, replace=False))
         items = np.concatenate([chosen, chosen + n]) if enc.swap_ids is not None else chosen
         hidden = cache.hidden(keys) if net.start else None
-        pad_id = self.tokenizer.pad_token_id
-        result = None
+        pad_id, result = self.tokenizer.pad_token_id, None
         if cfg.train.epochs > 0 and len(items):
             loader = torch.utils.data.DataLoader(
                 items.tolist(), batch_size=cfg.train.batch_size, shuffle=True,
@@ -394,7 +394,7 @@ class LLMModel(BaseModel):
                 self.calibration = Calibration.from_json(info["calibration"])
             self.base_digest = info.get("base_digest")
         if self.base_digest and self.base_digest != self.backbone_identity():
-            raise ModelLoadError(f"{path}: llm.base_model {self.config.base_model} no longer holds the weights this fold "
-                                 f"was trained on (digest {self.backbone_identity()[:19]}..., trained on "
+            raise ModelLoadError(f"{path}: llm.base_model {self.config.base_model} no longer holds the weights "
+                                 f"this fold was trained on (digest {self.backbone_identity()[:19]}..., trained on "
                                  f"{self.base_digest[:19]}...); retrain the fold (dvc repro)")
         self._replicas.clear()
