@@ -10,7 +10,7 @@ from ensemble.models import load
 from ensemble.models.lgbm.model import LGBMModel
 from ensemble.oof import run_oof
 
-FAST = {"n_estimators": 60, "learning_rate": 0.1, "early_stopping_rounds": 20,
+FAST = {"n_estimators": 40, "learning_rate": 0.1, "early_stopping_rounds": 20, "n_jobs": 1,
         "vectorizer": {"max_features": 300, "min_df": 2}}
 
 

@@ -138,13 +138,29 @@ def test_intervals_accept_several_spellings():
     (lambda art: pd.read_parquet(art / "prepared" / "train.parquet").drop(columns="label")
         .to_parquet(art / "prepared" / "train.parquet", index=False), "no label column"),
 ])
-def test_bad_input_is_one_line_and_exit_2(art, tmp_path, break_it, message):
+def test_bad_input_is_one_line_and_exit_2(art, tmp_path, break_it, message, capsys):
+    """The stage's main through the CLI wrapper, in this process (test_report_is_self_contained... runs the
+    script itself); the first case also as a subprocess, for the real exit code."""
+    import importlib.util
+
+    from ensemble.core.cli import fail_cleanly
+
     break_it(art)
-    proc = _run(art, tmp_path / "out")
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert not (tmp_path / "out" / "report.html").exists()
+    spec = importlib.util.spec_from_file_location("report_stage", ROOT / "stages" / "report.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    out = tmp_path / "out"
+    argv = [str(x) for kv in {"--train": art / "prepared" / "train.parquet", "--oof-dir": art / "oof",
+                              "--blend-oof": art / "blend_oof.parquet", "--blend": art / "blend.json",
+                              "--metrics": art / "metrics.json", "--models-dir": art / "models",
+                              "--plots-dir": out / "plots", "--html": out / "report.html"}.items() for x in kv]
+    assert fail_cleanly(lambda: stage.main(argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (out / "report.html").exists()
+    if "llm" in message:
+        proc = _run(art, tmp_path / "cli")
+        assert proc.returncode == 2 and proc.stderr.strip() == lines[0], proc.stderr
 
 
 def test_load_inputs_raises_data_error(art):
