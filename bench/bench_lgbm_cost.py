@@ -56,7 +56,8 @@ def main() -> None:
         for name, config in variants.items():
             model = LGBMModel(config)
             start = time.perf_counter()
-            x, y = model._augmented(train, model._fit_vectorizers(train))
+            x, x_swapped = model._matrices(train, True, model._fit_vectorizers(train))
+            x, y = model._stacked(x, x_swapped, train["label"].to_numpy())
             features = time.perf_counter() - start
             data = lgb.Dataset(x, y).construct()
             start = time.perf_counter()
