@@ -12,6 +12,7 @@ keeps swap-augmented training and test-time swap averaging consistent.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 
@@ -205,21 +206,32 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
-def _overlaps(frame: pd.DataFrame, p_texts: list[str]) -> dict[str, np.ndarray]:
-    """Word-set overlaps of each answer with the prompt, and of the two answers with each other."""
-    n = len(frame)
-    out = {k: np.zeros(n) for k in ("a_prompt_overlap", "b_prompt_overlap", "a_prompt_cover", "b_prompt_cover",
-                                    "ab_jaccard", "ab_same")}
+OVERLAP_NAMES = ("a_prompt_overlap", "b_prompt_overlap", "a_prompt_cover", "b_prompt_cover", "ab_jaccard", "ab_same")
+
+
+def _overlap_row(p: str, a: str, b: str) -> tuple[float, ...]:
+    wp, wa, wb = _words(p), _words(a), _words(b)
+    return (len(wa & wp) / len(wa) if wa else 0.0, len(wb & wp) / len(wb) if wb else 0.0,
+            len(wa & wp) / len(wp) if wp else 0.0, len(wb & wp) / len(wp) if wp else 0.0,
+            len(wa & wb) / len(wa | wb) if wa | wb else 1.0, float(a.strip() == b.strip()))
+
+
+def _overlaps(frame: pd.DataFrame, p_texts: list[str], cache: RunCache | None) -> dict[str, np.ndarray]:
+    """Word-set overlaps of each answer with the prompt, and of the two answers with each other; each
+    battle (in each order) computed once per run, keyed by a digest of its texts (the OOF runner
+    featurizes a battle in every fold's training part, and the test battles once per fold)."""
     a_texts = ["\n".join(as_turns(c)) for c in frame["response_a"].tolist()]
     b_texts = ["\n".join(as_turns(c)) for c in frame["response_b"].tolist()]
-    for i, (p, a, b) in enumerate(zip(p_texts, a_texts, b_texts)):
-        wp, wa, wb = _words(p), _words(a), _words(b)
-        for side, w in (("a", wa), ("b", wb)):
-            out[f"{side}_prompt_overlap"][i] = len(w & wp) / len(w) if w else 0.0
-            out[f"{side}_prompt_cover"][i] = len(w & wp) / len(wp) if wp else 0.0
-        out["ab_jaccard"][i] = len(wa & wb) / len(wa | wb) if wa | wb else 1.0
-        out["ab_same"][i] = float(a.strip() == b.strip())
-    return out
+    keys = [hashlib.blake2b("\0".join(t).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            for t in zip(p_texts, a_texts, b_texts)]
+    store = cache.store("features.overlap", FEATURE_VERSION) if cache is not None else {}
+    if len(store) + len(keys) > SIDE_CACHE_MAX:
+        store.clear()
+    for key, texts in zip(keys, zip(p_texts, a_texts, b_texts)):
+        if key not in store:
+            store[key] = _overlap_row(*texts)
+    rows = np.array([store[k] for k in keys], dtype=np.float64).reshape(len(keys), len(OVERLAP_NAMES))
+    return {name: rows[:, j] for j, name in enumerate(OVERLAP_NAMES)}
 
 
 def numeric_features(frame: pd.DataFrame, cache: RunCache | None = None) -> pd.DataFrame:
@@ -246,6 +258,6 @@ def numeric_features(frame: pd.DataFrame, cache: RunCache | None = None) -> pd.D
     cols["b_over_p_chars"] = (b["chars"] + 1.0) / (p["chars"] + 1.0)
     cols["a_over_p_words"] = (a["words"] + 1.0) / (p["words"] + 1.0)
     cols["b_over_p_words"] = (b["words"] + 1.0) / (p["words"] + 1.0)
-    cols.update(_overlaps(frame, p_texts))
+    cols.update(_overlaps(frame, p_texts, cache))
     names = feature_names()
     return pd.DataFrame({n: cols[n].astype(np.float32) for n in names}, index=pd.RangeIndex(len(frame)))
