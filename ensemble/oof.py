@@ -23,7 +23,7 @@ from ensemble.core.cache import RunCache
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import atomic_path, remove_stale_tmp, write_json, write_parquet, write_text
 from ensemble.core.metrics import log_loss, prior_proba
-from ensemble.core.predictions import INPUT_REPORT, check_proba, proba_frame
+from ensemble.core.predictions import INPUT_REPORT, TEXTS_ATTR, check_proba, proba_frame
 from ensemble.models import create, load
 from ensemble.models.base import BaseModel
 from ensemble.nn import distributed as dist
@@ -121,7 +121,9 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             write_json(path, {**last_fold.get().input_report(train), "key": report_key})
     write_parquet(artifacts / "oof" / f"{name}.parquet", proba_frame(train["id"], oof, fold_of))
     if test is not None:
-        write_parquet(artifacts / "test" / f"{name}.parquet", proba_frame(test["id"], test_sum / n_folds))
+        predicted = proba_frame(test["id"], test_sum / n_folds)
+        predicted.attrs[TEXTS_ATTR] = fp.row_digests(test)  # submit --reuse-test-predictions checks the texts
+        write_parquet(artifacts / "test" / f"{name}.parquet", predicted)
     write_json(artifacts / "timings" / f"{name}.json", {"fit_seconds": timings})  # untracked: differs per run
     dist.finish()
     return {"folds": n_folds, "fit_seconds": timings}

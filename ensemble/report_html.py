@@ -159,14 +159,19 @@ def _ci(row: dict, best: str) -> str:
 
 def _summary(data: ReportInputs) -> str:
     rows = summary_rows(data)
-    prior = float(-np.log(np.bincount(data.labels, minlength=3)[data.labels] / len(data.labels)).mean())
+    saved = data.metrics.get("prior", {})
+    if "log_loss" in saved:  # the blend stage's: each fold's class frequencies of the other folds
+        prior, prior_label, prior_acc = float(saved["log_loss"]), "class prior (cross-fitted)", saved.get("accuracy")
+    else:  # no metrics: the frequencies of these very rows (in-sample, a little optimistic)
+        prior = float(-np.log(np.bincount(data.labels, minlength=3)[data.labels] / len(data.labels)).mean())
+        prior_label, prior_acc = "class prior (in-sample)", None
     best = str(data.metrics.get("blend", {}).get("best_model", "best model"))
     has_ci = any(r["ci"] for r in rows)
     head = ["model", "blend weight", "log loss", "accuracy", "gain over prior (nats)"] + \
         (["95% interval (of the log loss, or of the difference)"] if has_ci else [])
     out = ["<table><tr>" + "".join(f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(head))
            + "</tr>"]
-    out.append(f'<tr><td class="l">class prior</td><td></td><td>{prior:.4f}</td><td></td><td>0</td>'
+    out.append(f'<tr><td class="l">{prior_label}</td><td></td><td>{prior:.4f}</td><td>{_num(prior_acc)}</td><td>0</td>'
                + ("<td></td>" if has_ci else "") + "</tr>")
     for r in rows:
         cells = [f'<td class="l">{"<b>" + _e(r["label"]) + "</b>" if r["name"] == BLEND else _e(r["label"])}</td>',
@@ -243,6 +248,26 @@ def _inputs_html(data: ReportInputs) -> str:
     return "\n".join(out)
 
 
+def _degenerate_html(data: ReportInputs) -> str:
+    """Identical and empty answers: how many, the blend on them, and whether the frequency rule predicts them."""
+    deg = data.metrics.get("degenerate")
+    if not deg:
+        return ""
+    use = (deg.get("rule") or {}).get("use", {})
+    rows = []
+    for name, what in (("identical", "identical answers"), ("one_empty", "one answer empty")):
+        e = deg.get(name, {})
+        without = _num(e.get("log_loss_without_rule"))
+        rows.append(f'<tr><td class="l">{what}</td><td>{e.get("rows", 0)}</td><td>{_num(e.get("log_loss"))}</td>'
+                    f'<td>{without}</td><td class="l">{"yes" if use.get(name) else "no"}</td></tr>')
+    return ('<h3>Degenerate battles</h3><table><tr><th class="l">kind</th><th>battles</th><th>blend log loss</th>'
+            '<th>without the rule</th><th class="l">rule used at submit</th></tr>' + "".join(rows) + "</table>"
+            f'<p class="note">Battles whose answers are identical or where one is empty are predicted from the '
+            f"training rows' own frequencies for such battles (shrunk toward the prior by "
+            f"{_e(deg.get('prior_weight'))} pseudo-battles), where that beats the blend on the blender's own rows "
+            f"(mode {_e(deg.get('mode'))}); cross-fitted figures.</p>")
+
+
 def render(data: ReportInputs, sources: dict[str, str]) -> str:
     table = slice_table(data)
     counts = np.bincount(data.labels, minlength=3)
@@ -270,7 +295,7 @@ def render(data: ReportInputs, sources: dict[str, str]) -> str:
         '<p class="note">Mean OOF log loss of the battles in each slice. Red: the slice where that model does worst; '
         "green: best. The blend's interval is a normal 95% interval of its mean loss in the slice "
         "(1.96 standard errors). Small slices are noisy.</p>",
-        _slices_html(table, data), fig_slices(table, data),
+        _slices_html(table, data), fig_slices(table, data), _degenerate_html(data),
     ]
     for name in sections:
         title = f"blend ({data.method}, cross-fitted)" if name == BLEND else f"model: {name}"

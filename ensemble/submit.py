@@ -24,8 +24,8 @@ from ensemble import TARGETS
 from ensemble.blend import BLENDERS, blender_from_json
 from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
-from ensemble.core.config import load_params
-from ensemble.core.data import DataError, load_battles, read_battles
+from ensemble.core.config import from_dict, load_params
+from ensemble.core.data import DataConfig, DataError, load_battles, read_battles
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import log_loss
@@ -111,7 +111,7 @@ def cached_test_predictions(artifacts: Path, name: str, frame: pd.DataFrame,
     elsewhere's), checked and taken for exactly the ids of `frame`, in its order."""
     hint = (f"rerun the {name} stage for this test file, or drop --reuse-test-predictions" if is_registered(name)
             else f"{name} is a model from elsewhere: write its predictions for this test file")
-    return read_test_file(artifacts / "test" / f"{name}.parquet", name, frame["id"], source, hint)
+    return read_test_file(artifacts / "test" / f"{name}.parquet", name, frame["id"], source, hint, frame)
 
 
 def validate_submission(sub: pd.DataFrame, ids: list[str]) -> None:
@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     path = Path(args.test_csv)
     params = load_params(args.params)
-    test = read_battles(path, labels=None, drop_duplicates=False)
+    # the same coin as prepare: a preference file's chosen answer lands on the same side
+    side_seed = from_dict(DataConfig, params.get("data", {}), "data").side_seed
+    test = read_battles(path, labels=None, drop_duplicates=False, side_seed=side_seed)
     sub = make_submission(test, Path(args.artifacts), args.reuse_test_predictions, params, str(path),
                           not args.skip_code_check)
     write_csv(args.output, sub)

@@ -32,6 +32,12 @@ def main() -> int:
     # labels=None: a labelled test file is checked against the training classes below, then its labels dropped
     test = read_battles(data.test, labels=None, drop_duplicates=False, side_seed=data.side_seed)
     train_report, test_report = train.attrs["report"], test.attrs["report"]
+    # unlabelled pairs come in the kaggle layout whatever the training data was (a preference layout always
+    # holds a verdict); a preference test file must be in the training file's own layout
+    if test_report.layout not in ("kaggle", train_report.layout):
+        raise DataError(f"{data.test}: layout {test_report.layout!r}, but the training file {data.train} is "
+                        f"{train_report.layout!r}; give the test pairs in the kaggle layout (id, prompt, response_a, "
+                        f"response_b) or in the training file's layout (README, Data format)")
     counts = class_counts(train["label"])
     if "label" in test:
         test_counts = class_counts(test["label"])

@@ -351,3 +351,18 @@ def test_single_class_preference_file_refused_for_training(tmp_path):
                               f"training needs at least two of A wins / B wins / tie")
     assert len(read_battles(path, labels=False, verbose=False)) == 1
     assert np.isin(read_battles(path, verbose=False)["label"], [0, 1]).all()
+
+
+def test_prepare_refuses_a_preference_test_file_in_another_layout(tmp_path):
+    """Kaggle training rows with a prompt/chosen/rejected test file: one line, exit 2, nothing written; the
+    kaggle layout is accepted as test pairs after preference training. Breaks if the layouts are not compared."""
+    kaggle = raw_csv(battle_frame(30), tmp_path / "train.csv")
+    pref = _pref_file(tmp_path / "test.jsonl", 10)
+    proc = _prepare(tmp_path, kaggle, pref)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith(f"error: {pref}: layout 'prompt/chosen/rejected', but the training")
+    assert not (tmp_path / "out").exists()
+    unlabelled = raw_csv(battle_frame(12), tmp_path / "pairs.csv", labels=False)
+    proc = _prepare(tmp_path, _pref_file(tmp_path / "train.jsonl"), unlabelled)
+    assert proc.returncode == 0, proc.stderr

@@ -168,3 +168,42 @@ def test_blend_checks_the_external_test_file_up_front(art, tmp_path):
     with pytest.raises(DataError,
                        match="gemma.parquet: no prediction file for model 'gemma'; .* for a model from elsewhere"):
         run_blend(params_for(["lgbm", "gemma"]), art, metrics_path=tmp_path / "m.json")
+
+
+def test_reused_test_predictions_are_refused_when_a_test_text_changed(art, tmp_path):
+    """artifacts/test/<model>.parquet remembers the texts it was predicted for: the same ids with an edited
+    text are refused with --reuse-test-predictions. Breaks if the check compares ids only (the old way)."""
+    art, train, test = art
+    params = params_for(["lgbm"])
+    run_blend(params, art, metrics_path=art / "head.json")
+    assert make_submission(test, art, reuse_cached=True, params=params) is not None
+    edited = test.copy()
+    edited.at[3, "response_a"] = ["an answer written since"]
+    _fails(art, edited, params, "1 of the 30 ids of", tmp_path, reuse=True)
+    fresh = make_submission(edited, art, params=params)  # predicting anew is fine
+    assert len(fresh) == len(edited)
+
+
+def test_submit_puts_the_chosen_answer_on_the_side_prepare_did(tmp_path):
+    """A preference test file is read with params data.side_seed, as prepare reads it: the same ids see
+    the same sides. Breaks if submit reads the file with the default seed."""
+    from ensemble.core.data import read_battles
+
+    rows = [{"prompt": f"q {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(40)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = {}
+
+    def fake(test, *args, **kwargs):
+        seen["frame"] = test
+        return proba_frame(test["id"], np.full((len(test), 3), 1 / 3))
+
+    (tmp_path / "params.yaml").write_text(json.dumps({"data": {"side_seed": 1}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("ensemble.submit.make_submission", fake)
+        main([str(path), "-o", str(tmp_path / "sub.csv"), "--params", str(tmp_path / "params.yaml")])
+    want = read_battles(path, labels=None, drop_duplicates=False, side_seed=1)
+    other = read_battles(path, labels=None, drop_duplicates=False, side_seed=0)
+    got = seen["frame"]
+    assert list(got["response_a"]) == list(want["response_a"])
+    assert list(got["response_a"]) != list(other["response_a"])

@@ -21,6 +21,7 @@ class PriorBlender(Blender):
     name = "prior"
     Config = NoConfig
     about = "the class frequencies of the rows it is fitted on (ignores every model)"
+    degenerate_rule = False  # the reference every score is compared with: the frequencies and nothing else
 
     def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
         self.prior = np.bincount(labels, minlength=3) / len(labels)

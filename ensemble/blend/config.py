@@ -8,6 +8,7 @@ from dataclasses import field
 
 from ensemble.blend import BLENDERS, blender_class
 from ensemble.core.config import Choice, Range
+from ensemble.core.degenerate import DegenerateConfig
 
 
 def _default_models() -> list[str]:
@@ -23,7 +24,9 @@ BlendConfig = dataclasses.make_dataclass(
      ("bootstrap", int, 1000),  # prompt-level bootstrap resamples for the 95% intervals (0 = none)
      ("seed", int, 0),
      # the seeds' hand-set blend, reported beside the fitted one
-     ("fixed_weights", dict[str, float], field(default_factory=lambda: {"lgbm": 0.2, "llm": 0.8}))]
+     ("fixed_weights", dict[str, float], field(default_factory=lambda: {"lgbm": 0.2, "llm": 0.8})),
+     # identical / empty answers predicted from the training rows' own frequencies (ensemble.core.degenerate)
+     ("degenerate", DegenerateConfig, field(default_factory=DegenerateConfig))]
     + [(name, blender_class(name).Config, field(default_factory=blender_class(name).Config)) for name in BLENDERS
        if dataclasses.fields(blender_class(name).Config)],  # a blender without settings has no subsection
     namespace={"constraints": {"method": Choice(*BLENDERS), "bootstrap": Range(0)},

@@ -8,6 +8,7 @@ blend.log_loss_crossfit), artifacts/metrics.json (details) and the headline metr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from ensemble.blend.crossfit import crossfit
 from ensemble.blend.weights import apply_blend
 from ensemble.core.config import ConfigError, from_dict
 from ensemble.core.data import DataError, load_battles
+from ensemble.core.degenerate import kinds, masks
 from ensemble.core.folds import attach_folds, prompt_groups
 from ensemble.core.io import write_json, write_parquet
 from ensemble.core.metrics import log_loss, report, row_log_loss
@@ -127,6 +129,9 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
               for m in models if (artifacts / "models" / m / INPUT_REPORT).is_file()}
     if inputs:  # share of each text kept after truncation, per transformer model
         metrics["input"] = inputs
+    metrics["degenerate"] = degenerate_scores(cfg, method, models, probas, labels, fold_of, frame, honest)
+    if blender.degenerate_ is not None:  # the rule submit applies: its numbers and the kinds it predicts
+        metrics["degenerate"]["rule"] = blender.degenerate_.to_json()
     fixed = dict(cfg.fixed_weights)
     if fixed and set(fixed) <= set(models):  # hand-set: nothing fitted, so scoring it on every row is fair
         w = np.array([fixed.get(m, 0.0) for m in models], dtype=float)
@@ -145,6 +150,26 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
     print(format_table(metrics))
     print(f"blend fitted and cross-fitted in {fit_seconds:.2f} s on {len(labels)} rows x {len(models)} model(s)")
     return metrics
+
+
+def degenerate_scores(cfg, method: str, models: list[str], probas, labels: np.ndarray, fold_of: np.ndarray,
+                      frame: pd.DataFrame, honest: np.ndarray) -> dict:
+    """How many battles have identical or empty answers, and the cross-fitted blend's log loss on them with
+    the rule (as fitted) and without it (the same blender cross-fitted with blend.degenerate off)."""
+    groups = masks(kinds(frame))
+    out = {"mode": cfg.degenerate.mode, "prior_weight": cfg.degenerate.prior_weight}
+    without = None
+    if cfg.degenerate.mode != "off" and any(g.any() for g in groups.values()):
+        off = dataclasses.replace(cfg, degenerate=dataclasses.replace(cfg.degenerate, mode="off"))
+        without = crossfit(lambda: create_blender(method, models, off), probas, labels, fold_of, frame)
+    for name, rows in groups.items():
+        entry = {"rows": int(rows.sum())}
+        if rows.any():
+            entry["log_loss"] = round(log_loss(labels[rows], honest[rows]), 6)
+            if without is not None:
+                entry["log_loss_without_rule"] = round(log_loss(labels[rows], without[rows]), 6)
+        out[name] = entry
+    return out
 
 
 def headline(metrics: dict) -> dict:
@@ -191,6 +216,13 @@ def format_table(metrics: dict) -> str:
         if name != method:
             lines.append(f"{f'blend {name}, crossfit':<30}{'':>8}{v['log_loss']:>10.4f}{v['accuracy']:>10.4f}"
                          f"   (--method {name})")
+    deg = metrics.get("degenerate") or {}
+    for name in ("identical", "one_empty"):
+        e = deg.get(name) or {}
+        if e.get("rows"):
+            was = f", {e['log_loss_without_rule']:.4f} without the rule" if "log_loss_without_rule" in e else ""
+            lines.append(f"{f'  {name} answers':<30}{e['rows']:>8}{e['log_loss']:>10.4f}{'':>10}   "
+                         f"blend crossfit on these battles (rule {deg['mode']}{was})")
     fb = metrics.get("fixed_blend")
     if fb and "log_loss" in fb:
         w = "/".join(f"{k}={v}" for k, v in fb["weights"].items())

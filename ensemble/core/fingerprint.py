@@ -112,6 +112,19 @@ def frame_digest(frame: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def row_digests(frame: pd.DataFrame) -> dict[str, str]:
+    """id -> a short digest of that battle's texts: kept with cached test predictions, so predictions made
+    for other texts under the same ids are never reused."""
+    out = {}
+    for i, *cells in zip(frame["id"].astype(str), *(frame[c] for c in TEXT_COLUMNS)):
+        h = hashlib.blake2b(digest_size=8)
+        for cell in cells:
+            turns = [cell] if isinstance(cell, str) else list(cell)
+            h.update("\x1f".join("" if t is None else str(t) for t in turns).encode("utf-8", "surrogatepass") + b"\x1e")
+        out[i] = h.hexdigest()
+    return out
+
+
 def config_digest(config: dict) -> str:
     return _sha256(json.dumps(config, sort_keys=True, default=str).encode())
 

@@ -99,7 +99,12 @@ def read_oof_file(path: Path, name: str, ids: pd.Index, fold_of: np.ndarray | No
     return frame[list(TARGETS)].to_numpy(dtype=float), folds.astype(np.int64)
 
 
-def read_test_file(path: Path, name: str, ids: pd.Series, test_source: str, hint: str) -> np.ndarray:
+#: parquet metadata of a test prediction file written here: id -> digest of the texts it was predicted for
+TEXTS_ATTR = "texts_digest"
+
+
+def read_test_file(path: Path, name: str, ids: pd.Series, test_source: str, hint: str,
+                   battles: pd.DataFrame | None = None) -> np.ndarray:
     """Test probabilities of `name` for `ids`, in their order; every id must be predicted."""
     frame = read_predictions(path, name)
     ids = pd.Index(pd.Series(ids).astype(str))
@@ -107,4 +112,12 @@ def read_test_file(path: Path, name: str, ids: pd.Series, test_source: str, hint
     if len(missing):
         raise DataError(f"{path}: no predictions for {len(missing)} of the {len(ids)} ids of {test_source} "
                         f"(e.g. {listed(missing, 5)}); {hint}")
+    digests = frame.attrs.get(TEXTS_ATTR)
+    if digests and battles is not None:  # written by this project's OOF runner: the texts must match too
+        from ensemble.core.fingerprint import row_digests
+
+        changed = [i for i, d in row_digests(battles).items() if digests.get(i) != d]
+        if changed:
+            raise DataError(f"{path}: {len(changed)} of the {len(ids)} ids of {test_source} have other texts than "
+                            f"when these predictions were made (e.g. {listed(changed, 5)}); {hint}")
     return frame.loc[ids, list(TARGETS)].to_numpy(dtype=float)
