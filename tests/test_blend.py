@@ -278,3 +278,21 @@ def test_saved_blend_with_unknown_method_is_refused(tmp_path):
         read_blender(tmp_path)
     assert np.allclose(apply_blend([np.full((2, 3), 1 / 3)], [1.0]).sum(1), 1)
     assert row_log_loss(np.array([0]), np.array([[1.0, 0.0, 0.0]]))[0] < 1e-9
+
+
+def test_one_se_choice_uses_the_prompt_clustered_error_of_the_row_mean():
+    """One row per prompt: the plain standard error of the mean difference. The same rows copied five times
+    into their prompt: the same mean, the same clustered error (copies add no evidence), so the same choice;
+    an unclustered error would shrink by sqrt(5) and pick the complex candidate. Breaks if the gap and the
+    error are averaged differently or the error ignores the prompts."""
+    from ensemble.blend.select import one_se_choice
+
+    n = 40
+    best = np.random.default_rng(0).normal(1.0, 0.3, n)
+    simple = best + 0.03 + 0.3 * (-1.0) ** np.arange(n)  # worse on average by 0.03, within one error (0.048)
+    se = (simple - best).std(ddof=1) / np.sqrt(n)
+    assert 0 < (simple - best).mean() <= se
+    assert one_se_choice({"simple": simple, "best": best}, np.arange(n)) == "simple"
+    copies = {"simple": np.repeat(simple, 5), "best": np.repeat(best, 5)}
+    assert one_se_choice(copies, np.repeat(np.arange(n), 5)) == "simple"
+    assert one_se_choice(copies, np.arange(5 * n)) == "best"  # the same rows taken as independent

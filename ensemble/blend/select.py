@@ -44,14 +44,16 @@ class SelectConfig:
 
 def one_se_choice(losses: dict[str, np.ndarray], groups: np.ndarray) -> str:
     """The first (simplest) candidate whose mean row loss is within one standard error of the lowest;
-    the error is that of the mean difference of per-prompt losses (rows of a prompt are not independent)."""
+    the error is the prompt-clustered one of that same mean row difference (rows of a prompt are not
+    independent): sqrt(G / (G - 1) * sum over prompts of (their summed centred differences)^2) / n."""
     best = min(losses, key=lambda n: losses[n].mean())
     g = np.unique(groups, return_inverse=True)[1]
-    rows = np.bincount(g).astype(float)
+    n_groups = int(g.max()) + 1 if len(g) else 0
     for name, loss in losses.items():
-        diff = np.bincount(g, weights=loss - losses[best]) / rows  # per prompt
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-        if loss.mean() - losses[best].mean() <= se:
+        diff = loss - losses[best]
+        sums = np.bincount(g, weights=diff - diff.mean(), minlength=n_groups)  # per prompt
+        se = np.sqrt(n_groups / (n_groups - 1) * (sums ** 2).sum()) / len(diff) if n_groups > 1 else 0.0
+        if diff.mean() <= se:
             return name
     return best
 
