@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble.core import fingerprint as fp
-from ensemble.core import progress
+from ensemble.core import position, progress
 from ensemble.core.cache import RunCache
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import atomic_path, remove_stale_tmp, write_json, write_parquet, write_text
@@ -29,6 +29,7 @@ from ensemble.models.base import BaseModel
 from ensemble.nn import distributed as dist
 
 DONE_FILE = "done.json"
+POSITION_FILE = "position_bias.json"  # the fold's single-pass position-bias counts on its valid rows
 
 
 def fold_parts(model: BaseModel, train: pd.DataFrame, fold_of: np.ndarray) -> dict[str, str]:
@@ -67,7 +68,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     first.check_resources([train] + ([test] if test is not None else []))  # refuse before any fold trains
     common = fold_parts(first, train, fold_of)  # computed once: the backbone digest reads its weights
     test_key = fp.frame_digest(test) if test is not None else ""
-    last_fold = None
+    last_fold, bias = None, []
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
@@ -100,6 +101,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             if test is not None:
                 test_sum += _predict_cached(fold, test, fold_dir / "test_pred.npy",
                                             fp.combine({"fold": key, "test": test_key}))
+            bias.append(position.fold_counts(fold, valid, fold_dir / POSITION_FILE, key))
             write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": parts, "valid_rows": len(va)})
             if "label" in train:
                 labels = train["label"].to_numpy()[va]
@@ -119,7 +121,9 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if old.get("key") != report_key:  # it depends on texts, config and tokenizer, not on the folds
             write_json(path, {**last_fold.get().input_report(train), "key": report_key})
-    write_parquet(artifacts / "oof" / f"{name}.parquet", proba_frame(train["id"], oof, fold_of))
+    oof_frame = proba_frame(train["id"], oof, fold_of)
+    oof_frame.attrs[position.ATTR] = position.summarise(bias)  # read by the blend stage into metrics.json
+    write_parquet(artifacts / "oof" / f"{name}.parquet", oof_frame)
     if test is not None:
         predicted = proba_frame(test["id"], test_sum / n_folds)
         predicted.attrs[TEXTS_ATTR] = fp.row_digests(test)  # submit --reuse-test-predictions checks the texts

@@ -248,6 +248,21 @@ def _inputs_html(data: ReportInputs) -> str:
     return "\n".join(out)
 
 
+def _position_html(data: ReportInputs) -> str:
+    """Per model: how often its single-pass verdict follows the order of the answers (ensemble.core.position)."""
+    rows = [(m, r["position_bias"]) for m, r in data.metrics.get("models", {}).items() if r.get("position_bias")]
+    if not rows:
+        return ""
+    body = "".join(f'<tr><td class="l">{_e(m)}</td><td>{b["rows"]}</td><td>{100 * b["flip_share"]:.1f}%</td>'
+                   f'<td>{_num(b["mean_gap"], 3)}</td></tr>' for m, b in rows)
+    return ('<h3>Position bias</h3><table><tr><th class="l">model</th><th>battles</th><th>verdict flips when A and '
+            'B are swapped</th><th>mean |P(A) gap|</th></tr>' + body + "</table>"
+            '<p class="note">Each model\'s single pass (swap TTA off) on its held-out rows, as given and with the '
+            "answers exchanged: the share of battles whose argmax changes, and the mean gap between P(A) and the "
+            "swapped pass's probability for the same answer. 0 is an order-blind model; swap TTA averages the two "
+            "passes and removes what is left.</p>")
+
+
 def _degenerate_html(data: ReportInputs) -> str:
     """Identical and empty answers: how many, the blend on them, and whether the frequency rule predicts them."""
     deg = data.metrics.get("degenerate")
@@ -295,7 +310,7 @@ def render(data: ReportInputs, sources: dict[str, str]) -> str:
         '<p class="note">Mean OOF log loss of the battles in each slice. Red: the slice where that model does worst; '
         "green: best. The blend's interval is a normal 95% interval of its mean loss in the slice "
         "(1.96 standard errors). Small slices are noisy.</p>",
-        _slices_html(table, data), fig_slices(table, data), _degenerate_html(data),
+        _slices_html(table, data), fig_slices(table, data), _position_html(data), _degenerate_html(data),
     ]
     for name in sections:
         title = f"blend ({data.method}, cross-fitted)" if name == BLEND else f"model: {name}"

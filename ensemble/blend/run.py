@@ -28,6 +28,7 @@ from ensemble.core.degenerate import kinds, masks
 from ensemble.core.folds import attach_folds, prompt_groups
 from ensemble.core.io import write_json, write_parquet
 from ensemble.core.metrics import log_loss, report, row_log_loss
+from ensemble.core.position import read as read_position_bias
 from ensemble.core.predictions import INPUT_REPORT, read_oof_file, read_test_file
 from ensemble.models import is_registered
 
@@ -125,6 +126,10 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
                          "diff_vs_best_ci": ci(row_log_loss(labels, honest), losses[best]),
                          "diff_vs_prior_ci": ci(row_log_loss(labels, honest), row_log_loss(labels, prior))},
                "blender": {"method": method, "summary": blender.summary(), "weights": blender.model_weights()}}
+    for m in models:  # single-pass A/B order sensitivity, from the OOF files' metadata (ensemble.position)
+        bias = read_position_bias(artifacts / "oof" / f"{m}.parquet")
+        if bias is not None:
+            metrics["models"][m]["position_bias"] = bias
     inputs = {m: json.loads((artifacts / "models" / m / INPUT_REPORT).read_text(encoding="utf-8"))
               for m in models if (artifacts / "models" / m / INPUT_REPORT).is_file()}
     if inputs:  # share of each text kept after truncation, per transformer model
@@ -179,7 +184,8 @@ def headline(metrics: dict) -> dict:
     b = metrics["blend"]
     out = {"prior": {"log_loss": metrics["prior"]["log_loss"], "accuracy": metrics["prior"]["accuracy"]},
            "models": {m: {"log_loss": r["log_loss"], "accuracy": r["accuracy"],
-                          "diff_vs_prior_ci": r["diff_vs_prior_ci"]}
+                          "diff_vs_prior_ci": r["diff_vs_prior_ci"],
+                          **({"position_flips": r["position_bias"]["flip_share"]} if "position_bias" in r else {})}
                       for m, r in metrics["models"].items()},
            "blend": {"method": metrics["method"], "log_loss_crossfit": b["log_loss"],
                      "accuracy_crossfit": b["accuracy"],
@@ -216,6 +222,12 @@ def format_table(metrics: dict) -> str:
         if name != method:
             lines.append(f"{f'blend {name}, crossfit':<30}{'':>8}{v['log_loss']:>10.4f}{v['accuracy']:>10.4f}"
                          f"   (--method {name})")
+    for m, r in metrics["models"].items():
+        pb = r.get("position_bias")
+        if pb:
+            lines.append(f"{f'  {m} position bias':<30}{'':>8}{'':>10}{'':>10}   single pass, A/B swapped: verdict "
+                         f"flips on {100 * pb['flip_share']:.1f}% of {pb['rows']} battles, mean |P(A) gap| "
+                         f"{pb['mean_gap']:.3f}")
     deg = metrics.get("degenerate") or {}
     for name in ("identical", "one_empty"):
         e = deg.get(name) or {}

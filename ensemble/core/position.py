@@ -1,0 +1,89 @@
+"""Position bias: does a model's verdict depend on which answer is shown first? Swap TTA exists because of
+it, so it is measured, per model, on each fold's held-out rows:
+
+    first   = the model's single pass (swap TTA off) on the battles as given
+    swapped = its single pass on the same battles with A and B exchanged, put back in the original order
+    flip_share = share of battles whose argmax differs between the two (a verdict that follows the order)
+    mean_gap   = mean |P(A) in the first pass - P(the same answer wins) in the swapped pass|
+
+A model that is exactly A/B symmetric scores 0 on both. The figures are of the single pass even when the
+model submits with swap TTA (which averages the two passes and is symmetric by construction): they say how
+much the TTA has to correct. Written by the OOF runner into the OOF file's metadata, read by the blend stage
+into metrics.json (`models.<name>.position_bias`) and shown in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ensemble.core.data import swap_ab, unswap_proba
+from ensemble.core.io import write_json
+
+#: key of the OOF parquet file's metadata (pandas attrs) holding the run's position-bias figures
+ATTR = "position_bias"
+
+
+@contextlib.contextmanager
+def single_pass(model):
+    """The model with swap TTA switched off (every model reads `config.swap_tta` when it predicts)."""
+    config = model.config
+    if getattr(config, "swap_tta", False):
+        model.config = dataclasses.replace(config, swap_tta=False)
+    try:
+        yield model
+    finally:
+        model.config = config
+
+
+def passes(model, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(first, swapped): the single-pass probabilities of the battles and of their swaps, in battle order."""
+    with single_pass(model) as m:
+        first = np.asarray(m.predict_proba(frame), dtype=np.float64)
+        swapped = unswap_proba(np.asarray(m.predict_proba(swap_ab(frame)), dtype=np.float64))
+    return first, swapped
+
+
+def counts(first: np.ndarray, swapped: np.ndarray) -> dict:
+    """Sums that add up over folds: rows, flips, the summed |P(A) gap|."""
+    return {"rows": int(len(first)), "flips": int((first.argmax(1) != swapped.argmax(1)).sum()),
+            "gap_sum": float(np.abs(first[:, 0] - swapped[:, 0]).sum())}
+
+
+def summarise(parts: list[dict]) -> dict:
+    rows = sum(p["rows"] for p in parts)
+    return {"rows": rows, "flip_share": round(sum(p["flips"] for p in parts) / max(rows, 1), 6),
+            "mean_gap": round(sum(p["gap_sum"] for p in parts) / max(rows, 1), 6)}
+
+
+def fold_counts(fold, valid: pd.DataFrame, path: Path, key: str) -> dict:
+    """A fold's counts on its held-out rows, kept in the fold folder under the fold's fingerprint (a reused
+    fold is not predicted again)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["counts"]
+    except (OSError, ValueError, KeyError):
+        pass
+    out = counts(*passes(fold.get(), valid))
+    write_json(path, {"key": key, "counts": out})
+    return out
+
+
+def read(path: Path) -> dict | None:
+    """The position-bias figures in an OOF file's metadata (None for a file without them, e.g. from
+    elsewhere)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        attrs = json.loads(meta.get(b"PANDAS_ATTRS", b"{}"))
+    except (OSError, ValueError):
+        return None
+    value = attrs.get(ATTR)
+    return value if isinstance(value, dict) else None
