@@ -76,6 +76,7 @@ class DualTowerConfig:
     calib_frac: float = 0.2  # training prompts held out to pick the checkpoint and fit temperature + prior shrinkage
     swap_augment: bool = True
     swap_tta: bool = True
+    swap_tta_share: float = 1.0  # with swap_tta: share of battles (least certain first) given the swapped pass
     head_lr: float = 3e-3
     layer_decay: float = 1.0
     freeze_layers: int = -1
@@ -86,7 +87,7 @@ class DualTowerConfig:
     cpu_fallback: bool = False
     train: DualTowerTrain = field(default_factory=DualTowerTrain)
 
-    constraints: ClassVar[dict] = {
+    constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0),
         "truncation_side": Choice("left", "right"), "pooling": Choice("mean", "cls"),
         "head": Choice("interact", "concat"), "mode": Choice("classification", "ranking"), "max_len": Range(16),
         "prompt_frac": Range(0, 1, True, True), "dropout": Range(0, 1, high_open=True),
@@ -158,7 +159,8 @@ class DualTowerModel(BaseModel):
     name = "dual_tower"
     Config = DualTowerConfig
     fitted_attr = "net"
-    runtime_keys = ("device", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len")
+    runtime_keys = ("device", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len",
+                    "swap_tta_share")
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)

@@ -42,6 +42,7 @@ class LGBMConfig:
     vectorizer: VectorizerConfig = field(default_factory=VectorizerConfig)
     swap_augment: bool = True
     swap_tta: bool = True
+    swap_tta_share: float = 1.0  # with swap_tta: share of battles (least certain first) given the swapped pass
     n_estimators: int = 500  # a cap: bounds the stage's time (each round costs ~0.16 s at Kaggle scale)
     learning_rate: float = 0.1
     num_leaves: int = 15
@@ -66,7 +67,7 @@ class LGBMConfig:
     n_jobs: int = 2
     seed: int = 42
 
-    constraints: ClassVar[dict] = {
+    constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0),
         "n_estimators": Range(1), "learning_rate": Range(0, low_open=True), "num_leaves": Range(2),
         "min_child_samples": Range(0), "feature_fraction": Range(0, 1, low_open=True),
         "feature_fraction_bynode": Range(0, 1, low_open=True), "bagging_fraction": Range(0, 1, low_open=True),
@@ -105,6 +106,7 @@ class LGBMModel(BaseModel):
     name = "lgbm"
     Config = LGBMConfig
     fitted_attr = "booster"
+    runtime_keys = ("swap_tta_share",)
 
     booster: lgb.Booster | None = None
 

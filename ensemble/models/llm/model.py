@@ -93,6 +93,7 @@ class LLMConfig:
     truncation_side: str = "left"  # left keeps the end of long conversations, right the start
     swap_augment: bool = False  # train on each battle and its A/B swap (doubles the frozen pass)
     swap_tta: bool = False  # average with the unswapped prediction of the swapped battle (doubles inference)
+    swap_tta_share: float = 1.0  # with swap_tta: share of battles (least certain first) given the swapped pass
     max_train_rows: int = 512  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
@@ -102,7 +103,7 @@ class LLMConfig:
     cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
 
-    constraints: ClassVar[dict] = {
+    constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0),
         "quantization": Choice("4bit", "8bit", "none"), "compute_dtype": Choice("auto", "fp32", "bf16", "fp16"),
         "layout": Choice("plain", "chat"), "turns": Choice("interleaved", "grouped"),
         "truncation_side": Choice("left", "right"), "pooling": Choice(*POOLED_WIDTH),
@@ -174,7 +175,8 @@ class LLMModel(BaseModel):
     name = "llm"
     Config = LLMConfig
     fitted_attr = "adapter_state"
-    runtime_keys = ("devices", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "cache_max_gib")
+    runtime_keys = ("devices", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "cache_max_gib",
+                    "swap_tta_share")
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)
