@@ -159,8 +159,7 @@ class DualTowerModel(BaseModel):
     name = "dual_tower"
     Config = DualTowerConfig
     fitted_attr = "net"
-    runtime_keys = ("device", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len",
-                    "swap_tta_share")
+    runtime_keys = ("device", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "swap_tta_share")
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)
@@ -168,8 +167,7 @@ class DualTowerModel(BaseModel):
         self.tokenizer = None
         self.features: TowerFeatures | None = None
         self.band: tuple[float, float] = (0.5, 1.0)
-        self.calibration = Calibration()
-        self.history: list[dict] = []
+        self.calibration, self.history = Calibration(), []
         self.pooler: TowerPooler | None = None  # towers -> pooled vectors (cached when frozen)
 
     # -- pieces

@@ -180,12 +180,10 @@ class LLMModel(BaseModel):
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)
-        self.tokenizer = None
-        self.base_digest: str | None = None  # the base weights a fold was trained on (checked at load)
+        self.tokenizer, self.base_digest = None, None  # base_digest: the weights a fold trained on (checked at load)
         self.adapter_state: dict[str, torch.Tensor] | None = None
         self.calibration = Calibration()
-        self.history: list[dict] = []
-        self.fit_info: dict = {}
+        self.history, self.fit_info = [], {}
         self._replicas = Replicas(self._build_replica)
 
     # -- pieces
