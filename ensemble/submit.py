@@ -30,7 +30,7 @@ from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import log_loss
 from ensemble.core.predictions import proba_frame, read_test_file
-from ensemble.models import create, is_registered
+from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
 from ensemble.models.base import CONFIG_FILE
 from ensemble.oof import fold_parts, read_done
@@ -98,6 +98,15 @@ def predict_model(artifacts: Path, name: str, frame: pd.DataFrame, params: dict 
     cache = cache if cache is not None else RunCache()
     total = np.zeros((len(frame), 3))
     dirs = fold_dirs(artifacts, name, params, check_code, cache)
+    runtime = params.get(name, {})
+    if runtime.get("merge_folds"):  # one model from the K folds, one inference pass (e.g. llm.merge_folds)
+        import importlib
+
+        module, func = model_class(name).merger.split(":")
+        merged = getattr(importlib.import_module(module), func)([load_model(d, cache=cache, runtime=runtime)
+                                                                for d in dirs])
+        print(f"[{name}] predicting with the {len(dirs)} folds merged into one model", file=sys.stderr)
+        return np.asarray(merged.predict_proba(frame), dtype=float)
     for d in dirs:
         print(f"[{name}] predicting with {d}", file=sys.stderr)
         model = load_model(d, cache=cache, runtime=params.get(name, {}))

@@ -40,6 +40,8 @@ class BaseModel(ABC):
     #: config keys that change where or in what batches a fitted model runs, not what it learns
     #: (devices, inference budgets): not in its fingerprint, taken from today's params at load
     runtime_keys: ClassVar[tuple[str, ...]] = ()
+    #: "module:function" merging the K fold models into one for a single inference pass (None: not supported)
+    merger: ClassVar[str | None] = None
 
     def __init__(self, config=None, cache: RunCache | None = None, **overrides: Any):
         if config is None or isinstance(config, dict):

