@@ -12,7 +12,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint bench clean gpu-check
+.PHONY: setup repro test test-bundle lint bench clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ lint: setup
 # two workers, whole files each (session fixtures are built once per worker): ~5 min on 2 cores (3 workers: 6.4)
 test: setup
 	python -m pytest -q -n 2 --dist loadfile
+
+# the Kaggle bundle end to end: wheels downloaded (~100 MB), a fresh venv with torch only, pip with no index
+test-bundle: setup
+	ENSEMBLE_BUNDLE_TEST=1 python -m pytest -q tests/test_bundle.py
 
 # GPU-only tests (4-bit on CUDA, bf16, gradient checkpointing, two-GPU sharded inference), not part of
 # `make test`; on a machine without CUDA it prints one line and succeeds.

