@@ -96,8 +96,12 @@ def model_folders(params: dict, models: list[str]) -> tuple[list[str], list[str]
                     raise DataError(f"params {name}.{key}: {value} is an absolute folder, which a bundle cannot "
                                     f"carry to another machine; give it relative to the project root")
                 local.append(value)
-            elif re.fullmatch(r"[\w.-]+/[\w.-]+", value) and _hub_repo(value) is not None:
-                hub.append(value)
+            elif "/" in value or os.sep in value:  # a path or a hub id: it must be found here
+                if re.fullmatch(r"[\w.-]+/[\w.-]+", value) and _hub_repo(value) is not None:
+                    hub.append(value)
+                else:
+                    raise DataError(f"params {name}.{key}: {value} is neither a model folder here nor a hub id in "
+                                    f"the local hub cache, so the bundle cannot carry its weights")
     return sorted(set(local)), sorted(set(hub)), sorted(set(embedded))
 
 
@@ -117,23 +121,56 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _wheels(out: Path, pins: dict[str, str]) -> None:
-    """The project's wheel (built here, offline) and one wheel per pin (pip download: the package index or
-    pip's cache)."""
+def _pip(args: list[str], what: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pip", "-q", *args], capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise DataError(f"pip could not {what} (exit {proc.returncode}): {last}")
+
+
+def _wheels(out: Path, pins: dict[str, str], target: list[str]) -> None:
+    """The project's wheel (built offline from a copy of the package, so no build/ folder lands in the source
+    tree and nothing stale from one gets in) and one wheel per pin (pip download: the package index or pip's
+    cache), for the target's Python and platform when given (`--python-version`, `--platform`)."""
+    import tempfile
+
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(ROOT / "ensemble", src / "ensemble", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, src / name)
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)], "build the project wheel")
     if pins:
-        subprocess.run(pip + ["download", "--no-deps", "--only-binary=:all:", "-d", str(wheels)]
-                       + [f"{n}=={v}" for n, v in pins.items()], check=True)
+        _pip(["download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), *target]
+             + [f"{n}=={v}" for n, v in pins.items()], "download the wheels")
 
 
-def bundle(out: Path, artifacts: Path, params_path: Path, include=(), exclude=(), wheels: bool = True) -> dict:
-    from ensemble.submit import fold_dirs, read_blender
-
+def bundle(out: Path, artifacts: Path, params_path: Path, include=(), exclude=(), wheels: bool = True,
+           target: list[str] | None = None) -> dict:
+    """Checked first, then written into OUT.tmp and renamed: a failure leaves no half-made bundle."""
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out}: exists and is not empty; give a new folder")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manifest = _bundle(tmp, artifacts, params_path, include, exclude, wheels, target or [])
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(manifest["files"].values())
+    print(f"wrote {out}: {len(manifest['files'])} files, {size / 2**20:.1f} MiB ({len(manifest['requirements'])} "
+          f"pinned packages{', wheels included' if wheels else ', no wheels (--no-wheels)'}; models: "
+          f"{', '.join(f'{m} x{k} folds' for m, k in manifest['models'].items())})")
+    return manifest
+
+
+def _bundle(out: Path, artifacts: Path, params_path: Path, include, exclude, wheels: bool, target: list[str]) -> dict:
+    from ensemble.submit import fold_dirs, read_blender
+
     params = load_params(params_path)
     blender = read_blender(artifacts)
     used = blender.used_models()
@@ -154,8 +191,11 @@ def bundle(out: Path, artifacts: Path, params_path: Path, include=(), exclude=()
             _copy(d, art / "models" / name / d.name)
     for folder in local:  # the same relative path under OUT, which predict.py runs from
         _copy(Path(folder), out / folder)
-    for repo in hub:
-        _copy(_hub_repo(repo), out / "hub" / _hub_repo(repo).name)
+    for repo in hub:  # refs and the snapshots' files (the symlinks resolved), not the blobs they point to
+        cached = _hub_repo(repo)
+        for part in ("refs", "snapshots"):
+            if (cached / part).is_dir():
+                _copy(cached / part, out / "hub" / cached.name / part)
     write_text(out / "params.yaml", Path(params_path).read_text(encoding="utf-8"))
     from ensemble.nn.hf import EMBEDDED_PACKAGES
 
@@ -163,26 +203,21 @@ def bundle(out: Path, artifacts: Path, params_path: Path, include=(), exclude=()
     pins = requirement_closure(names, [e for e in DEFAULT_EXCLUDE + tuple(exclude) if e not in include])
     write_text(out / "requirements.txt", "".join(f"{n}=={v}\n" for n, v in pins.items()))
     if wheels:
-        _wheels(out, pins)
+        _wheels(out, pins, target)
     write_text(out / "predict.py", (Path(__file__).parent / "bundle_predict.py").read_text(encoding="utf-8"))
     files = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
-    manifest = {"project": metadata.version("arena-ensemble") if _installed("arena-ensemble") else "0",
-                "requirements": pins, "no_deps": list(NO_DEPS), "models": {m: len(d) for m, d in folds.items()},
-                "hub": bool(hub), "files": files}
+    manifest = {"requirements": pins, "no_deps": list(NO_DEPS), "models": {m: len(d) for m, d in folds.items()},
+                "hub": bool(hub), "built_with": {"python": sys.version.split()[0], "torch": _version("torch"),
+                                                 "target": target}, "files": files}
     write_json(out / "bundle.json", manifest)
-    size = sum(files.values())
-    print(f"wrote {out}: {len(files)} files, {size / 2**20:.1f} MiB ({len(pins)} pinned packages"
-          f"{', wheels included' if wheels else ', no wheels (--no-wheels)'}; models: "
-          f"{', '.join(f'{m} x{len(d)} folds' for m, d in folds.items())})")
     return manifest
 
 
-def _installed(name: str) -> bool:
+def _version(name: str) -> str | None:
     try:
-        metadata.distribution(name)
-        return True
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
-        return False
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,11 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="a new folder")
     ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--include", nargs="*", default=[], help="also ship these packages (e.g. torch)")
-    ap.add_argument("--exclude", nargs="*", default=[], help="packages the target image already has")
+    ap.add_argument("--include", action="append", default=[], metavar="NAME",
+                    help="also ship this package (e.g. torch); repeat for more")
+    ap.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                    help="a package the target image already has; repeat for more")
     ap.add_argument("--no-wheels", action="store_true", help="no wheels (a target that has every package)")
+    ap.add_argument("--python-version", help="the target's Python for the wheels, e.g. 3.11 (default: this one)")
+    ap.add_argument("--platform", help="the target's platform tag, e.g. manylinux2014_x86_64 (default: this one)")
     args = ap.parse_args(argv)
-    bundle(args.out, args.artifacts, args.params, args.include, args.exclude, not args.no_wheels)
+    target = (["--python-version", args.python_version] if args.python_version else []) + (
+        ["--platform", args.platform] if args.platform else [])
+    bundle(args.out, args.artifacts, args.params, args.include, args.exclude, not args.no_wheels, target)
     return 0
 
 

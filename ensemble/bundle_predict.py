@@ -3,8 +3,8 @@
     python predict.py test.csv -o submission.csv [--no-install]
 
 1. every file listed in bundle.json must be there (a missing wheel or fold is one line, exit 2);
-2. the pinned packages the running Python lacks (or has at another version) are installed from wheels/ with
-   `pip install --no-index --find-links wheels --no-deps`: no network, nothing else touched;
+2. the pinned packages the running Python lacks, or has at another version, and the project itself are
+   installed from wheels/ with `pip install --no-index --find-links wheels --no-deps`: no network;
 3. `python -m ensemble.submit` runs from this folder with HF_HUB_OFFLINE=1 (and the bundled hub cache).
 Standard library only until step 3.
 """
@@ -78,8 +78,7 @@ def main() -> int:
         wheels = sorted((HERE / "wheels").glob("*.whl"))
         todo = missing_pins(pins)
         project = [w for w in wheels if canon(w.name.split("-")[0]) == "arena-ensemble"]
-        need_project = not _has("arena-ensemble")
-        if need_project and not project:
+        if not project:
             fail(f"{HERE / 'wheels'}: no arena_ensemble wheel; rebuild the bundle with wheels")
         files_to_install = []
         for name, version in todo.items():
@@ -88,13 +87,19 @@ def main() -> int:
                 fail(f"{HERE / 'wheels'}: no wheel for {name}=={version}, which this Python lacks; rebuild the "
                      f"bundle, or install it by hand")
             files_to_install.append(str(w))
-        files_to_install += [str(project[0])] if need_project else []
-        if files_to_install:
-            print(f"installing {len(files_to_install)} wheel(s) from {HERE / 'wheels'} (offline)", file=sys.stderr)
-            rc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                                 "--find-links", str(HERE / "wheels"), *files_to_install]).returncode
-            if rc:
-                fail(f"pip could not install the bundle's wheels (exit {rc}); see its message above")
+        built = (manifest.get("built_with") or {}).get("torch")
+        if built and _version("torch") and _version("torch").split("+")[0] != built.split("+")[0]:
+            print(f"warning: torch {_version('torch')} here, the bundle was built and tested with torch {built}",
+                  file=sys.stderr)
+        print(f"installing {len(files_to_install) + 1} wheel(s) from {HERE / 'wheels'} (offline; the project's "
+              f"always, so the code is the bundle's)", file=sys.stderr)
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--find-links",
+               str(HERE / "wheels")]
+        for group in ([*files_to_install], ["--force-reinstall", str(project[0])]):
+            if group and group != ["--force-reinstall"]:
+                rc = subprocess.run(pip + group).returncode
+                if rc:
+                    fail(f"pip could not install the bundle's wheels (exit {rc}); see its message above")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     if manifest.get("hub"):
         env["HF_HUB_CACHE"] = str(HERE / "hub")
@@ -103,12 +108,11 @@ def main() -> int:
     return subprocess.run(cmd, cwd=HERE, env=env).returncode
 
 
-def _has(name: str) -> bool:
+def _version(name: str) -> str | None:
     try:
-        metadata.distribution(name)
-        return True
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
-        return False
+        return None
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     first.check_resources([train] + ([test] if test is not None else []))  # refuse before any fold trains
     common = fold_parts(first, train, fold_of)  # computed once: the backbone digest reads its weights
     test_key = fp.frame_digest(test) if test is not None else ""
+    # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
+    predict_settings = {k: getattr(first.config, k) for k in first.prediction_keys if hasattr(first.config, k)}
     last_fold, bias = None, []
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
@@ -96,11 +98,12 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                 tmp_dir.rename(fold_dir)
         if main:
             fold = LazyFold(model, fold_dir, cache, config)
-            valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", key)
+            pred_key = fp.combine({"fold": key, "predict": fp.config_digest(predict_settings)})
+            valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", pred_key)
             oof[va] = valid_pred
             if test is not None:
                 test_sum += _predict_cached(fold, test, fold_dir / "test_pred.npy",
-                                            fp.combine({"fold": key, "test": test_key}))
+                                            fp.combine({"fold": pred_key, "test": test_key}))
             bias.append(position.fold_counts(fold, valid, fold_dir / POSITION_FILE, key))
             write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": parts, "valid_rows": len(va)})
             if "label" in train:

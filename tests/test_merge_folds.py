@@ -76,3 +76,12 @@ def test_merge_folds_refuses_folds_with_other_lora_settings(llm_folds):
     assert "fold model 1's" in str(err.value) and "lora_r" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ModelLoadError, match="no fold models"):
         merge_folds([])
+
+
+def test_merging_k_copies_of_one_fold_gives_that_fold(llm_folds):
+    """The exact part of the merge: K copies of one fold are that fold (rank K*r, alpha K*alpha, deltas
+    averaged exactly). Breaks if the 1/K on B or the alpha scaling is lost."""
+    art, _, test, _ = llm_folds
+    one = load(art / "models" / "llm" / "fold_0")
+    merged = merge_folds([one, load(art / "models" / "llm" / "fold_0"), load(art / "models" / "llm" / "fold_0")])
+    np.testing.assert_allclose(merged.predict_proba(test), one.predict_proba(test), atol=1e-5)

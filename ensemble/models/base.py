@@ -21,7 +21,7 @@ from sklearn.exceptions import NotFittedError
 from ensemble.core.cache import RunCache
 from ensemble.core.calibration import floor_absent_classes
 from ensemble.core.config import from_dict, to_dict
-from ensemble.core.data import SWAP_INDEX, DataError, class_counts, format_counts
+from ensemble.core.data import SWAP_INDEX, DataError, class_counts, format_counts, swap_ab, unswap_proba
 from ensemble.core.io import write_json
 
 CONFIG_FILE = "model.json"
@@ -40,6 +40,9 @@ class BaseModel(ABC):
     #: config keys that change where or in what batches a fitted model runs, not what it learns
     #: (devices, inference budgets): not in its fingerprint, taken from today's params at load
     runtime_keys: ClassVar[tuple[str, ...]] = ()
+    #: run-time keys that change the predictions though not the model (swap TTA's share): not in the
+    #: fingerprint, but in the keys of the OOF runner's cached predictions
+    prediction_keys: ClassVar[tuple[str, ...]] = ("swap_tta_share",)
     #: "module:function" merging the K fold models into one for a single inference pass (None: not supported)
     merger: ClassVar[str | None] = None
 
@@ -85,17 +88,18 @@ class BaseModel(ABC):
 
     def _selective_tta(self, frame: pd.DataFrame, share: float) -> np.ndarray:
         """Swap TTA on the least certain `share` of the battles only (WSDM 2025 1st place ran the swapped pass
-        on the third most uncertain): a single pass on every battle, then the model's own two-pass prediction
-        on the ceil(share * n) whose top probability is lowest. The calibration is the one fitted for two
-        passes. Where a model caches what the first pass computed (the LLM's frozen layers, the dual tower's
-        pooled vectors, LightGBM's features), redoing those rows' first pass costs little."""
+        on the third most uncertain): a single pass on every battle, then a single pass on the swapped copies of
+        the ceil(share * n) whose top probability is lowest, averaged with their first pass: n + share * n
+        passes. The two passes are averaged after the calibration (fitted for two passes), where share 1 (the
+        model's own TTA) averages before it: close, not identical."""
         from ensemble.core.position import single_pass
 
         with single_pass(self):
             proba = np.asarray(self._predict_proba(frame), dtype=np.float64)
-        rows = np.sort(np.argsort(proba.max(axis=1), kind="stable")[: int(np.ceil(share * len(frame)))])
-        if len(rows):
-            proba[rows] = np.asarray(self._predict_proba(frame.iloc[rows].reset_index(drop=True)), dtype=np.float64)
+            rows = np.sort(np.argsort(proba.max(axis=1), kind="stable")[: int(np.ceil(share * len(frame)))])
+            if len(rows):
+                swapped = self._predict_proba(swap_ab(frame.iloc[rows].reset_index(drop=True)))
+                proba[rows] = 0.5 * (proba[rows] + unswap_proba(np.asarray(swapped, dtype=np.float64)))
         return proba
 
     def check_fitted(self, what: str = "predict_proba") -> None:
