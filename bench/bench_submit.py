@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def child(run: str, name: str, test_csv: str, merged: bool) -> dict:
+def child(run: str, name: str, test_csv: str, merged: bool, check_code: bool = True) -> dict:
     """In a fresh process: predict `test_csv` with the run's fold models of `name`."""
     import os
 
@@ -51,7 +51,7 @@ def child(run: str, name: str, test_csv: str, merged: bool) -> dict:
         folds = 1 if merged else len(list((Path(run) / "artifacts" / "models" / name).glob("fold_*")))
         tokens *= folds
     start = time.perf_counter()
-    proba = predict_model(Path(run) / "artifacts", name, frame, params)
+    proba = predict_model(Path(run) / "artifacts", name, frame, params, check_code)
     wall = time.perf_counter() - start
     assert proba.shape == (len(frame), 3)
     scores = {}
@@ -63,10 +63,10 @@ def child(run: str, name: str, test_csv: str, merged: bool) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_child(run: Path, name: str, test_csv: Path, merged: bool) -> dict:
+def run_child(run: Path, name: str, test_csv: Path, merged: bool, check_code: bool) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT)!r}); "
             f"import bench_submit as b; print(json.dumps(b.child({str(run)!r}, {name!r}, {str(test_csv)!r}, "
-            f"{merged!r})))")
+            f"{merged!r}, {check_code!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{name}: child failed:\n{proc.stderr[-3000:]}")
@@ -80,6 +80,7 @@ def main() -> int:
     ap.add_argument("--n-slow", type=int, default=2_000)
     ap.add_argument("--models", nargs="+", default=["lgbm", "dual_tower", "llm"])
     ap.add_argument("--test", type=Path, help="predict this file instead (labelled: log loss and accuracy too)")
+    ap.add_argument("--skip-code-check", action="store_true", help="time fold models trained by other code")
     args = ap.parse_args()
     from bench_lgbm import kaggle_scale_files
 
@@ -101,7 +102,7 @@ def main() -> int:
         for name in args.models:
             for merged in ([False, True] if name == "llm" else [False]):
                 kind = "fast" if name == "lgbm" else "slow"
-                r = run_child(args.run, name, files[kind], merged)
+                r = run_child(args.run, name, files[kind], merged, not args.skip_code_check)
                 scaled = r["wall_s"] * args.n / r["rows"]
                 mark = "" if kind == "fast" or args.test else " (extrapolated)"
                 score = f"{r['log_loss']:>10.4f}{r['accuracy']:>10.4f}" if "log_loss" in r else ""
