@@ -32,6 +32,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from ensemble.bundle_predict import canon, installed_version
 from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import load_params
@@ -50,19 +51,15 @@ DEFAULT_EXCLUDE = ("torch",)
 SKIP_FILES = re.compile(r"(valid|test)_pred\.(npy|key)$|position_bias\.json$")
 
 
-def _canon(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def requirement_closure(names, exclude) -> dict[str, str]:
     """name -> installed version of `names` and everything they require (markers evaluated here), stopping at
     `exclude`. A requirement that is not installed here is skipped: the environment that built the bundle
     runs without it."""
     from packaging.requirements import Requirement
 
-    excluded, out, todo = {_canon(n) for n in exclude}, {}, list(names)
+    excluded, out, todo = {canon(n) for n in exclude}, {}, list(names)
     while todo:
-        name = _canon(todo.pop())
+        name = canon(todo.pop())
         if name in out or name in excluded:
             continue
         try:
@@ -207,17 +204,10 @@ def _bundle(out: Path, artifacts: Path, params_path: Path, include, exclude, whe
     write_text(out / "predict.py", (Path(__file__).parent / "bundle_predict.py").read_text(encoding="utf-8"))
     files = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {"requirements": pins, "no_deps": list(NO_DEPS), "models": {m: len(d) for m, d in folds.items()},
-                "hub": bool(hub), "built_with": {"python": sys.version.split()[0], "torch": _version("torch"),
+                "hub": bool(hub), "built_with": {"python": sys.version.split()[0], "torch": installed_version("torch"),
                                                  "target": target}, "files": files}
     write_json(out / "bundle.json", manifest)
     return manifest
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,16 +40,16 @@ def wheel_for(name: str, version: str, wheels: list[Path]) -> Path | None:
     return None
 
 
+def installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def missing_pins(pins: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for name, version in pins.items():
-        try:
-            if metadata.version(name) == version:
-                continue
-        except metadata.PackageNotFoundError:
-            pass
-        out[name] = version
-    return out
+    """The pins this Python lacks or has at another version."""
+    return {name: version for name, version in pins.items() if installed_version(name) != version}
 
 
 def main() -> int:
@@ -87,32 +87,24 @@ def main() -> int:
                 fail(f"{HERE / 'wheels'}: no wheel for {name}=={version}, which this Python lacks; rebuild the "
                      f"bundle, or install it by hand")
             files_to_install.append(str(w))
-        built = (manifest.get("built_with") or {}).get("torch")
-        if built and _version("torch") and _version("torch").split("+")[0] != built.split("+")[0]:
-            print(f"warning: torch {_version('torch')} here, the bundle was built and tested with torch {built}",
-                  file=sys.stderr)
+        built, here = (manifest.get("built_with") or {}).get("torch"), installed_version("torch")
+        if built and here and here.split("+")[0] != built.split("+")[0]:
+            print(f"warning: torch {here} here, the bundle was built and tested with torch {built}", file=sys.stderr)
         print(f"installing {len(files_to_install) + 1} wheel(s) from {HERE / 'wheels'} (offline; the project's "
               f"always, so the code is the bundle's)", file=sys.stderr)
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--find-links",
                str(HERE / "wheels")]
-        for group in ([*files_to_install], ["--force-reinstall", str(project[0])]):
-            if group and group != ["--force-reinstall"]:
-                rc = subprocess.run(pip + group).returncode
-                if rc:
-                    fail(f"pip could not install the bundle's wheels (exit {rc}); see its message above")
+        installs = ([files_to_install] if files_to_install else []) + [["--force-reinstall", str(project[0])]]
+        for args_ in installs:
+            rc = subprocess.run(pip + args_).returncode
+            if rc:
+                fail(f"pip could not install the bundle's wheels (exit {rc}); see its message above")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
     if manifest.get("hub"):
         env["HF_HUB_CACHE"] = str(HERE / "hub")
     cmd = [sys.executable, "-m", "ensemble.submit", str(args.test.resolve()), "-o", str(args.output.resolve()),
            "--artifacts", "artifacts", "--params", "params.yaml"]
     return subprocess.run(cmd, cwd=HERE, env=env).returncode
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -98,6 +98,32 @@ def tiny_llm(tmp_path_factory) -> str:
     return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
 
 
+def finished_llm_run(root: Path, tiny_llm: str, frame: pd.DataFrame, n_train: int, n_folds: int) -> dict:
+    """A finished LLM run under `root`: the tiny Llama copied to its own folder, LoRA on the top layer from
+    cached frozen states, one device, the code digest pinned; prepared train/test files and folds as submit
+    checks them. Returns art, base, config, train, test, folds."""
+    import shutil
+
+    from ensemble.core.data import save_battles
+    from ensemble.core.folds import make_folds
+    from ensemble.oof import run_oof
+
+    base, art = root / "base", root / "artifacts"
+    shutil.copytree(tiny_llm, base)
+    train = frame.iloc[:n_train].reset_index(drop=True)
+    test = frame.iloc[n_train:].drop(columns="label").assign(id=lambda f: "t" + f["id"]).reset_index(drop=True)
+    save_battles(art / "prepared" / "train.parquet", train)
+    save_battles(art / "prepared" / "test.parquet", test)
+    folds = make_folds(train, n_folds, seed=0)
+    folds.to_parquet(art / "folds.parquet")
+    config = tiny_config(str(base), quantization="none", lora_layers=1, devices=["cpu"], infer_max_tokens=256,
+                         infer_max_rows=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-pinned")
+        run_oof("llm", config, train, folds, art, test=test)
+    return {"art": art, "base": base, "config": config, "train": train, "test": test, "folds": folds}
+
+
 def tiny_config(base: str, **overrides) -> dict:
     config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=96, lora_r=4, lora_alpha=8,
                   lora_dropout=0.0, max_train_rows=0, infer_max_tokens=512, infer_max_rows=8, swap_augment=True,

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import battle_frame, tiny_config
+from conftest import battle_frame, finished_llm_run
 
 from ensemble.core import fingerprint as fp
-from ensemble.core.data import TEXT_COLUMNS, DataError, save_battles
+from ensemble.core.data import TEXT_COLUMNS, DataError
 from ensemble.core.folds import make_folds, prompt_groups, prompt_key
 from ensemble.oof import read_done, run_oof
 
@@ -138,25 +138,8 @@ def test_a_test_text_edit_recomputes_that_test_prediction_while_the_folds_are_re
 
 @pytest.fixture(scope="module")
 def llm_run(tmp_path_factory, tiny_llm, one_torch_thread):
-    """A finished 2-fold LLM run (tiny Llama copied to its own folder, LoRA on the top layer from
-    cached frozen states, one device) with the prepared files and folds submit checks against."""
-    root = tmp_path_factory.mktemp("llm_fingerprint")
-    base = root / "base"
-    shutil.copytree(tiny_llm, base)
-    art = root / "artifacts"
-    frame = battle_frame(30, seed=1)
-    train = frame.iloc[:24].reset_index(drop=True)
-    test = frame.iloc[24:].drop(columns="label").assign(id=lambda f: "t" + f["id"]).reset_index(drop=True)
-    save_battles(art / "prepared" / "train.parquet", train)
-    save_battles(art / "prepared" / "test.parquet", test)
-    folds = make_folds(train, 2, seed=0)
-    folds.to_parquet(art / "folds.parquet")
-    config = tiny_config(str(base), quantization="none", lora_layers=1, devices=["cpu"], infer_max_tokens=256,
-                         infer_max_rows=4)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fp, "code_digest", lambda modules: "code-pinned")
-        run_oof("llm", config, train, folds, art, test=test)
-    return {"art": art, "base": base, "config": config, "train": train, "test": test, "folds": folds}
+    """A finished 2-fold LLM run (conftest.finished_llm_run) with the prepared files and folds submit checks."""
+    return finished_llm_run(tmp_path_factory.mktemp("llm_fingerprint"), tiny_llm, battle_frame(30, seed=1), 24, 2)
 
 
 def test_llm_trained_on_one_device_is_submitted_on_two_without_retraining(llm_run, pinned_code, monkeypatch):

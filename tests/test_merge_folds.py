@@ -1,39 +1,22 @@
 """llm.merge_folds: the K fold models become one (the exact mean of the LoRA deltas, the mean head and
 calibration), submit predicts once; folds with other LoRA settings are refused."""
 
-import shutil
-
 import numpy as np
 import pytest
-from conftest import battle_frame, tiny_config
+from conftest import battle_frame, finished_llm_run
 
-from ensemble.core.data import save_battles
 from ensemble.core.errors import ModelLoadError
-from ensemble.core.folds import make_folds
 from ensemble.models import load
 from ensemble.models.llm.merge import merge_folds
-from ensemble.oof import run_oof
 from ensemble.submit import predict_model
 
 
 @pytest.fixture(scope="module")
 def llm_folds(tmp_path_factory, tiny_llm, one_torch_thread):
-    root = tmp_path_factory.mktemp("merge")
-    base = root / "base"
-    shutil.copytree(tiny_llm, base)
-    art = root / "artifacts"
-    frame = battle_frame(36, seed=4)
-    train = frame.iloc[:30].reset_index(drop=True)
-    test = frame.iloc[30:].drop(columns="label").assign(id=lambda f: "t" + f["id"]).reset_index(drop=True)
-    save_battles(art / "prepared" / "train.parquet", train)
-    folds = make_folds(train, 3, seed=0)
-    folds.to_parquet(art / "folds.parquet")
-    config = tiny_config(str(base), quantization="none", lora_layers=1, devices=["cpu"], infer_max_tokens=256,
-                         infer_max_rows=4)
-    with pytest.MonkeyPatch.context() as mp:
+    run = finished_llm_run(tmp_path_factory.mktemp("merge"), tiny_llm, battle_frame(36, seed=4), 30, 3)
+    with pytest.MonkeyPatch.context() as mp:  # submit checks the folds' code part: the pinned one
         mp.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-pinned")
-        run_oof("llm", config, train, folds, art)
-        yield art, config, test, mp
+        yield run["art"], run["config"], run["test"], mp
 
 
 def _delta(state, a_key):

@@ -24,7 +24,7 @@ from ensemble.blend.crossfit import crossfit
 from ensemble.blend.weights import apply_blend
 from ensemble.core.config import ConfigError, from_dict
 from ensemble.core.data import DataError, load_battles
-from ensemble.core.degenerate import kinds, masks
+from ensemble.core.degenerate import KIND_COLUMN, kinds, masks
 from ensemble.core.folds import attach_folds, prompt_groups
 from ensemble.core.io import write_json, write_parquet
 from ensemble.core.metrics import log_loss, report, row_log_loss
@@ -98,6 +98,7 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
                         f"cross-fitting the blend needs at least 2 (folds.n_splits)")
     check_external_tests(artifacts, models)
     frame = train.reset_index().assign(fold=fold_of)
+    frame[KIND_COLUMN] = kinds(frame)  # once, for every blender fitted below (ensemble.core.degenerate)
 
     def make(name: str):
         return lambda: create_blender(name, models, cfg)

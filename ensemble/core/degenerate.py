@@ -49,9 +49,16 @@ def _text(cell) -> str:
     return "\n".join(t.strip() for t in as_turns(cell)).strip()
 
 
+#: a frame column holding kinds() already (the blend stage adds it once: every blender of every fold and
+#: inner fold then reads it instead of joining the texts again)
+KIND_COLUMN = "degenerate_kind"
+
+
 def kinds(frame: pd.DataFrame) -> np.ndarray:
     """(n,) int: IDENTICAL when A and B are the same text after stripping (two empty answers included),
     A_EMPTY / B_EMPTY when one side is empty in every turn, else NONE."""
+    if KIND_COLUMN in frame:
+        return frame[KIND_COLUMN].to_numpy(dtype=np.int64)
     a = [_text(c) for c in frame["response_a"].tolist()]
     b = [_text(c) for c in frame["response_b"].tolist()]
     out = np.full(len(a), NONE, dtype=np.int64)
@@ -94,7 +101,7 @@ class DegenerateRule:
         """mode auto: keep a kind only where the rule's log loss on these (its own) rows, plus the 2/n nats
         that fitting its two free numbers is worth there, beats `proba`'s (the blend on the same rows)."""
         k, labels = kinds(frame), np.asarray(labels, dtype=np.int64)
-        ruled = self.apply(proba, frame, every_kind=True)
+        ruled = self.apply(proba, frame.assign(**{KIND_COLUMN: k}), every_kind=True)
         for name, rows in masks(k).items():
             n = int(rows.sum())
             self.use[name] = bool(n) and (log_loss(labels[rows], ruled[rows]) + 2.0 / n
