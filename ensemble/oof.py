@@ -24,20 +24,13 @@ from ensemble.core.folds import attach_folds
 from ensemble.core.io import atomic_path, remove_stale_tmp, write_json, write_parquet, write_text
 from ensemble.core.metrics import log_loss, prior_proba
 from ensemble.core.predictions import INPUT_REPORT, TEXTS_ATTR, check_proba, proba_frame
+from ensemble.distill import TEACHER_DIR, Teachers
 from ensemble.models import create, load
 from ensemble.models.base import BaseModel
 from ensemble.nn import distributed as dist
 
 DONE_FILE = "done.json"
 POSITION_FILE = "position_bias.json"  # the fold's single-pass position-bias counts on its valid rows
-
-
-def fold_parts(model: BaseModel, train: pd.DataFrame, fold_of: np.ndarray) -> dict[str, str]:
-    """The named digests every fold's fingerprint combines (with the fold's number); submit compares
-    them one by one to say which changed."""
-    return {"config": fp.config_digest({"model": model.name, "config": model.learned_config()}),
-            "data": fp.frame_digest(train), "folds": fp.array_digest(np.asarray(fold_of, dtype=np.int64)),
-            "code": fp.code_digest([type(model).__module__]), "backbone": model.backbone_identity() or "none"}
 
 
 def read_done(fold_dir: Path) -> dict:
@@ -50,8 +43,11 @@ def read_done(fold_dir: Path) -> dict:
 
 
 def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, artifacts: str | Path,
-            test: pd.DataFrame | None = None, cache: RunCache | None = None) -> dict:
-    """Train one `name` model per fold; write oof/<name>.parquet and test/<name>.parquet."""
+            test: pd.DataFrame | None = None, cache: RunCache | None = None, params: dict | None = None,
+            unlabelled: pd.DataFrame | None = None, teacher_dir: Path = TEACHER_DIR) -> dict:
+    """Train one `name` model per fold; write oof/<name>.parquet and test/<name>.parquet. A student
+    (`distill.teachers` in its config) trains each fold on its teachers' soft labels, and on the
+    pseudo-labelled `unlabelled` battles, from the teachers' sections of `params` (ensemble.distill)."""
     artifacts = Path(artifacts)
     cache = cache if cache is not None else RunCache()  # shared by every fold of this run
     fold_of = attach_folds(train, folds)
@@ -66,8 +62,14 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                                        (("oof", ".parquet"), ("test", ".parquet"), ("timings", ".json"))))
     first = create(name, config, cache=cache)
     first.check_resources([train] + ([test] if test is not None else []))  # refuse before any fold trains
-    common = fold_parts(first, train, fold_of)  # computed once: the backbone digest reads its weights
+    common = fp.model_parts(first, train, fold_of)  # computed once: the backbone digest reads its weights
     test_key = fp.frame_digest(test) if test is not None else ""
+    teachers, distill = None, getattr(first.config, "distill", None)
+    if distill is not None and distill.on:
+        params = {**(params or {}), name: config}
+        teachers = Teachers(name, distill, params, train, fold_of, model_root / "teachers", cache,
+                            unlabelled, teacher_dir, write=main)
+        teachers.save_report()
     # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
     predict_settings = {k: getattr(first.config, k) for k in first.prediction_keys if hasattr(first.config, k)}
     last_fold, bias = None, []
@@ -76,6 +78,9 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         model = first if k == 0 else create(name, config, cache=cache)
         parts = {**common, "fold": str(k)}
+        fit_frame = teachers.fold_frame(k, tr) if teachers else train.iloc[tr].reset_index(drop=True)
+        if teachers:  # the targets and pseudo-labelled battles this fold learns from
+            parts["teachers"] = teachers.fold_digest(fit_frame)
         key = fp.combine(parts)
         # rank 0 decides for every process, before it changes the folder
         reuse = dist.from_main(main and read_done(fold_dir).get("fingerprint") == key)
@@ -86,9 +91,9 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         else:
             if main and fold_dir.exists():
                 shutil.rmtree(fold_dir)
-            progress.log(f"[{name}] fold {k}: training on {len(tr)} rows, validating on {len(va)}")
+            progress.log(f"[{name}] fold {k}: training on {len(fit_frame)} rows, validating on {len(va)}")
             start = time.perf_counter()
-            model.fit(train.iloc[tr].reset_index(drop=True), valid)
+            model.fit(fit_frame, valid)
             timings[k] = time.perf_counter() - start
             if main:
                 tmp_dir = fold_dir.with_name(fold_dir.name + ".tmp")

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ensemble import TARGETS
 from ensemble.blend import BLENDERS, blender_from_json
+from ensemble.core import fingerprint as fp
 from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import from_dict, load_params
@@ -33,7 +34,7 @@ from ensemble.core.predictions import proba_frame, read_test_file
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
 from ensemble.models.base import CONFIG_FILE
-from ensemble.oof import fold_parts, read_done
+from ensemble.oof import read_done
 
 #: what a fingerprint part that changed means, for the message
 CHANGED = {"config": "its params changed", "data": "the training rows (ids, texts or labels) changed",
@@ -66,7 +67,7 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
                         f"(left by a run with more folds); delete them or rerun `dvc repro model@{name}`")
     params = load_params() if params is None else params  # params.yaml of the working directory
     model = create(name, params.get(name, {}), cache=cache)
-    today = fold_parts(model, train, fold_of)
+    today = fp.model_parts(model, train, fold_of)
     learned = json.loads(json.dumps(model.learned_config(), default=str))  # as saved
     for k in range(n):
         done = read_done(found[k])

@@ -51,14 +51,29 @@ def main() -> int:
         print(f"note: the training data {data.train} has no ties ({format_counts(counts)}): the models predict "
               f"P(tie) only at a small floor (about 1/(n+3) for n training rows, {1 / (len(train) + 3):.1g} here)",
               file=sys.stderr)
+    unlabelled = None
+    if data.unlabelled:  # read and checked before anything is written, as the two files above
+        unlabelled = read_battles(data.unlabelled, labels=None, drop_duplicates=False, side_seed=data.side_seed)
+        layout = unlabelled.attrs["report"].layout
+        if "label" in unlabelled:
+            raise DataError(f"{data.unlabelled}: data.unlabelled holds labels (layout {layout!r}"
+                            f"{', which always holds a verdict' if layout != 'kaggle' else ''}); give unlabelled "
+                            f"battles in the kaggle layout without winner_* columns, or add them to data.train")
+        clash = sorted(set(unlabelled["id"]) & set(train["id"]))
+        if clash:
+            raise DataError(f"{data.unlabelled}: {len(clash)} id(s) also in the training file {data.train} "
+                            f"(e.g. {', '.join(clash[:5])}); unlabelled battles need ids of their own")
     save_battles(args.out / "train.parquet", train)
+    if unlabelled is not None:
+        save_battles(args.out / "unlabelled.parquet", unlabelled)
     save_battles(args.out / "test.parquet", test)
     write_json(args.out / "summary.json", {
         "train_rows": len(train), "train_rows_read": train_report.rows_read, "train_layout": train_report.layout,
         "duplicates_dropped": train_report.duplicates_dropped, "raw_cells": train_report.raw_cells,
         "label_counts": list(counts.values()),  # always [A wins, B wins, tie]
         "class_counts": counts, "has_ties": has_ties,
-        "test_rows": len(test), "test_layout": test_report.layout})
+        "test_rows": len(test), "test_layout": test_report.layout,
+        "unlabelled_rows": 0 if unlabelled is None else len(unlabelled)})
     return 0
 
 

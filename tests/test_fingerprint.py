@@ -232,7 +232,7 @@ def test_code_digest_follows_the_files_a_model_imports_and_nothing_else(tmp_path
     digest unchanged; an edit of a file a model imports changes that model's digest, and only its."""
     from ensemble.models import REGISTRY, model_class
 
-    modules = {name: model_class(name).__module__ for name, target in REGISTRY.items()  # what fold_parts hashes
+    modules = {name: model_class(name).__module__ for name, target in REGISTRY.items()  # what model_parts hashes
                if target.startswith("ensemble.")}  # the package's own (not a toy registered by a test)
     assert set(modules) >= {"lgbm", "dual_tower", "llm"}
     real = {name: fp.code_digest([m]) for name, m in modules.items()}

@@ -64,13 +64,16 @@ def calibration_split(frame, frac: float, seed: int) -> tuple[np.ndarray, np.nda
     from sklearn.model_selection import GroupShuffleSplit
 
     from ensemble.core.folds import prompt_groups
+    from ensemble.core.targets import labelled_rows
 
-    groups = prompt_groups(frame)
+    labelled = np.flatnonzero(labelled_rows(frame))  # pseudo-labelled rows always train, never calibrate
+    groups = prompt_groups(frame.iloc[labelled])
     if frac <= 0 or len(np.unique(groups)) < 10:
         return np.arange(len(frame)), np.arange(0)
     split = GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
-    fit_rows, cal_rows = next(split.split(np.zeros(len(frame)), groups=groups))
-    return np.sort(fit_rows), np.sort(cal_rows)
+    _, held = next(split.split(np.zeros(len(labelled)), groups=groups))
+    cal_rows = np.sort(labelled[held])
+    return np.setdiff1d(np.arange(len(frame)), cal_rows), cal_rows
 
 
 def class_prior(labels: np.ndarray, symmetric: bool) -> tuple[float, float, float]:

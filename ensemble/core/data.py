@@ -38,6 +38,9 @@ class DataConfig:
     train: str = "artifacts/demo/demo_train.csv"  # battle file with labels (.csv / .jsonl / .parquet, any layout)
     test: str = "artifacts/demo/demo_test.csv"  # the same; labels optional (prepare drops them)
     side_seed: int = 0  # preference files (chosen/rejected): seed of the per-id coin putting chosen on side A or B
+    # unlabelled battles (any layout without labels, e.g. kaggle columns without winner_*): a distilling
+    # student's pseudo-labels (README, Distillation); "" = none
+    unlabelled: str = ""
 
 
 def class_counts(labels) -> dict[str, int]:
@@ -187,6 +190,8 @@ def swap_ab(frame: pd.DataFrame) -> pd.DataFrame:
     swapped["response_a"], swapped["response_b"] = frame["response_b"], frame["response_a"]
     if "label" in frame:
         swapped["label"] = np.asarray(SWAP_INDEX)[frame["label"].to_numpy()]
+    if "soft_a" in frame:  # a teacher's soft targets (ensemble.core.targets) follow their answers
+        swapped["soft_a"], swapped["soft_b"] = frame["soft_b"], frame["soft_a"]
     return swapped
 
 

@@ -186,3 +186,12 @@ def tensor_digest(named, head: str = "") -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
     return h.hexdigest()
+
+
+def model_parts(model, train: pd.DataFrame, fold_of: np.ndarray) -> dict[str, str]:
+    """The named digests every fold's fingerprint combines (with the fold's number) for a base model
+    (ensemble.models.base) trained on `train` with the folds `fold_of`; submit compares them one by one
+    to say which changed."""
+    return {"config": config_digest({"model": model.name, "config": model.learned_config()}),
+            "data": frame_digest(train), "folds": array_digest(np.asarray(fold_of, dtype=np.int64)),
+            "code": code_digest([type(model).__module__]), "backbone": model.backbone_identity() or "none"}

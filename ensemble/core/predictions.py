@@ -55,6 +55,11 @@ def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *T
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem
         raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    return checked_predictions(frame, path, columns)
+
+
+def checked_predictions(frame: pd.DataFrame, path, columns: tuple[str, ...] = ("id", *TARGETS)) -> pd.DataFrame:
+    """A prediction frame read from `path` (or a block of it), checked, indexed by id."""
     missing = [c for c in columns if c not in frame]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")

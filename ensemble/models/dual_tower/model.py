@@ -25,6 +25,7 @@ from ensemble.core.config import Choice, ConfigError, Range
 from ensemble.core.data import SWAP_INDEX
 from ensemble.core.fingerprint import backbone_digest, tensor_digest
 from ensemble.core.metrics import log_loss
+from ensemble.core.targets import DistillConfig, labelled_rows, training_targets
 from ensemble.models.base import BaseModel
 from ensemble.models.dual_tower.cache import TowerPooler
 from ensemble.models.dual_tower.features import TowerFeatures
@@ -74,7 +75,7 @@ class DualTowerConfig:
     label_smoothing: float = 0.0
     use_features: bool = True
     calib_frac: float = 0.2  # training prompts held out to pick the checkpoint and fit temperature + prior shrinkage
-    swap_augment: bool = True
+    swap_augment: bool | str = True  # true | false | paired: a battle and its swap in the same optimizer step
     swap_tta: bool = True
     swap_tta_share: float = 1.0  # with swap_tta: share of battles (least certain first) given the swapped pass
     head_lr: float = 3e-3
@@ -86,8 +87,9 @@ class DualTowerConfig:
     device: str = "auto"
     cpu_fallback: bool = False
     train: DualTowerTrain = field(default_factory=DualTowerTrain)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.distill)
 
-    constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0),
+    constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0), "swap_augment": Choice(True, False, "paired"),
         "truncation_side": Choice("left", "right"), "pooling": Choice("mean", "cls"),
         "head": Choice("interact", "concat"), "mode": Choice("classification", "ranking"), "max_len": Range(16),
         "prompt_frac": Range(0, 1, True, True), "dropout": Range(0, 1, high_open=True),
@@ -96,6 +98,8 @@ class DualTowerConfig:
         "freeze_layers": Range(-1), "infer_max_tokens": Range(1), "infer_max_rows": Range(1)}
 
     def problems(self):
+        if self.distill.on and self.mode == "ranking":
+            yield "distill", "soft targets need mode: classification (a ranking score has no class probabilities)"
         if self.infer_max_tokens < self.max_len:
             yield "infer_max_tokens", f"{self.infer_max_tokens} is below one tower (max_len = {self.max_len})"
 
@@ -240,17 +244,14 @@ class DualTowerModel(BaseModel):
         if self.config.mode == "classification":
             return F.cross_entropy(out.float(), y, label_smoothing=self.config.label_smoothing)
         d, m = out.float(), self.config.rank_margin
-        loss = torch.where(y == 0, F.relu(m - d), torch.where(y == 1, F.relu(m + d), d * d))
-        return loss.mean()
+        return torch.where(y == 0, F.relu(m - d), torch.where(y == 1, F.relu(m + d), d * d)).mean()
 
     def _collate(self, enc: dict, labels: np.ndarray, pooled: tuple[np.ndarray, np.ndarray] | None = None):
         return partial(collate_towers, enc=enc, labels=labels, pad_id=self.tokenizer.pad_token_id, pooled=pooled)
 
     def _joined(self, pa, pb, feats) -> tuple[torch.Tensor, torch.Tensor]:
         """Head inputs of towers A and B: pooled vectors (+ their features), on the head's device."""
-        net = self.net
-        net.eval()
-        dev = net.head.weight.device
+        net, dev = self.net.eval(), self.net.head.weight.device
         return tuple(net.join(torch.as_tensor(p).to(dev),
                               None if feats is None else torch.as_tensor(feats[:, i]).to(dev))
                      for i, p in enumerate((pa, pb)))
@@ -284,7 +285,7 @@ class DualTowerModel(BaseModel):
         device = self._device()
         # held-out training prompts pick the checkpoint and fit the calibration; `valid` (the fold's
         # OOF rows) is never looked at, so nothing is selected on the rows that score the model
-        prior = class_prior(train["label"].to_numpy(), symmetric=cfg.swap_tta)
+        prior = class_prior(train["label"].to_numpy()[labelled_rows(train)], symmetric=cfg.swap_tta)
         fit_rows, cal_rows = calibration_split(train, cfg.calib_frac, cfg.train.seed)
         held_out = train.iloc[cal_rows].reset_index(drop=True)
         train = train.iloc[fit_rows].reset_index(drop=True)
@@ -302,9 +303,10 @@ class DualTowerModel(BaseModel):
         lengths = np.maximum([len(x) for x in enc["a"]], [len(x) for x in enc["b"]])
         if cfg.swap_augment:
             lengths = np.concatenate([lengths, lengths])
-        sampler = LengthGroupedBatches(lengths, cfg.train.batch_size, cfg.train.seed)
+        paired = cfg.swap_augment == "paired"  # a battle and its swap in one optimizer step
+        sampler = LengthGroupedBatches(lengths, cfg.train.batch_size, cfg.train.seed, paired=paired)
         loader = torch.utils.data.DataLoader(range(len(lengths)), batch_sampler=sampler,
-                                             collate_fn=self._collate(enc, labels, pooled))
+                                             collate_fn=self._collate(enc, training_targets(train), pooled))
 
         held_out_loss, valid = None, held_out  # the held-out log loss the loop selects on
         if len(valid):
@@ -386,12 +388,10 @@ class DualTowerModel(BaseModel):
         trained = load_file(str(path / ENCODER_FILE)) if (path / ENCODER_FILE).is_file() else {}
         expected = {k for k in encoder if not self._stays_frozen(f"encoder.{k}")}
         if set(trained) != expected:  # the trained and the frozen weights together are the whole encoder
-            raise ModelLoadError(f"{path / ENCODER_FILE}: holds {len(trained)} encoder tensors, the config's "
-                                 f"freeze_layers trains {len(expected)} "
-                                 f"(missing {sorted(expected - set(trained))[:3]}, "
+            raise ModelLoadError(f"{path / ENCODER_FILE}: holds {len(trained)} encoder tensors, freeze_layers trains "
+                                 f"{len(expected)} (missing {sorted(expected - set(trained))[:3]}, "
                                  f"unexpected {sorted(set(trained) - expected)[:3]}); retrain the fold (dvc repro)")
-        if trained:
-            self.net.encoder.load_state_dict(trained, strict=False)
+        self.net.encoder.load_state_dict(trained, strict=False)  # {} (frozen encoder): nothing to load
         missing, unexpected = self.net.load_state_dict(load_file(str(path / HEAD_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
         if missing or unexpected:

@@ -19,8 +19,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from ensemble.core.calibration import Calibration, class_prior, fit_calibration
 from ensemble.core.config import AnyOf, Choice, Range
-from ensemble.core.data import SWAP_INDEX, as_turns, swap_ab, unswap_proba
+from ensemble.core.data import as_turns, swap_ab, unswap_proba
 from ensemble.core.features import feature_names, numeric_features
+from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets, weighted_copies
 from ensemble.models.base import BaseModel
 
 
@@ -66,6 +67,7 @@ class LGBMConfig:
     embed_max_len: int = 256  # tokens per text for those embeddings
     n_jobs: int = 2
     seed: int = 42
+    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.distill)
 
     constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0),
         "n_estimators": Range(1), "learning_rate": Range(0, low_open=True), "num_leaves": Range(2),
@@ -183,11 +185,16 @@ class LGBMModel(BaseModel):
             names += [f"p_{t}" for t in self.prompt_vec.get_feature_names_out()]
         return [n.replace(" ", "_") for n in names]
 
-    def _stacked(self, x, x_swapped, y: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
-        """The training matrix: the battles, and below them their A/B swaps when swap_augment."""
-        if not self.config.swap_augment:
-            return x, y
-        return sp.vstack([x, x_swapped], format="csr"), np.concatenate([y, np.asarray(SWAP_INDEX)[y]])
+    def _stacked(self, x, x_swapped, t: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray | None]:
+        """(matrix, labels, weights): the battles, and below them their A/B swaps when swap_augment. Soft
+        targets t (n, 3) (distillation, pseudo-labels) make three weighted copies of that matrix, one per
+        class (ensemble.core.targets.weighted_copies); hard labels need no weights."""
+        if self.config.swap_augment:
+            x, t = sp.vstack([x, x_swapped], format="csr"), np.concatenate([t, swap_targets(t)])
+        if t.ndim == 1:
+            return x, t, None
+        rows, labels, weights = weighted_copies(t)
+        return x[rows], labels, weights
 
     def lgb_params(self) -> dict:
         """LightGBM's params for this config (bench/bench_lgbm_cost.py times rounds with them)."""
@@ -208,44 +215,53 @@ class LGBMModel(BaseModel):
         prior are chosen on held-out training prompts only (inner folds, or one held-out share at scale):
         a fit that learned too little to beat the prior there predicts the prior."""
         c = self.config
-        y = train["label"].to_numpy()
+        y, labelled = train["label"].to_numpy(), labelled_rows(train)
         x, x_swapped = self._matrices(train, c.swap_augment or c.swap_tta, self._fit_vectorizers(train))
-        xa, ya = self._stacked(x, x_swapped, y)
+        xa, ya, wa = self._stacked(x, x_swapped, training_targets(train))
         params, names = self.lgb_params(), self._feature_names()
-        self.calibration = Calibration(prior=class_prior(y, symmetric=c.swap_tta))  # identity until fitted
+        self.calibration = Calibration(prior=class_prior(y[labelled], symmetric=c.swap_tta))  # identity until fitted
         plan = self._inner_plan(train) if c.early_stopping_rounds and c.early_stopping == "inner" else None
         if c.early_stopping_rounds and c.early_stopping == "valid" and valid is not None and len(valid):
             xv, xv_swapped = self._matrices(valid, c.swap_augment)  # "valid": the OOF rows choose (optimistic)
-            dtrain = lgb.Dataset(xa, ya, feature_name=names, free_raw_data=True)
-            dvalid = lgb.Dataset(*self._stacked(xv, xv_swapped, valid["label"].to_numpy()), reference=dtrain)
+            dtrain = lgb.Dataset(xa, ya, weight=wa, feature_name=names, free_raw_data=True)
+            xs, ys, _ = self._stacked(xv, xv_swapped, valid["label"].to_numpy())
+            dvalid = lgb.Dataset(xs, ys, reference=dtrain)
             self.booster = lgb.train(params, dtrain, num_boost_round=c.n_estimators, valid_sets=[dvalid],
                                      callbacks=[lgb.early_stopping(c.early_stopping_rounds, verbose=False)])
             return
         if plan is None:  # no early stopping, or under 10 prompts: all rounds, no calibration
-            self.booster = lgb.train(params, lgb.Dataset(xa, ya, feature_name=names), num_boost_round=c.n_estimators)
+            self.booster = lgb.train(params, lgb.Dataset(xa, ya, weight=wa, feature_name=names),
+                                     num_boost_round=c.n_estimators)
             return
         n, stop = len(train), lgb.early_stopping(c.early_stopping_rounds, verbose=False)
+        m = 2 * n if c.swap_augment else n  # rows of one copy of the training matrix
 
-        def rows(r):  # a row's swapped copy sits n rows below it in the augmented matrix
-            return np.concatenate([r, r + n]) if c.swap_augment else r
+        def rows(r):  # a row's swapped copy sits n rows below it, its class copies m rows apart
+            r = np.concatenate([r, r + n]) if c.swap_augment else r
+            return np.concatenate([r, r + m, r + 2 * m]) if wa is not None else r
+
+        def dataset(r=None, **kw):
+            if r is None:
+                return lgb.Dataset(xa, ya, weight=wa, **kw)
+            r = rows(r)
+            return lgb.Dataset(xa[r], ya[r], weight=None if wa is None else wa[r], **kw)
 
         held_out = np.full((n, 3), np.nan)
         if plan[0] == "folds":  # k inner folds: the mean curve picks the rounds, then a refit on every row
             splits = [(rows(a), rows(b)) for a, b in plan[1]]
-            result = lgb.cv(params, lgb.Dataset(xa, ya, feature_name=names, free_raw_data=False),
+            result = lgb.cv(params, dataset(feature_name=names, free_raw_data=False),
                             num_boost_round=c.n_estimators, folds=splits, callbacks=[stop], return_cvbooster=True)
             cv = result["cvbooster"]
             for booster, (_, b) in zip(cv.boosters, plan[1]):
                 held_out[b] = self._raw(booster, x[b], x_swapped[b] if c.swap_tta else None, cv.best_iteration)
-            self.booster = lgb.train(params, lgb.Dataset(xa, ya, feature_name=names),
-                                     num_boost_round=max(1, cv.best_iteration))
+            self.booster = lgb.train(params, dataset(feature_name=names), num_boost_round=max(1, cv.best_iteration))
         else:  # one held-out share (thousands of prompts): the early-stopped booster is kept, no refit
             fit_rows, stop_rows = plan[1], plan[2]
-            dfit = lgb.Dataset(xa[rows(fit_rows)], ya[rows(fit_rows)], feature_name=names, free_raw_data=True)
-            dstop = lgb.Dataset(xa[rows(stop_rows)], ya[rows(stop_rows)], reference=dfit)
+            dfit = dataset(fit_rows, feature_name=names, free_raw_data=True)
+            dstop = dataset(stop_rows, reference=dfit)
             self.booster = lgb.train(params, dfit, num_boost_round=c.n_estimators, valid_sets=[dstop], callbacks=[stop])
             held_out[stop_rows] = self._raw(self.booster, x[stop_rows], x_swapped[stop_rows] if c.swap_tta else None)
-        seen = ~np.isnan(held_out[:, 0])
+        seen = ~np.isnan(held_out[:, 0]) & labelled  # pseudo-labels never fit the calibration
         self.calibration = fit_calibration(held_out[seen], y[seen], self.calibration.prior)
 
     def _inner_plan(self, train: pd.DataFrame):

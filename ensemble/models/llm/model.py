@@ -23,9 +23,10 @@ from torch import nn
 
 from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
 from ensemble.core.config import Choice, Each, Range, as_list
-from ensemble.core.data import SWAP_INDEX, unswap_proba
+from ensemble.core.data import unswap_proba
 from ensemble.core.fingerprint import backbone_digest
 from ensemble.core.folds import prompt_groups
+from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets
 from ensemble.models.base import BaseModel
 from ensemble.models.llm.backbone import (
     DEFAULT_BASE,
@@ -42,7 +43,7 @@ from ensemble.models.llm.backbone import (
 )
 from ensemble.models.llm.battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
 from ensemble.models.llm.probe import fit_linear_probe
-from ensemble.nn.batching import collate_battles
+from ensemble.nn.batching import collate_battles, shuffled_loader
 from ensemble.nn.distributed import train_device
 from ensemble.nn.hf import ModelLoadError, load_tokenizer, set_seed, token_budget_batches
 from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
@@ -90,7 +91,7 @@ class LLMConfig:
     layout: str = "plain"  # plain ("User prompt / Model A / Model B" + question) | chat (chat template)
     turns: str = "interleaved"  # interleaved (prompt, A, B per turn) | grouped (all prompt, all A, all B)
     truncation_side: str = "left"  # left keeps the end of long conversations, right the start
-    swap_augment: bool = False  # train on each battle and its A/B swap (doubles the frozen pass)
+    swap_augment: bool | str = False  # train on each battle and its swap (doubles the frozen pass); paired: in one step
     swap_tta: bool = False  # average with the unswapped prediction of the swapped battle (doubles inference)
     swap_tta_share: float = 1.0  # with swap_tta: share of battles (least certain first) given the swapped pass
     merge_folds: bool = False  # submit: one model from the folds' mean LoRA delta and head (merge.py), one pass
@@ -102,8 +103,9 @@ class LLMConfig:
     cache_max_gib: float = 0.0  # lora_layers > 0: RAM the frozen layers' states may take (0 = half of the machine's)
     cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.distill)
 
-    constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0),
+    constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0), "swap_augment": Choice(True, False, "paired"),
         "quantization": Choice("4bit", "8bit", "none"), "compute_dtype": Choice("auto", "fp32", "bf16", "fp16"),
         "layout": Choice("plain", "chat"), "turns": Choice("interleaved", "grouped"),
         "truncation_side": Choice("left", "right"), "pooling": Choice(*POOLED_WIDTH),
@@ -302,14 +304,14 @@ class LLMModel(BaseModel):
         self._replicas.clear()
         self.adapter_state, self.calibration = None, Calibration()
         labels_all = train["label"].to_numpy(dtype=np.int64)
-        prior = class_prior(labels_all, symmetric=cfg.swap_tta)
+        prior = class_prior(labels_all[labelled_rows(train)], symmetric=cfg.swap_tta)
         fit_rows, cal_rows = calibration_split(train, cfg.calib_frac, cfg.train.seed)
         fit = train.iloc[fit_rows].reset_index(drop=True)
         enc = encoder.encode_frame(fit, swapped=cfg.swap_augment)
-        labels = labels_all[fit_rows]
+        labels = training_targets(train)[fit_rows]  # (n,) labels, or (n, 3) soft targets (distillation)
         groups = prompt_groups(fit)
         ids, tags = enc.ids + (enc.swap_ids or []), enc.tags + (enc.swap_tags or [])
-        y = np.concatenate([labels, np.asarray(SWAP_INDEX)[labels]]) if enc.swap_ids is not None else labels
+        y = np.concatenate([labels, swap_targets(labels)]) if enc.swap_ids is not None else labels
         g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
         net = self._build_replica(device, training=True)
         self.base_digest = self.backbone_identity()
@@ -331,10 +333,8 @@ class LLMModel(BaseModel):
         hidden = cache.hidden(keys) if net.start else None
         pad_id, result = self.tokenizer.pad_token_id, None
         if cfg.train.epochs > 0 and len(items):
-            loader = torch.utils.data.DataLoader(
-                items.tolist(), batch_size=cfg.train.batch_size, shuffle=True,
-                generator=torch.Generator().manual_seed(cfg.train.seed),
-                collate_fn=lambda idx: collate_battles(idx, ids, tags, pad_id, hidden, y))
+            loader = shuffled_loader(items, cfg.train.batch_size, cfg.train.seed, cfg.swap_augment == "paired",
+                                     lambda idx: collate_battles(idx, ids, tags, pad_id, hidden, y))
 
             def loss_fn(m, batch) -> torch.Tensor:
                 logits = m(batch["attention_mask"], batch["tags"], batch.get("input_ids"), batch.get("hidden"))

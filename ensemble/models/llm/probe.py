@@ -25,31 +25,47 @@ class LinearProbe:
 
 def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, seed: int = 0,
                      n_splits: int = 3) -> LinearProbe:
-    """Standardise, then L2 logistic regression with C chosen by prompt-grouped inner CV (log loss)."""
+    """Standardise, then L2 logistic regression with C chosen by prompt-grouped inner CV (log loss).
+    `y`: (n,) labels, or (n, 3) soft targets (distillation), fitted as three weighted copies of each row
+    (ensemble.core.targets.weighted_copies) and scored by their cross-entropy."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
     from sklearn.preprocessing import StandardScaler
 
+    from ensemble.core.targets import weighted_copies
+
     x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.int64)
+    y = np.asarray(y)
+    soft = y.ndim == 2
     scaler = StandardScaler().fit(x)
     z = scaler.transform(x)
+    n = len(z)
+
+    def fit(c, rows):
+        if not soft:
+            return LogisticRegression(C=c, max_iter=1000).fit(z[rows], y[rows].astype(np.int64))
+        copy, labels, weights = weighted_copies(y[rows])
+        return LogisticRegression(C=c, max_iter=1000).fit(z[rows][copy], labels, sample_weight=weights)
+
     Cs = [float(c) for c in Cs]
     n_groups = len(np.unique(groups))
     best_c, best = Cs[0], np.inf
     if len(Cs) > 1 and n_groups >= n_splits:
-        splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(z, y, groups))
+        splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(z, groups=groups))
         for c in Cs:
-            proba = np.zeros((len(y), 3))
+            proba = np.zeros((n, 3))
             for tr, va in splits:
-                clf = LogisticRegression(C=c, max_iter=1000).fit(z[tr], y[tr])
-                proba[va] = proba3(clf, z[va])
-            score = log_loss(y, proba)
+                proba[va] = proba3(fit(c, tr), z[va])
+            score = soft_log_loss(y, proba) if soft else log_loss(y, proba)
             if score < best:
                 best_c, best = c, score
-    clf = LogisticRegression(C=best_c, max_iter=1000).fit(z, y)
+    clf = fit(best_c, np.arange(n))
     coef, intercept = logistic_coef3(clf)  # two classes (no ties) too: one row of logits, not a constant head
     weight = coef / scaler.scale_
     bias = intercept - weight @ scaler.mean_
     return LinearProbe(weight=weight, bias=bias, C=best_c, cv_log_loss=float(best))
 
+
+def soft_log_loss(targets: np.ndarray, proba: np.ndarray) -> float:
+    """Mean cross-entropy of probabilities against soft targets (n, 3)."""
+    return float(-(targets * np.log(np.clip(proba, 1e-15, 1.0))).sum(axis=1).mean())
