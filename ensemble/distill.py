@@ -99,6 +99,11 @@ class Teachers:
         n, k_all = len(self.train), range(self.n_folds)
         need_folds = self.cfg.mode == "leaky" or self.unlabelled is not None
         fold_fits = {k: self._fit(name, k, None) for k in k_all} if need_folds else {}
+        pseudo = [fold_fits[k][1] for k in k_all] if self.unlabelled is not None else None
+        if self.cfg.weight == 0 and len(self.cfg.teachers) == 1:  # labels kept, no soft label to fit: pseudo only
+            # (several teachers still need their nested predictions: the blend weights are fitted on them)
+            onehot = np.eye(3)[self.labels]
+            return [np.where((self.fold_of == k)[:, None], np.nan, onehot) for k in k_all], pseudo
         soft = []
         for k in k_all:
             out = np.full((n, 3), np.nan)
@@ -108,7 +113,6 @@ class Teachers:
                 rows = self.fold_of == j
                 out[rows] = (fold_fits[j][0] if self.cfg.mode == "leaky" else self._fit(name, k, j)[0])
             soft.append(out)
-        pseudo = [fold_fits[k][1] for k in k_all] if self.unlabelled is not None else None
         return soft, pseudo
 
     def _fit(self, name: str, k: int, j: int | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -429,7 +429,7 @@ def test_training_twins_are_the_swapped_battles_and_a_broken_mapping_is_caught(t
     """collate_towers' item n + i (the swap-augmented twin of battle i) must be exactly what battle i
     swapped (swap_ab: towers, per-side features and label exchanged) collates to as item i, for token
     batches and for cached pooled vectors; with its label mapping broken (identity) it is not."""
-    import ensemble.nn.batching as batching
+    import ensemble.core.targets as targets
     from ensemble.models.dual_tower.features import TowerFeatures
 
     frame = _frame(10, 3)
@@ -454,5 +454,5 @@ def test_training_twins_are_the_swapped_battles_and_a_broken_mapping_is_caught(t
         return True
 
     assert twins_match()
-    monkeypatch.setattr(batching, "SWAP_INDEX", [0, 1, 2])
+    monkeypatch.setattr(targets, "SWAP_INDEX", [0, 1, 2])  # the twins' labels (swap_targets)
     assert not twins_match()

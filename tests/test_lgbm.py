@@ -104,6 +104,7 @@ def test_lgbm_swap_mappings_have_negative_controls(monkeypatch):
     battles, so A and B wins can no longer be told apart."""
     from conftest import marker_frame
 
+    import ensemble.core.targets as targets
     import ensemble.models.lgbm.model as lgbm_module
 
     words = "the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code".split()
@@ -128,5 +129,5 @@ def test_lgbm_swap_mappings_have_negative_controls(monkeypatch):
         return float((p[:, :2].argmax(axis=1) == test["label"].to_numpy()[decisive]).mean())
 
     assert a_vs_b_accuracy() >= 0.95
-    monkeypatch.setattr(lgbm_module, "SWAP_INDEX", [0, 1, 2])
+    monkeypatch.setattr(targets, "SWAP_INDEX", [0, 1, 2])  # the training twins' labels (swap_targets)
     assert a_vs_b_accuracy() <= 0.75

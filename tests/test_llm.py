@@ -213,9 +213,9 @@ def test_llm_learns_a_planted_marker_through_run_oof(tiny_llm, tmp_path):
 def test_llm_learning_test_fails_with_a_broken_swap_mapping(tiny_llm, tmp_path, monkeypatch):
     """The test above can fail: with the A/B swap label mapping broken (identity), the swapped twins
     teach the opposite of the originals and the model is back at the prior."""
-    import ensemble.models.llm.model as llm
+    import ensemble.core.targets as targets
 
-    monkeypatch.setattr(llm, "SWAP_INDEX", [0, 1, 2])
+    monkeypatch.setattr(targets, "SWAP_INDEX", [0, 1, 2])  # the training twins' labels (swap_targets)
     frame = marker_frame(240, sorted(set(" ".join(CORPUS[:2]).split())), "alpha")
     oof, prior = oof_log_loss("llm", _learning_config(tiny_llm), frame, tmp_path)
     assert oof > 0.8 * prior, f"broken swap mapping still scored {oof:.4f} vs prior {prior:.4f}"
@@ -302,7 +302,8 @@ def test_missing_cuda_device(fitted):
     ({"quantization": "3bit"}, "llm.quantization"), ({"layout": "xml"}, "llm.layout"),
     ({"max_len": 4}, "llm.max_len"), ({"prompt_frac": 1.5}, "llm.prompt_frac"),
     ({"devices": []}, "llm.devices"), ({"nonsense": 1}, "unknown key"),
-    ({"swap_augment": "false"}, "llm.swap_augment.*true or false"),
+    ({"swap_tta": "false"}, "llm.swap_tta.*true or false"),
+    ({"swap_augment": "false"}, "llm.swap_augment: 'false' is not allowed; expected one of true, false, paired"),
     ({"lora_layers": 9, "num_layers": 4}, "llm.lora_layers"),
     ({"num_layers": -1}, "llm.num_layers"), ({"probe_c": [0.1, -1]}, "llm.probe_c"),
     ({"calib_frac": 1.5}, "llm.calib_frac"),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
      r"llm\.train\.scheduler: 'linaer' is not allowed; expected one of linear, cosine"),
     ("dual_tower", {"train": {"precision": "fp8"}},
      r"dual_tower\.train\.precision: 'fp8' is not allowed; expected one of auto"),
-    ("llm", {"swap_augment": "false"}, r"llm\.swap_augment: 'false' \(str\) must be true or false"),
+    ("llm", {"swap_tta": "false"}, r"llm\.swap_tta: 'false' \(str\) must be true or false"),
     ("lgbm", {"n_estimators": "many"}, r"lgbm\.n_estimators: 'many' \(str\) must be a whole number"),
     ("lgbm", {"learning_rate": 0}, r"lgbm\.learning_rate: 0.0 is not allowed; expected a number > 0"),
     ("lgbm", {"vectorizer": {"ngram_max": 0}}, r"lgbm\.vectorizer\.ngram_max: 0 is not allowed"),

@@ -44,8 +44,8 @@ class Choice:
     def allows(self, value: Any) -> bool:
         return value in self.options
 
-    def __str__(self) -> str:
-        return "one of " + ", ".join(map(str, self.options))
+    def __str__(self) -> str:  # as written in params.yaml: true / false, not Python's True / False
+        return "one of " + ", ".join(str(o).lower() if isinstance(o, bool) else str(o) for o in self.options)
 
 
 class Range:
