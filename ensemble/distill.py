@@ -87,7 +87,10 @@ class Teachers:
         self.n_folds = int(fold_of.max()) + 1
         self.unlabelled = unlabelled if unlabelled is not None and len(unlabelled) and cfg.pseudo else None
         self.labels, self._parts = train["label"].to_numpy(dtype=np.int64), {}
-        per_teacher = [self._predictions(name) for name in cfg.teachers]
+        # teachers from elsewhere first: their files are checked before any teacher is fitted here
+        order = sorted(cfg.teachers, key=is_registered)
+        found = {name: self._predictions(name) for name in order}
+        per_teacher = [found[name] for name in cfg.teachers]
         self.soft, self.pseudo_soft = self._blend(per_teacher)  # [k] -> (n, 3) (NaN on fold k), (u, 3)
         self.pseudo_fold = self._pseudo_folds() if self.unlabelled is not None else None
 
@@ -122,7 +125,9 @@ class Teachers:
         used = (self.fold_of != k) & (self.fold_of != (k if j is None else j))
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
         if name not in self._parts:  # once per teacher: the backbone digest reads its weights
-            self._parts[name] = fp.model_parts(teacher, self.train, self.fold_of)
+            predict = {p: getattr(teacher.config, p) for p in teacher.prediction_keys if hasattr(teacher.config, p)}
+            self._parts[name] = {**fp.model_parts(teacher, self.train, self.fold_of),
+                                 "predict": fp.config_digest(predict)}  # e.g. swap_tta_share: other predictions
         parts = {**self._parts[name], "fit": f"without folds {k},{j}"}
         predict_u = j is None and self.unlabelled is not None
         if predict_u:
@@ -136,10 +141,11 @@ class Teachers:
         what = f"fold {k} model" if j is None else f"nested fit for fold {k} on rows outside folds {k} and {j}"
         progress.log(f"[{self.student}] teacher {name}: {what}, {int(used.sum())} training rows")
         train = self.train[used].reset_index(drop=True)
-        teacher.fit(train, self.train[held].reset_index(drop=True))
+        teacher.fit(train)  # no valid rows: nothing the teacher chooses may look at the rows it labels
         held_pred = np.asarray(teacher.predict_proba(self.train[held].reset_index(drop=True)), dtype=np.float64)
         u_pred = np.asarray(teacher.predict_proba(self.unlabelled), dtype=np.float64) if predict_u else None
         if self.write:
+            meta.unlink(missing_ok=True)  # the key goes last: a crash between the two writes leaves no valid pair
             arrays = {"held": held_pred, **({"unlabelled": u_pred} if predict_u else {})}
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
@@ -153,7 +159,9 @@ class Teachers:
         folder = self.teacher_dir / name
         soft = []
         if self.cfg.mode == "leaky":
-            oof = read_predictions(folder / FILES["leaky"], name).reindex(ids)
+            oof = read_predictions(folder / FILES["leaky"], name)
+            _require(oof.index.difference(ids), folder / FILES["leaky"], "rows for id(s) that are not training ids:")
+            oof = oof.reindex(ids)
             _require(ids[oof[TARGETS[0]].isna()], folder / FILES["leaky"], "no row for training id(s)")
             full = oof[list(TARGETS)].to_numpy(dtype=np.float64)
             for k in range(self.n_folds):
@@ -161,8 +169,12 @@ class Teachers:
         else:
             path = folder / FILES["nested"]
             nested = _read_keyed(path, name, "outer_fold")
+            _require(pd.Index(sorted(set(nested) - set(range(self.n_folds)))), path,
+                     f"outer_fold values beyond the {self.n_folds} folds of the project:")
             for k in range(self.n_folds):
-                part = nested.get(k, pd.DataFrame(columns=TARGETS)).reindex(ids)
+                block = nested.get(k, pd.DataFrame(columns=TARGETS))
+                _require(block.index.difference(ids), path, f"outer_fold {k}: id(s) that are not training ids:")
+                part = block.reindex(ids)
                 outside = self.fold_of != k
                 seen = part[TARGETS[0]].notna().to_numpy()
                 _require(ids[outside & ~seen], path, f"outer_fold {k}: no row for training id(s)")
@@ -175,7 +187,9 @@ class Teachers:
             per_fold = _read_keyed(path, name, "fold")
             pseudo = []
             for k in range(self.n_folds):
-                part = per_fold.get(k, pd.DataFrame(columns=TARGETS)).reindex(u_ids)
+                block = per_fold.get(k, pd.DataFrame(columns=TARGETS))
+                _require(block.index.difference(u_ids), path, f"fold {k}: id(s) that are not unlabelled ids:")
+                part = block.reindex(u_ids)
                 _require(u_ids[part[TARGETS[0]].isna().to_numpy()], path, f"fold {k}: no row for unlabelled id(s)")
                 pseudo.append(part[list(TARGETS)].to_numpy(dtype=np.float64))
         return soft, pseudo

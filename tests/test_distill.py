@@ -264,6 +264,31 @@ def test_distill_bad_teachers_are_refused_before_training(tmp_path):
     write_nested(tmp_path / "ext", frame.iloc[5:], fold_of[5:], oracle(frame.iloc[5:]))
     with pytest.raises(DataError, match="no row for training id"):
         Teachers("lgbm", cfg, {}, frame, fold_of, tmp_path / "cache", teacher_dir=tmp_path)
+    stranger = frame.assign(id=[f"s{i}" if i == 0 else v for i, v in enumerate(frame["id"])])
+    write_nested(tmp_path / "ext", pd.concat([frame, stranger.iloc[:1]]), np.append(fold_of, fold_of[0]),
+                 oracle(pd.concat([frame, stranger.iloc[:1]])))
+    with pytest.raises(DataError, match="id\\(s\\) that are not training ids: s0"):
+        Teachers("lgbm", cfg, {}, frame, fold_of, tmp_path / "cache", teacher_dir=tmp_path)
+
+
+def test_pseudo_rows_never_calibrate_and_those_asking_a_held_out_prompt_do_not_train():
+    """calibration_split with pseudo rows: the held-out rows are labelled ones; a pseudo row whose prompt is
+    held out is in neither part (its teacher saw that prompt's labels); without pseudo rows the split is the
+    plain prompt-grouped one (control: the same rows as a frame without the column)."""
+    from ensemble.core.calibration import calibration_split
+
+    frame, _ = noisy_frame(120)
+    fit0, cal0 = calibration_split(frame, 0.25, 0)
+    pseudo = frame.assign(pseudo=False)
+    np.testing.assert_array_equal(calibration_split(pseudo, 0.25, 0)[1], cal0)
+    extra = frame.iloc[::3].assign(pseudo=True, id=lambda f: "p" + f["id"])
+    both = pd.concat([pseudo, extra], ignore_index=True)
+    fit, cal = calibration_split(both, 0.25, 0)
+    np.testing.assert_array_equal(cal, cal0)
+    held_prompts = set(both["prompt"].iloc[cal].map(tuple))
+    asks_held = both["prompt"].map(tuple).isin(held_prompts).to_numpy()
+    assert not both["pseudo"].to_numpy()[cal].any()
+    assert set(fit) == set(np.flatnonzero(~asks_held)) and (asks_held & both["pseudo"].to_numpy()).any()
 
 
 def _prepare(tmp_path, unlabelled):

@@ -66,14 +66,16 @@ def calibration_split(frame, frac: float, seed: int) -> tuple[np.ndarray, np.nda
     from ensemble.core.folds import prompt_groups
     from ensemble.core.targets import labelled_rows
 
-    labelled = np.flatnonzero(labelled_rows(frame))  # pseudo-labelled rows always train, never calibrate
-    groups = prompt_groups(frame.iloc[labelled])
-    if frac <= 0 or len(np.unique(groups)) < 10:
+    # pseudo-labelled rows never calibrate; one asking a held-out prompt neither calibrates nor trains (its
+    # teacher saw that prompt's labels, so training on it would flatter the held-out score)
+    groups = prompt_groups(frame)
+    labelled = np.flatnonzero(labelled_rows(frame))
+    if frac <= 0 or len(np.unique(groups[labelled])) < 10:
         return np.arange(len(frame)), np.arange(0)
     split = GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
-    _, held = next(split.split(np.zeros(len(labelled)), groups=groups))
-    cal_rows = np.sort(labelled[held])
-    return np.setdiff1d(np.arange(len(frame)), cal_rows), cal_rows
+    _, held = next(split.split(np.zeros(len(labelled)), groups=groups[labelled]))
+    held_out = np.isin(groups, groups[labelled][held])
+    return np.flatnonzero(~held_out), np.flatnonzero(held_out & labelled_rows(frame))
 
 
 def class_prior(labels: np.ndarray, symmetric: bool) -> tuple[float, float, float]:

@@ -3,8 +3,16 @@
 A training frame may carry three extra columns, `soft_a`, `soft_b`, `soft_tie` (a probability vector
 per battle), and a boolean `pseudo` column (an unlabelled battle whose `label` is only its teacher's
 argmax). The OOF runner writes them (ensemble.distill); a model reads them through `training_targets`,
-so a frame without them trains exactly as before. Pseudo rows never choose anything: calibration,
-checkpoints and early stopping are fitted on labelled rows only (`labelled_rows`).
+so a frame without them trains exactly as before. Pseudo rows never calibrate: the held-out split that
+fits calibrations and picks checkpoints holds labelled rows only (`labelled_rows`), and a pseudo row asking
+a held-out prompt is left out. What is chosen inside the training rows by their training loss (LightGBM's
+early-stopping round, the LLM probe's C) is chosen on the targets, soft ones included: all of it inside
+the fold's training part, never on its valid rows.
+
+The temperature sharpens or softens the teacher's targets only (the student's logits are not divided by
+T, and there is no T^2 factor): with T > 1 the student learns softer targets, and its calibration, fitted
+on held-out labelled rows, corrects what it can. The margin filter reads the teacher's probabilities
+before the temperature.
 
 The mix of label and teacher is the usual distillation loss: (1 - w) * CE(label) + w * KL(teacher_T ||
 student) has, up to a constant, the gradient of one cross-entropy toward q = (1 - w) * onehot(label) +

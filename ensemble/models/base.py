@@ -108,8 +108,12 @@ class BaseModel(ABC):
             raise NotFittedError(f"{self.name}: {what} before fit or load")
 
     def learned_config(self) -> dict:
-        """The config without its run-time keys: what the fingerprint and submit's check compare."""
-        return {k: v for k, v in to_dict(self.config).items() if k not in self.runtime_keys}
+        """The config without its run-time keys: what the fingerprint and submit's check compare. An unused
+        `distill` subsection (no teachers) is left out: it changes nothing the model learns."""
+        config = {k: v for k, v in to_dict(self.config).items() if k not in self.runtime_keys}
+        if not (config.get("distill") or {}).get("teachers"):
+            config.pop("distill", None)
+        return config
 
     def backbone_identity(self) -> str | None:
         """Digest of the pretrained weights a fit starts from (None: no backbone)."""
