@@ -114,7 +114,8 @@ def main() -> int:
         losses = row_log_loss(labels, proba)
         base = baseline.setdefault((student, which), losses)
         ci = paired_diff_ci(losses, base, prompt_groups(train), 1000, args.seed) if base is not losses else None
-        row = {"student": student, "setting": setting, "rows": len(train), "oof_logloss": round(log_loss(labels, proba), 4),
+        row = {"student": student, "setting": setting, "rows": len(train),
+               "oof_logloss": round(log_loss(labels, proba), 4),
                "accuracy": round(float((proba.argmax(1) == labels).mean()), 4),
                "prior_logloss": round(log_loss(labels, prior), 4),
                "vs_alone": round(float(losses.mean() - base.mean()), 4) if ci else None, "vs_alone_ci": ci,
@@ -143,7 +144,8 @@ def main() -> int:
     print(f"{'student':<11}{'setting':<32}{'rows':>5}{'log loss':>9}{'acc':>7}{'prior':>8}{'vs alone [95% CI]':>26}"
           f"{'s':>7}")
     for r in rows:
-        vs = f"{r['vs_alone']:+.4f} [{r['vs_alone_ci'][0]:+.3f}, {r['vs_alone_ci'][1]:+.3f}]" if r["vs_alone_ci"] else ""
+        ci = r["vs_alone_ci"]
+        vs = f"{r['vs_alone']:+.4f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
         print(f"{r['student']:<11}{r['setting']:<32}{r['rows']:>5}{r['oof_logloss']:>9.4f}{r['accuracy']:>7.3f}"
               f"{r['prior_logloss']:>8.4f}{vs:>26}{r['seconds']:>7.1f}")
     if args.json:
