@@ -71,7 +71,7 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
     learned = json.loads(json.dumps(model.learned_config(), default=str))  # as saved
     for k in range(n):
         done = read_done(found[k])
-        saved = {key: v for key, v in _saved_config(found[k]).items() if key not in model.runtime_keys}
+        saved = model.learned_view(_saved_config(found[k]))
         changed_keys = sorted(key for key in set(learned) | set(saved) if learned.get(key) != saved.get(key))
         parts = [p for p in ("config", "data", "folds", "code", "backbone")
                  if (check_code or p != "code") and done.get("parts", {}).get(p) != today[p]]

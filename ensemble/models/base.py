@@ -108,9 +108,13 @@ class BaseModel(ABC):
             raise NotFittedError(f"{self.name}: {what} before fit or load")
 
     def learned_config(self) -> dict:
-        """The config without its run-time keys: what the fingerprint and submit's check compare. An unused
-        `distill` subsection (no teachers) is left out: it changes nothing the model learns."""
-        config = {k: v for k, v in to_dict(self.config).items() if k not in self.runtime_keys}
+        """The config without its run-time keys: what the fingerprint and submit's check compare."""
+        return self.learned_view(to_dict(self.config))
+
+    def learned_view(self, config: dict) -> dict:
+        """A config mapping (this model's, or one saved with a fold) as the fingerprint sees it: no run-time
+        keys, and no unused `distill` subsection (no teachers: it changes nothing the model learns)."""
+        config = {k: v for k, v in config.items() if k not in self.runtime_keys}
         if not (config.get("distill") or {}).get("teachers"):
             config.pop("distill", None)
         return config
