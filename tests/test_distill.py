@@ -321,3 +321,31 @@ def test_prepare_checks_the_unlabelled_file(tmp_path, case):
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert str(path) in errors[0] and ("holds labels" if case == "labels" else "also in the training file") in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_teachers_stage_changes_a_students_file_when_its_teacher_changes_and_no_other(tmp_path):
+    """stages/teachers.py: dual_tower distils from lgbm; an lgbm edit changes dual_tower's file (its DVC dep)
+    and leaves lgbm's and llm's unchanged; a bad teacher is one line and exit 2."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["dual_tower"]["distill"]["teachers"] = ["lgbm"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def run() -> tuple[subprocess.CompletedProcess, dict]:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        proc = subprocess.run([sys.executable, str(ROOT / "stages" / "teachers.py"), "out", "--teachers", "none"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True)
+        files = {p.stem: p.read_text() for p in (tmp_path / "out").glob("*.json")}
+        return proc, files
+
+    proc, first = run()
+    assert proc.returncode == 0, proc.stderr
+    params["lgbm"]["num_leaves"] = 7
+    _, second = run()
+    assert second["dual_tower"] != first["dual_tower"]
+    assert second["lgbm"] == first["lgbm"] and second["llm"] == first["llm"]
+    params["dual_tower"]["distill"]["teachers"] = ["nobody"]
+    proc, _ = run()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "'nobody' is not a registered model" in errors[0]
