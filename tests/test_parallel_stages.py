@@ -81,4 +81,4 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
 
     again = run([sys.executable, "-m", "ensemble.parallel_stages", "lgbm", "dual_tower"], parallel).stdout
     assert "Stage 'model@lgbm' didn't change, skipping" in again and "Running stage" not in again
-    print(f"\nsequential dvc repro {seq_s:.1f} s, parallel_stages (up to 20 s of it waiting for the lock) {par_s:.1f} s")
+    print(f"\nsequential dvc repro {seq_s:.1f} s, parallel_stages (up to 20 s waiting for the lock) {par_s:.1f} s")
