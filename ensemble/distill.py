@@ -125,9 +125,8 @@ class Teachers:
         used = (self.fold_of != k) & (self.fold_of != (k if j is None else j))
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
         if name not in self._parts:  # once per teacher: the backbone digest reads its weights
-            predict = {p: getattr(teacher.config, p) for p in teacher.prediction_keys if hasattr(teacher.config, p)}
             self._parts[name] = {**fp.model_parts(teacher, self.train, self.fold_of),
-                                 "predict": fp.config_digest(predict)}  # e.g. swap_tta_share: other predictions
+                                 "predict": fp.config_digest(teacher.prediction_settings())}  # e.g. swap_tta_share
         parts = {**self._parts[name], "fit": f"without folds {k},{j}"}
         predict_u = j is None and self.unlabelled is not None
         if predict_u:

@@ -71,7 +71,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                             unlabelled, teacher_dir, write=main)
         teachers.save_report()
     # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
-    predict_settings = {k: getattr(first.config, k) for k in first.prediction_keys if hasattr(first.config, k)}
+    predict_settings = first.prediction_settings()
     last_fold, bias = None, []
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"

@@ -24,8 +24,8 @@ def teacher_identity(name: str, params: dict, teacher_dir: Path) -> dict:
         folder = teacher_dir / name
         return {f: fp.file_digest(folder / f) for f in FILES.values() if (folder / f).is_file()}
     teacher = create(name, params.get(name, {}))
-    predict = {k: getattr(teacher.config, k) for k in teacher.prediction_keys if hasattr(teacher.config, k)}
-    return {"config": teacher.learned_config(), "predict": predict, "code": fp.code_digest([type(teacher).__module__]),
+    return {"config": teacher.learned_config(), "predict": teacher.prediction_settings(),
+            "code": fp.code_digest([type(teacher).__module__]),
             "backbone": teacher.backbone_identity() or "none"}
 
 

@@ -119,6 +119,10 @@ class BaseModel(ABC):
             config.pop("distill", None)
         return config
 
+    def prediction_settings(self) -> dict:
+        """This model's prediction keys and their values: what a cached prediction is keyed by, beside the fold."""
+        return {k: getattr(self.config, k) for k in self.prediction_keys if hasattr(self.config, k)}
+
     def backbone_identity(self) -> str | None:
         """Digest of the pretrained weights a fit starts from (None: no backbone)."""
         return None
