@@ -81,7 +81,7 @@ def main() -> int:
     from ensemble.core.cache import RunCache
     from ensemble.core.data import read_battles
     from ensemble.core.folds import attach_folds, make_folds, prompt_groups
-    from ensemble.core.metrics import log_loss, prior_proba, row_log_loss
+    from ensemble.core.metrics import accuracy, log_loss, prior_proba, row_log_loss
     from ensemble.oof import run_oof
 
     frame = read_battles(args.csv, labels=True)
@@ -116,7 +116,7 @@ def main() -> int:
         ci = paired_diff_ci(losses, base, prompt_groups(train), 1000, args.seed) if base is not losses else None
         row = {"student": student, "setting": setting, "rows": len(train),
                "oof_logloss": round(log_loss(labels, proba), 4),
-               "accuracy": round(float((proba.argmax(1) == labels).mean()), 4),
+               "accuracy": round(accuracy(labels, proba), 4),
                "prior_logloss": round(log_loss(labels, prior), 4),
                "vs_alone": round(float(losses.mean() - base.mean()), 4) if ci else None, "vs_alone_ci": ci,
                "seconds": round(wall, 1)}

@@ -56,9 +56,9 @@ def child(run: str, name: str, test_csv: str, merged: bool, check_code: bool = T
     assert proba.shape == (len(frame), 3)
     scores = {}
     if labels is not None:
-        from ensemble.core.metrics import log_loss
+        from ensemble.core.metrics import accuracy, log_loss
 
-        scores = {"log_loss": log_loss(labels, proba), "accuracy": float((proba.argmax(1) == labels).mean())}
+        scores = {"log_loss": log_loss(labels, proba), "accuracy": accuracy(labels, proba)}
     return {"wall_s": wall, "rows": len(frame), "tokens": tokens, **scores,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -35,7 +35,7 @@ def main() -> int:
     from ensemble.core.cache import RunCache
     from ensemble.core.data import load_battles
     from ensemble.core.folds import attach_folds
-    from ensemble.core.metrics import log_loss
+    from ensemble.core.metrics import accuracy, log_loss
     from ensemble.models import load
 
     train = load_battles(args.artifacts / "prepared" / "train.parquet")
@@ -58,7 +58,7 @@ def main() -> int:
                 start = time.perf_counter()
                 proba[va] = model.predict_proba(train.iloc[va].reset_index(drop=True))
                 seconds += time.perf_counter() - start
-            acc = float((proba.argmax(1) == labels).mean())
+            acc = accuracy(labels, proba)
             print(f"{name:<12}{share:>7.2f}{log_loss(labels, proba):>10.4f}{acc:>10.4f}{seconds:>11.1f}   {note}",
                   flush=True)
     return 0

@@ -14,7 +14,7 @@ def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifac
 
     from ensemble import TARGETS
     from ensemble.core.folds import attach_folds, make_folds
-    from ensemble.core.metrics import log_loss
+    from ensemble.core.metrics import accuracy, log_loss
     from ensemble.oof import run_oof
 
     folds = make_folds(frame, n_folds, seed)
@@ -33,7 +33,7 @@ def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifac
         per_fold[k] = round(log_loss(labels[va], proba[va]), 4)
     fits = [v for v in run["fit_seconds"].values() if v is not None]
     return {"oof_logloss": round(log_loss(labels, proba), 4), "prior_logloss": round(log_loss(labels, prior), 4),
-            "per_fold": per_fold, "oof_accuracy": round(float((proba.argmax(1) == labels).mean()), 4),
+            "per_fold": per_fold, "oof_accuracy": round(accuracy(labels, proba), 4),
             "stage_wall_s": round(wall, 1), "fit_s_per_fold": [round(v, 1) for v in fits],
             "oof_path": str(artifacts / "oof" / f"{name}.parquet")}
 

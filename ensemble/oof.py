@@ -22,8 +22,15 @@ from ensemble.core import position, progress
 from ensemble.core.cache import RunCache
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import atomic_path, remove_stale_tmp, write_json, write_parquet, write_text
-from ensemble.core.metrics import log_loss, prior_proba
-from ensemble.core.predictions import INPUT_REPORT, TEXTS_ATTR, check_proba, proba_frame
+from ensemble.core.metrics import accuracy, log_loss, prior_proba
+from ensemble.core.predictions import (
+    INPUT_REPORT,
+    PRIOR_FOLDS_ATTR,
+    TEXTS_ATTR,
+    check_proba,
+    constant_rows,
+    proba_frame,
+)
 from ensemble.distill import TEACHER_DIR, Teachers
 from ensemble.models import create, load
 from ensemble.models.base import BaseModel
@@ -72,7 +79,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         teachers.save_report()
     # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
     predict_settings = first.prediction_settings()
-    last_fold, bias = None, []
+    last_fold, bias, prior_folds = None, [], []
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
@@ -106,6 +113,11 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             pred_key = fp.combine({"fold": key, "predict": fp.config_digest(predict_settings)})
             valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", pred_key)
             oof[va] = valid_pred
+            if constant_rows(valid_pred):  # the calibration gate (or too few rows) left the class prior
+                prior_folds.append(k)
+                progress.log(f"[{name}] fold {k}: predicts the class prior on all {len(va)} held-out rows: it "
+                             f"showed no gain over the prior on its held-out training prompts (the calibration "
+                             f"gate's numbers are in {fold_dir.name}'s log line and saved calibration)")
             if test is not None:
                 test_sum += _predict_cached(fold, test, fold_dir / "test_pred.npy",
                                             fp.combine({"fold": pred_key, "test": test_key}))
@@ -117,7 +129,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                 progress.log(f"[{name}] fold {k}: fit {timings[k]:.1f} s, "
                              f"fold log loss {log_loss(labels, valid_pred):.4f}"
                              f" (fold prior {log_loss(labels, prior):.4f}), accuracy "
-                             f"{(valid_pred.argmax(1) == labels).mean():.4f}")
+                             f"{accuracy(labels, valid_pred):.4f}")
             last_fold = fold
         dist.barrier(f"fold {k} saved and predicted")
     if not main:
@@ -131,6 +143,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             write_json(path, {**last_fold.get().input_report(train), "key": report_key})
     oof_frame = proba_frame(train["id"], oof, fold_of)
     oof_frame.attrs[position.ATTR] = position.summarise(bias)  # read by the blend stage into metrics.json
+    oof_frame.attrs[PRIOR_FOLDS_ATTR] = prior_folds
     write_parquet(artifacts / "oof" / f"{name}.parquet", oof_frame)
     if test is not None:
         predicted = proba_frame(test["id"], test_sum / n_folds)

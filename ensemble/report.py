@@ -17,7 +17,7 @@ import pandas as pd
 from ensemble import TARGETS
 from ensemble.core.data import DataError, as_turns, load_battles
 from ensemble.core.io import write_csv
-from ensemble.core.metrics import clip_normalize, log_loss, prior_proba
+from ensemble.core.metrics import accuracy, clip_normalize, log_loss, prior_proba
 
 CLASS_NAMES = ("model_a", "model_b", "tie")
 BLEND = "blend"
@@ -194,7 +194,7 @@ def summary_rows(data: ReportInputs) -> list[dict]:
         label = f"blend {method}, cross-fitted" if name == BLEND else name
         rows.append({"name": name, "label": label, "weight": weights.get(name),
                      "log_loss": log_loss(data.labels, proba),
-                     "accuracy": float((proba.argmax(axis=1) == data.labels).mean()), "ci": intervals(entry)})
+                     "accuracy": accuracy(data.labels, proba), "ci": intervals(entry)})
     blend = mets.get("blend", {})
     extra = [(f"blend {m}, cross-fitted", v) for m, v in blend.get("by_method", {}).items() if m != method]
     if isinstance(blend.get("insample"), dict):
@@ -203,9 +203,9 @@ def summary_rows(data: ReportInputs) -> list[dict]:
     if isinstance(mets.get("fixed_blend"), dict) and "log_loss" in mets["fixed_blend"]:
         extra.append(("blend, fixed hand-set weights", mets["fixed_blend"]))
     for label, entry in extra:
-        accuracy = entry.get("accuracy")
+        acc = entry.get("accuracy")
         rows.append({"name": label, "label": label, "weight": None, "log_loss": float(entry["log_loss"]),
-                     "accuracy": float(accuracy) if isinstance(accuracy, (int, float)) else None, "ci": {}})
+                     "accuracy": float(acc) if isinstance(acc, (int, float)) else None, "ci": {}})
     return rows
 
 

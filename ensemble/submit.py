@@ -29,7 +29,7 @@ from ensemble.core.config import from_dict, load_params
 from ensemble.core.data import DataConfig, DataError, load_battles, read_battles
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
-from ensemble.core.metrics import log_loss
+from ensemble.core.metrics import accuracy, log_loss
 from ensemble.core.predictions import proba_frame, read_test_file
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = test["label"].to_numpy()
         values = sub[list(TARGETS)].to_numpy()
         print(f"log loss against the file's labels: {log_loss(labels, values):.4f}, "
-              f"accuracy {(values.argmax(1) == labels).mean():.4f}")
+              f"accuracy {accuracy(labels, values):.4f}")
     return 0
 
 

@@ -27,7 +27,7 @@ from ensemble.core.data import DataError, load_battles
 from ensemble.core.degenerate import KIND_COLUMN, kinds, masks
 from ensemble.core.folds import attach_folds, prompt_groups
 from ensemble.core.io import write_json, write_parquet
-from ensemble.core.metrics import log_loss, report, row_log_loss
+from ensemble.core.metrics import accuracy, log_loss, report, row_log_loss
 from ensemble.core.position import read as read_position_bias
 from ensemble.core.predictions import INPUT_REPORT, read_oof_file, read_test_file
 from ensemble.models import is_registered
@@ -75,7 +75,7 @@ def check_external_tests(artifacts: Path, models: list[str]) -> None:
 
 def scores(labels: np.ndarray, proba: np.ndarray) -> dict:
     return {"log_loss": round(log_loss(labels, proba), 6),
-            "accuracy": round(float((proba.argmax(1) == labels).mean()), 6)}
+            "accuracy": round(accuracy(labels, proba), 6)}
 
 
 def run(params: dict, artifacts: Path, models: list[str] | None = None, method: str | None = None,

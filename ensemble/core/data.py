@@ -226,3 +226,16 @@ def as_turns(cell) -> list[str]:
         return [""]
     turns = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in cell]
     return turns or [""]
+
+
+def turn_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell as a list of turns (as_turns): a hand-built frame of plain strings
+    reads as the same battles given as one-turn lists. Returned as is when it already is."""
+    todo = [col for col in TEXT_COLUMNS if col in frame
+            and not all(isinstance(c, list) and all(isinstance(t, str) for t in c) for c in frame[col])]
+    if not todo:
+        return frame
+    frame = frame.copy(deep=False)
+    for col in todo:
+        frame[col] = [as_turns(c) for c in frame[col]]
+    return frame

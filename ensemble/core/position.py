@@ -87,12 +87,7 @@ def fold_counts(fold, valid: pd.DataFrame, path: Path, key: str) -> dict:
 def read(path: Path) -> dict | None:
     """The position-bias figures in an OOF file's metadata (None for a file without them, e.g. from
     elsewhere)."""
-    import pyarrow.parquet as pq
+    from ensemble.core.predictions import file_attr
 
-    try:
-        meta = pq.read_schema(path).metadata or {}
-        attrs = json.loads(meta.get(b"PANDAS_ATTRS", b"{}"))
-    except (OSError, ValueError):
-        return None
-    value = attrs.get(ATTR)
+    value = file_attr(path, ATTR)
     return value if isinstance(value, dict) else None

@@ -26,6 +26,31 @@ SUM_TOL = 1e-4
 INPUT_REPORT = "input.json"
 
 
+#: OOF file metadata: the folds whose every held-out row got the same probabilities (the model fell back
+#: to the class prior there: it showed no gain on its held-out training prompts)
+PRIOR_FOLDS_ATTR = "prior_folds"
+
+
+def file_attr(path: Path, key: str):
+    """One entry of a prediction file's metadata (pandas attrs written with it); None when absent."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        attrs = json.loads(meta.get(b"PANDAS_ATTRS", b"{}"))
+    except (OSError, ValueError):
+        return None
+    return attrs.get(key)
+
+
+def constant_rows(proba: np.ndarray) -> bool:
+    """Whether every row holds the same probabilities (a fold that predicts its class prior)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    return len(proba) > 1 and float(np.ptp(proba, axis=0).max()) < 1e-9
+
+
 def proba_frame(ids, proba: np.ndarray, fold=None) -> pd.DataFrame:
     frame = pd.DataFrame({"id": pd.Series(ids, dtype=str).to_numpy()})
     if fold is not None:

@@ -21,7 +21,15 @@ from sklearn.exceptions import NotFittedError
 from ensemble.core.cache import RunCache
 from ensemble.core.calibration import floor_absent_classes
 from ensemble.core.config import from_dict, to_dict
-from ensemble.core.data import SWAP_INDEX, DataError, class_counts, format_counts, swap_ab, unswap_proba
+from ensemble.core.data import (
+    SWAP_INDEX,
+    DataError,
+    class_counts,
+    format_counts,
+    swap_ab,
+    turn_frame,
+    unswap_proba,
+)
 from ensemble.core.io import write_json
 
 CONFIG_FILE = "model.json"
@@ -72,13 +80,15 @@ class BaseModel(ABC):
             # trained on (or averaged with) the A/B-swapped battles: an A win seen is a B win seen
             present = sorted(set(present) | {SWAP_INDEX[k] for k in present})
         self.classes_, self.n_train_ = present, int(len(train))
-        self._fit(train, valid)
+        # plain-string cells (a hand-built frame) become one-turn lists: every model sees one layout
+        self._fit(turn_frame(train), None if valid is None else turn_frame(valid))
         return self
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         self.check_fitted()
         if len(frame) == 0:
             return np.zeros((0, 3))
+        frame = turn_frame(frame)
         share = float(getattr(self.config, "swap_tta_share", 1.0)) if getattr(self.config, "swap_tta", False) else 1.0
         if share < 1.0:  # swap TTA on the least certain share only (0: on none)
             proba = self._selective_tta(frame, share)

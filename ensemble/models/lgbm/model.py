@@ -101,7 +101,7 @@ def vectorizer(cfg: VectorizerConfig, terms: list[str] | None = None) -> CountVe
 
 
 def _texts(frame: pd.DataFrame, column: str, max_chars: int) -> list[str]:
-    return ["\n".join(turns)[:max_chars] for turns in frame[column]]
+    return ["\n".join(as_turns(cell))[:max_chars] for cell in frame[column]]
 
 
 class LGBMModel(BaseModel):
