@@ -67,7 +67,16 @@ def _hh_messages(text: str, column: str) -> list[tuple[str, str]]:
     if parts[0].strip():
         raise RowError(f"{column} has text before its first Human: / Assistant: turn")
     roles = {"Human": "user", "Assistant": "assistant"}
-    return [(roles[parts[k]], parts[k + 1].strip()) for k in range(1, len(parts), 2)]
+    messages: list[tuple[str, str]] = []
+    for k in range(1, len(parts), 2):
+        role, content = roles[parts[k]], parts[k + 1].strip()
+        if messages and messages[-1][0] == role:
+            # the published HH-RLHF files hold dialogues with two turns of one speaker in a row: read as
+            # one turn of that speaker, joined by a blank line
+            messages[-1] = (role, messages[-1][1] + "\n\n" + content)
+        else:
+            messages.append((role, content))
+    return messages
 
 
 def dialogue_turns(messages: list[tuple[str, str]], column: str) -> tuple[list[str], list[str]]:
