@@ -192,6 +192,8 @@ def summary_rows(data: ReportInputs) -> list[dict]:
     for name, proba in data.probas.items():
         entry = mets.get("blend", {}) if name == BLEND else mets.get("models", {}).get(name, {})
         label = f"blend {method}, cross-fitted" if name == BLEND else name
+        if entry.get("prior_folds"):  # folds where the model fell back to the class prior (ensemble.oof)
+            label += f" (the class prior on {entry['prior_folds']} of {entry['folds']} folds)"
         rows.append({"name": name, "label": label, "weight": weights.get(name),
                      "log_loss": log_loss(data.labels, proba),
                      "accuracy": accuracy(data.labels, proba), "ci": intervals(entry)})

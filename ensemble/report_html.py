@@ -34,6 +34,7 @@ table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #ddd;pad
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.group td{background:#fafafa;font-weight:600;text-align:left}
 td.worst{background:#fde0dc;font-weight:600}td.best{background:#e3f2e1}
 img{max-width:100%;height:auto;display:block;margin:8px 0}.note{color:#555;font-size:0.92em}
+.warn{color:#8a4b00;background:#fff4e0;padding:4px 8px}
 nav a{margin-right:14px}code{background:#f3f3f3;padding:0 3px}
 """
 
@@ -302,6 +303,7 @@ def render(data: ReportInputs, sources: dict[str, str]) -> str:
         f'blender fitted on the other folds) unless its row says in-sample.</p>',
         f"<nav>{nav}</nav>",
         '<h2 id="summary">Scores and weights</h2>', _summary(data),
+        *(f'<p class="warn">{_e(line)}</p>' for line in data.metrics.get("advice", [])),
         f'<p class="note">Reliability of every model and the blend (OOF, 10 equal-width bins of the predicted '
         f"probability; hollow markers: bins with fewer than {MIN_BIN} battles). On the diagonal, a predicted 30% "
         f"happens 30% of the time; a curve flatter than the diagonal means overconfident predictions, a steeper "

@@ -29,7 +29,7 @@ from ensemble.core.folds import attach_folds, prompt_groups
 from ensemble.core.io import write_json, write_parquet
 from ensemble.core.metrics import accuracy, log_loss, report, row_log_loss
 from ensemble.core.position import read as read_position_bias
-from ensemble.core.predictions import INPUT_REPORT, read_oof_file, read_test_file
+from ensemble.core.predictions import INPUT_REPORT, PRIOR_FOLDS_ATTR, file_attr, read_oof_file, read_test_file
 from ensemble.models import is_registered
 
 #: blend_oof.parquet: the cross-fitted blend (each fold predicted by a blender fitted on the other folds)
@@ -105,7 +105,9 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
 
     blender = make(method)().fit(probas, labels, frame)  # on every row: what submit applies
     insample = blender.predict(probas, frame)
-    crossfitted = {name: crossfit(make(name), probas, labels, fold_of, frame) for name in BLENDERS}
+    fold_blenders: list = []  # the blender each fold of the cross-fit used (select: what it chose there)
+    crossfitted = {name: crossfit(make(name), probas, labels, fold_of, frame,
+                                  fold_blenders if name == method else None) for name in BLENDERS}
     honest = crossfitted[method]
     fit_seconds = time.perf_counter() - start
 
@@ -114,23 +116,35 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
         return paired_diff_ci(a, b, groups, cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
 
     prior = crossfitted["prior"]  # the class prior of the other folds: what a model must beat on each fold
+    prior_loss = row_log_loss(labels, prior)
     losses = {m: row_log_loss(labels, p) for m, p in zip(models, probas)}
     best = min(models, key=lambda m: losses[m].mean())
+
+    def compared(proba: np.ndarray) -> dict:
+        loss = row_log_loss(labels, proba)
+        return {"diff_vs_prior_ci": ci(loss, prior_loss), "diff_vs_best_ci": ci(loss, losses[best])}
     metrics = {"rows": int(len(labels)), "method": method,
                "prior": {**scores(labels, prior), "class_counts": np.bincount(labels, minlength=3).tolist()},
                "models": {m: {**report(labels, p), "diff_vs_prior_ci": ci(losses[m], row_log_loss(labels, prior))}
                           for m, p in zip(models, probas)},
                "blend": {**report(labels, honest), "scored": "crossfit",
                          "insample": scores(labels, insample),
-                         "by_method": {name: scores(labels, p) for name, p in crossfitted.items()},
+                         "by_method": {name: {**scores(labels, p), **compared(p)} for name, p in crossfitted.items()},
                          "best_model": best, "ci_level": 0.95, "bootstrap": cfg.bootstrap,
+                         "fold_summaries": [b.summary() for b in fold_blenders],
                          "diff_vs_best_ci": ci(row_log_loss(labels, honest), losses[best]),
                          "diff_vs_prior_ci": ci(row_log_loss(labels, honest), row_log_loss(labels, prior))},
                "blender": {"method": method, "summary": blender.summary(), "weights": blender.model_weights()}}
+    n_folds = len(np.unique(fold_of))
     for m in models:  # single-pass A/B order sensitivity, from the OOF files' metadata (ensemble.position)
         bias = read_position_bias(artifacts / "oof" / f"{m}.parquet")
         if bias is not None:
             metrics["models"][m]["position_bias"] = bias
+        prior_folds = file_attr(artifacts / "oof" / f"{m}.parquet", PRIOR_FOLDS_ATTR)
+        if isinstance(prior_folds, list):  # folds where the model fell back to the class prior (ensemble.oof)
+            metrics["models"][m]["prior_folds"] = len(prior_folds)
+            metrics["models"][m]["folds"] = n_folds
+    metrics["advice"] = advice(metrics)
     inputs = {m: json.loads((artifacts / "models" / m / INPUT_REPORT).read_text(encoding="utf-8"))
               for m in models if (artifacts / "models" / m / INPUT_REPORT).is_file()}
     if inputs:  # share of each text kept after truncation, per transformer model
@@ -154,8 +168,30 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
                                                                    fold=fold_of)
     write_parquet(artifacts / BLEND_OOF, oof_frame[["id", "label", "fold", *TARGETS]])
     print(format_table(metrics))
+    for line in metrics["advice"]:
+        print(line)
     print(f"blend fitted and cross-fitted in {fit_seconds:.2f} s on {len(labels)} rows x {len(models)} model(s)")
     return metrics
+
+
+def advice(metrics: dict) -> list[str]:
+    """Lines for what a reader of the table should not miss: models that learned nothing on some folds, and
+    a chosen blend that does worse than the best single model, with what to try."""
+    lines = []
+    for m, r in metrics["models"].items():
+        if r.get("prior_folds"):
+            lines.append(f"note: {m} predicts the class prior on {r['prior_folds']} of its {r['folds']} folds: there "
+                         f"it showed no gain over the prior on its held-out training prompts (each such fold's "
+                         f"log line gives the calibration gate's numbers); on this data it adds nothing there")
+    b = metrics["blend"]
+    best = metrics["models"][b["best_model"]]
+    ci = b["diff_vs_best_ci"]
+    if b["log_loss"] > best["log_loss"]:
+        sure = f" (95% CI of the difference {ci[0]:+.4f} to {ci[1]:+.4f})" if ci else ""
+        lines.append(f"note: the blend ({metrics['method']}, cross-fitted {b['log_loss']:.4f}) is worse than its best "
+                     f"single model {b['best_model']} ({best['log_loss']:.4f}){sure}; try `python -m ensemble.blend "
+                     f"--method best` or `--method weights`, or drop the weak models from blend.models")
+    return lines
 
 
 def degenerate_scores(cfg, method: str, models: list[str], probas, labels: np.ndarray, fold_of: np.ndarray,
@@ -186,7 +222,8 @@ def headline(metrics: dict) -> dict:
     out = {"prior": {"log_loss": metrics["prior"]["log_loss"], "accuracy": metrics["prior"]["accuracy"]},
            "models": {m: {"log_loss": r["log_loss"], "accuracy": r["accuracy"],
                           "diff_vs_prior_ci": r["diff_vs_prior_ci"],
-                          **({"position_flips": r["position_bias"]["flip_share"]} if "position_bias" in r else {})}
+                          **({"position_flips": r["position_bias"]["flip_share"]} if "position_bias" in r else {}),
+                          **({"prior_folds": r["prior_folds"]} if "prior_folds" in r else {})}
                       for m, r in metrics["models"].items()},
            "blend": {"method": metrics["method"], "log_loss_crossfit": b["log_loss"],
                      "accuracy_crossfit": b["accuracy"],
@@ -213,7 +250,9 @@ def format_table(metrics: dict) -> str:
              f"   the class frequencies of the other folds"]
     for m, r in metrics["models"].items():
         w = f"{weights[m]:>8.3f}" if m in weights else f"{'':>8}"
-        lines.append(f"{m:<30}{w}{r['log_loss']:>10.4f}{r['accuracy']:>10.4f}   {ci(r['diff_vs_prior_ci'])} vs prior")
+        at_prior = f"; the prior on {r['prior_folds']} of {r['folds']} folds" if r.get("prior_folds") else ""
+        lines.append(f"{m:<30}{w}{r['log_loss']:>10.4f}{r['accuracy']:>10.4f}   {ci(r['diff_vs_prior_ci'])} vs prior"
+                     f"{at_prior}")
     summary = ", ".join(f"{k}={v}" for k, v in metrics["blender"]["summary"].items() if not isinstance(v, dict))
     lines.append(f"{f'blend {method}, crossfit':<30}{'':>8}{b['log_loss']:>10.4f}{b['accuracy']:>10.4f}   "
                  f"{ci(b['diff_vs_best_ci'])} vs {b['best_model']}, {ci(b['diff_vs_prior_ci'])} vs prior")
@@ -222,7 +261,8 @@ def format_table(metrics: dict) -> str:
     for name, v in b["by_method"].items():
         if name != method:
             lines.append(f"{f'blend {name}, crossfit':<30}{'':>8}{v['log_loss']:>10.4f}{v['accuracy']:>10.4f}"
-                         f"   (--method {name})")
+                         f"   {ci(v.get('diff_vs_best_ci'))} vs {b['best_model']}, "
+                         f"{ci(v.get('diff_vs_prior_ci'))} vs prior (--method {name})")
     for m, r in metrics["models"].items():
         pb = r.get("position_bias")
         if pb:

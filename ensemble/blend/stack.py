@@ -1,6 +1,18 @@
 """Level-2 stacker: a regularised multinomial logistic regression (scikit-learn) on the base models'
 OOF log-probabilities, optionally with a few meta-features of the battle; its L2 strength is chosen by
-a prompt-grouped inner CV on the rows it is fitted on. Stored as plain numbers (no pickles)."""
+a prompt-grouped inner CV on the rows it is fitted on. Stored as plain numbers (no pickles).
+
+What keeps a weak signal weak:
+* It is fitted on the classes its rows hold (binary data: a logistic regression over A / B, the tie
+  floored by the Blender), and a feature that is constant within every fold its rows come from is
+  left out: a model that predicted its fold's class prior on every row, or a tie column at its floor,
+  differs between folds only by the folds' class frequencies, and a learned weight on it would be a
+  weight on which fold a row is in.
+* The log-probabilities are centred, not scaled: they are in nats, so a model whose predictions barely
+  move (0.02 nats of signal) gets a coefficient of the same size as any other and its small spread
+  stays small; standardising it would stretch that spread to one unit and let the fit turn it into
+  confident predictions. Only the meta-features, in other units, are standardised.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +25,7 @@ import pandas as pd
 from ensemble.blend.base import Blender
 from ensemble.core.calibration import logistic_coef3, proba3
 from ensemble.core.config import Each, Range
+from ensemble.core.data import as_turns
 from ensemble.core.metrics import log_loss
 
 #: meta-features the stacker may add: log-length difference A - B (characters) and prompt turns
@@ -32,10 +45,10 @@ class StackConfig:
 def meta_features(frame: pd.DataFrame) -> np.ndarray:
     """(n, 2): log(1 + chars of A) - log(1 + chars of B), and log(number of prompt turns)."""
     def chars(col: str) -> np.ndarray:
-        return np.array([sum(len(t) for t in turns) for turns in frame[col]], dtype=float)
+        return np.array([sum(len(t) for t in as_turns(cell)) for cell in frame[col]], dtype=float)
 
     len_diff = np.log1p(chars("response_a")) - np.log1p(chars("response_b"))
-    turns = np.log(np.array([max(1, len(t)) for t in frame["prompt"]], dtype=float))
+    turns = np.log(np.array([len(as_turns(cell)) for cell in frame["prompt"]], dtype=float))
     return np.column_stack([len_diff, turns])
 
 
@@ -48,12 +61,25 @@ def stack_features(probas: list[np.ndarray], frame: pd.DataFrame | None, meta: b
     return np.hstack(cols)
 
 
-def _pipeline(c: float):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+#: a feature whose spread within every fold is below this is constant there (nats or standard units)
+CONSTANT_SPREAD = 1e-6
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+def varying_columns(x: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Indices of the columns of `x` that vary within at least one fold (folds: each row's OOF fold;
+    one value for rows without folds)."""
+    spread = np.zeros(x.shape[1])
+    for k in np.unique(folds):
+        rows = x[folds == k]
+        if len(rows) > 1:
+            spread = np.maximum(spread, rows.max(axis=0) - rows.min(axis=0))
+    return np.flatnonzero(spread > CONSTANT_SPREAD)
+
+
+def _logistic(c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=2000)
 
 
 class StackBlender(Blender):
@@ -65,6 +91,16 @@ class StackBlender(Blender):
         names = [f"log_{m}_{k}" for m in self.models for k in ("a", "b", "tie")]
         return names + (list(META_FEATURES) if self.config.meta_features else [])
 
+    def _scaling(self, x: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, scale) of the kept columns: log-probabilities centred only, meta-features standardised."""
+        mean = x[:, columns].mean(axis=0)
+        scale = np.ones(len(columns))
+        meta = columns >= 3 * len(self.models)
+        if meta.any():
+            std = x[:, columns[meta]].std(axis=0)
+            scale[meta] = np.where(std > CONSTANT_SPREAD, std, 1.0)
+        return mean, scale
+
     def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
         """C from c_grid by a prompt-grouped inner CV (lowest log loss), then a fit on every row."""
         from sklearn.model_selection import GroupKFold
@@ -73,24 +109,32 @@ class StackBlender(Blender):
 
         cfg = self.config
         x = stack_features(probas, frame, cfg.meta_features)
+        folds = frame["fold"].to_numpy() if "fold" in frame else np.zeros(len(labels))
+        self.columns = varying_columns(x, folds)
+        self.mean, self.scale = self._scaling(x, self.columns)
+        z = (x[:, self.columns] - self.mean) / self.scale
         groups = prompt_groups(frame)
         k = min(cfg.inner_splits, len(np.unique(groups)))
         scores = {}
-        if len(cfg.c_grid) > 1 and k >= 2:
-            splits = list(GroupKFold(n_splits=k).split(x, labels, groups))
+        if len(cfg.c_grid) > 1 and k >= 2 and len(self.columns):
+            splits = list(GroupKFold(n_splits=k).split(z, labels, groups))
             for c in cfg.c_grid:
                 pred = np.zeros((len(labels), 3))
                 for tr, va in splits:
-                    pred[va] = proba3(_pipeline(c).fit(x[tr], labels[tr]), x[va])
+                    pred[va] = proba3(_logistic(c).fit(z[tr], labels[tr]), z[va])
                 scores[c] = log_loss(labels, pred)
         self.c = min(scores, key=scores.get) if scores else cfg.c_grid[0]
-        pipe = _pipeline(self.c).fit(x, labels)
-        self.mean, self.scale = pipe[0].mean_.copy(), pipe[0].scale_.copy()
-        self.coef, self.intercept = logistic_coef3(pipe[-1])
+        if len(self.columns):
+            self.coef, self.intercept = logistic_coef3(_logistic(self.c).fit(z, labels))
+        else:  # nothing varies: the class frequencies of the rows (a logistic regression on no feature)
+            counts = np.bincount(labels, minlength=3).astype(float)
+            self.coef = np.zeros((3, 0))
+            self.intercept = np.where(counts > 0, np.log(np.clip(counts, 1e-12, None) / len(labels)), -30.0)
         self.inner_log_loss = {str(c): round(v, 6) for c, v in scores.items()}
 
     def _predict(self, probas, frame) -> np.ndarray:
-        z = (stack_features(probas, frame, self.config.meta_features) - self.mean) / self.scale
+        x = stack_features(probas, frame, self.config.meta_features)
+        z = (x[:, self.columns] - self.mean) / self.scale
         logits = z @ self.coef.T + self.intercept
         logits -= logits.max(axis=1, keepdims=True)
         return np.exp(logits)
@@ -99,14 +143,19 @@ class StackBlender(Blender):
         return {"C": self.c}
 
     def _state(self) -> dict:
-        return {"C": self.c, "features": self.features(), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "coef": self.coef.tolist(), "intercept": self.intercept.tolist(),
+        names = self.features()
+        return {"C": self.c, "features": [names[j] for j in self.columns], "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept.tolist(),
                 "inner_cv_log_loss": self.inner_log_loss}
 
     def _set_state(self, state: dict) -> None:
+        names = self.features()
+        unknown = [f for f in state["features"] if f not in names]
+        if unknown:
+            raise ValueError(f"stacker features {unknown} are not among {names}")
+        self.columns = np.array([names.index(f) for f in state["features"]], dtype=np.int64)
         self.c = float(state["C"])
         self.mean, self.scale = np.asarray(state["mean"], dtype=float), np.asarray(state["scale"], dtype=float)
-        self.coef, self.intercept = np.asarray(state["coef"], dtype=float), np.asarray(state["intercept"], dtype=float)
+        self.coef = np.asarray(state["coef"], dtype=float).reshape(3, len(self.columns))
+        self.intercept = np.asarray(state["intercept"], dtype=float)
         self.inner_log_loss = dict(state.get("inner_cv_log_loss", {}))
-        if self.coef.shape != (3, len(self.features())):
-            raise ValueError(f"coef has shape {self.coef.shape}, expected (3, {len(self.features())})")
