@@ -25,10 +25,8 @@ from ensemble.core.metrics import row_log_loss
 
 @dataclass
 class SelectConfig:
-    # the stacker, or the prior when it does not clearly beat it: on PandaLM choosing among all five cost 0.005
-    # over this pair (0.7520 vs 0.7466; close candidates make the choice noise), and the stacker won
-    # cross-fitted on the demo, PandaLM and Kaggle's first 100 rows
-    candidates: list[str] = field(default_factory=lambda: ["prior", "stack"])
+    # simplest first; chosen on the development parts of bench/bench_real.py (README, "Which rows chose what")
+    candidates: list[str] = field(default_factory=lambda: ["prior", "best", "weights", "stack"])
     inner_splits: int = 5  # prompt-grouped inner folds when the rows carry fewer than 2 OOF folds
 
     constraints: ClassVar[dict] = {"inner_splits": Range(2), "candidates": Each(min_len=1)}
@@ -61,7 +59,8 @@ def one_se_choice(losses: dict[str, np.ndarray], groups: np.ndarray) -> str:
 class SelectBlender(Blender):
     name = "select"
     Config = SelectConfig
-    about = "chooses among blend.select.candidates (default: prior, stack) by an inner cross-fit, one-SE rule"
+    about = ("chooses among blend.select.candidates (default: prior, best, weights, stack) by an inner cross-fit, "
+             "one-SE rule")
 
     def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
         from ensemble.blend import create_blender
