@@ -23,8 +23,9 @@ CFG = from_dict(BlendConfig, {}, "blend")
 
 def binary_oof(n: int = 600, signal: float = 0.3, seed: int = 0):
     """Binary labels (no ties), 5 folds of whole prompts; model 0 carries a weak signal, model 1 learned
-    nothing: on each fold it predicts the class prior of the other folds (as a model whose calibration
-    gate fell back does), so its log-probabilities differ between folds and not within one."""
+    nothing: on four folds it predicts the class prior of the other folds (as a model whose calibration
+    gate fell back does), so its log-probabilities differ between those folds and not within one; on the
+    fifth it says noise."""
     rng = np.random.default_rng(seed)
     folds = np.repeat(np.arange(5), n // 5)
     score = rng.normal(size=n)
@@ -37,6 +38,10 @@ def binary_oof(n: int = 600, signal: float = 0.3, seed: int = 0):
     for k in range(5):
         b = labels[folds != k].mean()
         flat[folds == k] = [(1 - b) * (1 - floor), b * (1 - floor), floor]
+    # ...except on its last fold, where its calibration let a noisy model through (the LLM on HH-RLHF did so)
+    last = folds == 4
+    noisy = 1 / (1 + np.exp(-0.4 * rng.normal(size=last.sum())))
+    flat[last] = np.column_stack([(1 - noisy) * (1 - floor), noisy * (1 - floor), np.full(last.sum(), floor)])
     frame = pd.DataFrame({"id": np.arange(n).astype(str), "prompt": [[f"q{i // 2}"] for i in range(n)],
                           "response_a": [["a" * 20]] * n, "response_b": [["b" * 21]] * n, "fold": folds})
     return [weak, flat], labels, folds, frame
@@ -52,7 +57,11 @@ def test_stacker_on_binary_data_keeps_a_weak_signal_weak_beside_a_model_at_the_p
     assert log_loss(labels, stack) <= log_loss(labels, prior) + 0.002
     fitted = create_blender("stack", ["weak", "flat"], CFG).fit(probas, labels, frame)
     kept = fitted.to_json()["state"]["features"]
-    assert not any(f.startswith("log_flat") for f in kept)  # constant within every fold: left out
+    assert any(f.startswith("log_flat") for f in kept)  # it varies within its last fold
+    without_last = create_blender("stack", ["weak", "flat"], CFG).fit(
+        [p[folds < 4] for p in probas], labels[folds < 4], frame[folds < 4].reset_index(drop=True))
+    kept = without_last.to_json()["state"]["features"]
+    assert not any(f.startswith("log_flat") for f in kept)  # constant within every fold it saw: left out
     assert not any(f.endswith("_tie") for f in kept)  # the tie columns sit at their floor
     assert fitted.predict(probas, frame)[:, 2].max() == pytest.approx(1 / (len(labels) + 3))
 
