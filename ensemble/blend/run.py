@@ -258,6 +258,11 @@ def format_table(metrics: dict) -> str:
                  f"{ci(b['diff_vs_best_ci'])} vs {b['best_model']}, {ci(b['diff_vs_prior_ci'])} vs prior")
     lines.append(f"{f'blend {method}, in-sample':<30}{'':>8}{b['insample']['log_loss']:>10.4f}"
                  f"{b['insample']['accuracy']:>10.4f}   fitted and scored on the same rows (optimistic); {summary}")
+    chosen = [s.get("chosen") for s in b.get("fold_summaries", [])]
+    if any(chosen):  # select: what each fold of the cross-fit chose, beside what submit applies
+        applied = metrics["blender"]["summary"].get("chosen")
+        lines.append(f"{'':<30}{'':>8}{'':>10}{'':>10}   {method} applies {applied}; "
+                     f"per cross-fitted fold it chose {', '.join(chosen)}")
     for name, v in b["by_method"].items():
         if name != method:
             lines.append(f"{f'blend {name}, crossfit':<30}{'':>8}{v['log_loss']:>10.4f}{v['accuracy']:>10.4f}"
