@@ -262,6 +262,49 @@ def figures(name: str, profile: str) -> dict | None:
     return out
 
 
+#: the published verdict files of WeOpenML/PandaLM (data/): idx -> verdict; 1 = response 1 (A), 2 = B, 0 / "Tie" = tie
+JUDGES = {"GPT-3.5-turbo (zero-shot)": ("gpt-3.5-turbo-testset-v1.json", "gpt_result"),
+          "PandaLM-7B (fine-tuned judge)": ("pandalm-7b-testset-v1.json", "pandalm_result")}
+
+
+def judge_verdicts(folder: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Each published judge's verdict as a label (0 A, 1 B, 2 tie; -1 unparsable, counted wrong)."""
+    table = {"1": 0, "2": 1, "0": 2, "tie": 2}
+    out = {}
+    for name, (file, key) in JUDGES.items():
+        rows = json.loads((folder / file).read_text(encoding="utf-8"))
+        by_id = {str(r["idx"]): table.get(str(r[key]).strip().lower(), -1) for r in rows}
+        out[name] = np.array([by_id[i] for i in ids])
+    return out
+
+
+def judges(folder: Path, profile: str, bootstrap: int = 1000) -> None:
+    """Accuracy of the published judges and of this pipeline on PandaLM's locked rows, with the paired
+    prompt-bootstrap interval of each difference (the pipeline's verdict: ensemble.core.metrics.accuracy)."""
+    from ensemble import TARGETS
+    from ensemble.blend.bootstrap import paired_diff_ci
+    from ensemble.core.data import read_battles
+    from ensemble.core.folds import prompt_groups
+
+    work = workdir("pandalm", profile)
+    params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
+    locked = read_battles(work / params["data"]["test"], labels=True, drop_duplicates=False)
+    labels = locked["label"].to_numpy()
+    ids = locked["id"].astype(str).to_numpy()
+    sub = pd.read_csv(work / "artifacts" / "submission.csv", dtype={"id": str}).set_index("id").loc[ids]
+    proba = sub[list(TARGETS)].to_numpy()
+    top = proba >= proba.max(axis=1, keepdims=True) - 1e-9
+    ours = top[np.arange(len(labels)), labels] / top.sum(axis=1)  # per-row credit, ties of the top split
+    groups = prompt_groups(locked)
+    print(f"PandaLM locked part, {len(labels)} battles ({len(np.unique(groups))} prompts), profile {profile}:")
+    print(f"  this pipeline (trained on the development part)   accuracy {ours.mean():.3f}")
+    for name, verdict in judge_verdicts(folder, ids).items():
+        right = (verdict == labels).astype(float)
+        ci = paired_diff_ci(ours, right, groups, bootstrap, 0)  # mean per-row credit: ours - theirs
+        print(f"  {name:<48} accuracy {right.mean():.3f}   ours - theirs {ours.mean() - right.mean():+.3f}, "
+              f"95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+
+
 def fmt_ci(v) -> str:
     return f"[{v[0]:+.3f}, {v[1]:+.3f}]" if v else ""
 
@@ -304,7 +347,13 @@ def main() -> int:
         p.add_argument("profile", choices=[*PROFILES, "all"])
     t = sub.add_parser("table")
     t.add_argument("--part", choices=["dev", "locked"], default="locked")
+    j = sub.add_parser("judges", help="PandaLM's locked rows against the published GPT-3.5 and PandaLM-7B verdicts")
+    j.add_argument("folder", type=Path, help="WeOpenML/PandaLM's data/ folder (its two *-testset-v1.json files)")
+    j.add_argument("--profile", choices=list(PROFILES), default="real-cpu")
     args = ap.parse_args()
+    if args.cmd == "judges":
+        judges(args.folder, args.profile)
+        return 0
     if args.cmd == "split":
         for parent in sorted({p for _, p, _ in DATASETS.values()}):
             print(write_split(parent))
