@@ -108,22 +108,27 @@ def test_stacker_uses_meta_features_where_weights_cannot():
 
 def test_select_is_never_worse_than_the_prior_when_the_models_know_nothing():
     """Three confident models of pure noise on 100 rows (Kaggle's first 100 rows are like that for a CPU
-    model): weights, greedy and the best model lose to the prior; select, cross-fitted with its choice
-    nested, stays at the prior's level by picking it (or the stacker shrunk to it)."""
+    model): weights, greedy and the best model lose to the prior; select among prior, best, weights and stack,
+    cross-fitted with its choice nested, picks the prior and so scores no worse than it. Control: with a
+    real signal the same candidates leave the prior."""
+    choice = from_dict(BlendConfig, {"select": {"candidates": ["prior", "best", "weights", "stack"]}}, "blend")
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 3, 100)
     noise = [rng.dirichlet(np.full(3, 0.5), 100) for _ in range(3)]
     fold_of, frame = np.arange(100) % 5, frame_of(100, 1)
-    score = {m: log_loss(labels, crossfit(lambda m=m: create_blender(m, ["a", "b", "c"], CFG),
+    score = {m: log_loss(labels, crossfit(lambda m=m: create_blender(m, ["a", "b", "c"], choice),
                                           noise, labels, fold_of, frame))
-             for m in ("prior", "weights", "greedy", "select")}
+             for m in ("prior", "best", "weights", "greedy", "select")}
     assert score["weights"] > score["prior"] + 0.01 and score["greedy"] > score["prior"] + 0.1
-    assert score["select"] <= score["prior"] + 0.01
-    chosen = fitted("select", noise, labels, frame.assign(fold=fold_of)).summary()["chosen"]
-    assert chosen in ("prior", "stack")
+    assert score["best"] > score["prior"] + 0.5
+    assert score["select"] <= score["prior"] + 0.005
+    chosen = create_blender("select", ["a", "b", "c"], choice).fit(noise, labels, frame.assign(fold=fold_of))
+    assert chosen.summary()["chosen"] == "prior"
     probas, labels2 = good_and_useless(1500)
-    informed = fitted("select", probas, labels2, frame_of(1500).assign(fold=(np.arange(1500) // 3) % 5))
-    assert informed.chosen.name == "stack"  # a real signal: the default candidates' other one
+    informed = create_blender("select", ["m0", "m1"], choice).fit(probas, labels2, frame_of(1500).assign(
+        fold=(np.arange(1500) // 3) % 5))
+    assert informed.chosen.name != "prior"  # a real signal: the prior is not chosen
+    assert informed.scores[informed.chosen.name] < informed.scores["prior"] - 0.2
     wider = from_dict(BlendConfig, {"select": {"candidates": ["prior", "greedy", "weights"]}}, "blend")
     chosen = create_blender("select", ["m0", "m1"], wider).fit(probas, labels2, frame_of(1500).assign(
         fold=(np.arange(1500) // 3) % 5))
