@@ -3,6 +3,7 @@ round-trips through JSON, handles binary labels; cross-fitting and the nested ch
 row that chose anything; the blend stage writes the cross-fitted blend and its intervals."""
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 
 from ensemble.blend import BLENDERS, blender_class, blender_from_json, create_blender
 from ensemble.blend.__main__ import main
+from ensemble.blend.baselines import PriorBlender
 from ensemble.blend.bootstrap import paired_diff_ci
 from ensemble.blend.config import BlendConfig
 from ensemble.blend.crossfit import crossfit
@@ -135,9 +137,28 @@ def test_select_is_never_worse_than_the_prior_when_the_models_know_nothing():
     assert chosen.chosen.name == "greedy" and chosen.model_weights() == {"m0": 0.0, "m1": 1.0}
 
 
-def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold():
-    """By construction: change every label of fold 0 and the cross-fitted predictions of fold 0 stay the
-    same, for every blender, select's inner choice included. A blender fitted on all rows would change."""
+class SpyBlender(PriorBlender):
+    """The prior, recording the ids of the rows each instance is fitted on and predicts (a candidate of select)."""
+
+    name = "spy"
+    seen: ClassVar[list[dict[str, set[str]]]] = []
+
+    def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
+        self.record = {"fit": set(frame["id"]), "predict": set()}
+        SpyBlender.seen.append(self.record)
+        super()._fit(probas, labels, frame)
+
+    def _predict(self, probas, frame) -> np.ndarray:
+        self.record["predict"] |= set(frame["id"])
+        return super()._predict(probas, frame)
+
+
+def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold(monkeypatch):
+    """Change every label of fold 0 and the cross-fitted predictions of fold 0 stay the same, for every
+    blender, select's inner choice included. And select's choice is nested: inside the cross-fit over three
+    folds, each candidate is fitted on one fold and scored on another, never on the outer held-out fold's
+    rows nor on the rows it was fitted on. Breaks if crossfit fits on all rows, or if select scores its
+    candidates in-sample (an in-sample choice never sees fold 0 either, so the poison alone cannot tell)."""
     probas, labels = good_and_useless(900)
     fold_of = (np.arange(900) // 3) % 3
     frame = frame_of(900)
@@ -149,6 +170,19 @@ def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold():
         np.testing.assert_array_equal(clean[fold_of == 0], bad[fold_of == 0], err_msg=name)
         if name in ("weights", "stack", "select"):  # a fitted number moves: the poison does reach other folds
             assert not np.allclose(clean[fold_of == 1], bad[fold_of == 1]), name
+    # the spy, a candidate equal to the prior and listed after it, is scored but never chosen
+    monkeypatch.setitem(BLENDERS, "spy", f"{__name__}:SpyBlender")
+    monkeypatch.setattr(SpyBlender, "seen", [])
+    spied = from_dict(BlendConfig, {"select": {"candidates": ["prior", "spy"]}}, "blend")
+    crossfit(lambda: create_blender("select", ["m0", "m1"], spied), probas, labels, fold_of, frame)
+    fold_by_id = dict(zip(frame["id"], fold_of))
+    outer_folds = []
+    for record in SpyBlender.seen:
+        fitted_on = {fold_by_id[i] for i in record["fit"]}
+        scored_on = {fold_by_id[i] for i in record["predict"]}
+        assert len(fitted_on) == 1 and len(scored_on) == 1 and fitted_on != scored_on, record
+        outer_folds.append(({0, 1, 2} - fitted_on - scored_on).pop())  # the fold this inner fit never saw
+    assert sorted(outer_folds) == [0, 0, 1, 1, 2, 2]  # per outer fold: one fit per inner fold
 
 
 # ------------------------------------------------------------------------ one interface for all
