@@ -218,15 +218,26 @@ def test_bootstrap_interval_resamples_whole_groups():
 
 
 def test_bootstrap_interval_is_paired():
-    """Two predictors whose row losses move together: the paired interval of the difference is tight and
-    excludes 0; resampling each side on its own (unpaired) would be wide and contain 0."""
+    """Two predictors whose row losses move together (loss spread 1, difference spread 0.01): the paired
+    interval of the difference is as wide as the differences' own spread allows (about 0.0013) and
+    excludes 0; resampling each side on its own (unpaired) gives an interval over 50 times wider. Breaks
+    if the two sides are resampled apart, or if the interval is narrower than its level promises."""
     rng = np.random.default_rng(2)
     base = rng.exponential(1.0, 900)
     a, b = base, base + 0.02 + rng.normal(0, 0.01, 900)
-    lo, hi = paired_diff_ci(a, b, np.arange(900) // 3, 500, seed=0)
-    assert hi < 0 and hi - lo < 0.01
-    idx = [rng.integers(0, 900, 900) for _ in range(2)]  # one unpaired resample's spread, for scale
-    assert abs(a[idx[0]].mean() - b[idx[1]].mean()) > 0 and np.std(base) / np.sqrt(900) > 5 * (hi - lo)
+    groups = np.arange(900) // 3
+    lo, hi = paired_diff_ci(a, b, groups, 500, seed=0)
+    assert hi < 0 < -lo  # b is worse by 0.02 on average
+    # the 95% interval of a mean of 300 independent prompt means: 2 * 1.96 standard errors
+    prompt_diff = np.bincount(groups, weights=a - b) / 3
+    expected = 2 * 1.96 * prompt_diff.std() / np.sqrt(len(prompt_diff))
+    assert 0.75 * expected < hi - lo < 1.25 * expected, (hi - lo, expected)
+    # control: an unpaired bootstrap, each side's prompts drawn on their own
+    prompt_a, prompt_b = np.bincount(groups, weights=a) / 3, np.bincount(groups, weights=b) / 3
+    draws = [prompt_a[rng.integers(0, 300, 300)].mean() - prompt_b[rng.integers(0, 300, 300)].mean()
+             for _ in range(500)]
+    unpaired = np.subtract(*np.quantile(draws, [0.975, 0.025]))
+    assert unpaired > 50 * (hi - lo) and 0 < np.quantile(draws, 0.975), (unpaired, hi - lo)
 
 
 # ------------------------------------------------------------------------ the blend stage
