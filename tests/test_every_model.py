@@ -20,12 +20,14 @@ TINY: dict[str, Callable[[pytest.FixtureRequest], dict]] = {
     # inner early stopping (the default) on: the held-out share is the training rows' own
     "lgbm": lambda request: {"n_estimators": 40, "early_stopping_rounds": 5, "min_child_samples": 3, "n_jobs": 1,
                              "vectorizer": {"max_features": 100, "min_df": 1}},
-    # calib_frac 0: too few rows to calibrate on, which would leave the class prior on every row
+    # calib_frac 0: too few rows to calibrate on, which would leave the class prior on every row. An evaluation
+    # every step (on held-out training rows: none here) and learning rates high enough for a bumpy loss: a loop
+    # that evaluated on `valid` would keep an earlier step than the last
     "dual_tower": lambda request: {"backbone": request.getfixturevalue("tiny_backbone"), "max_len": 48,
-                                   "device": "cpu", "head_lr": 1e-2, "freeze_layers": 0, "use_features": False,
+                                   "device": "cpu", "head_lr": 5e-2, "freeze_layers": 0, "use_features": False,
                                    "calib_frac": 0.0,
-                                   "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.0,
-                                             "precision": "fp32"}},
+                                   "train": {"max_steps": 4, "eval_every": 1, "batch_size": 8, "lr": 1e-2,
+                                             "warmup_ratio": 0.0, "precision": "fp32"}},
     "llm": lambda request: tiny_config(request.getfixturevalue("tiny_llm"), quantization="none", lora_layers=1),
 }
 
