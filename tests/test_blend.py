@@ -129,8 +129,9 @@ def test_select_is_never_worse_than_the_prior_when_the_models_know_nothing():
     probas, labels2 = good_and_useless(1500)
     informed = create_blender("select", ["m0", "m1"], choice).fit(probas, labels2, frame_of(1500).assign(
         fold=(np.arange(1500) // 3) % 5))
+    inner = informed.summary()["inner_crossfit_log_loss"]
     assert informed.chosen.name != "prior"  # a real signal: the prior is not chosen
-    assert informed.scores[informed.chosen.name] < informed.scores["prior"] - 0.2
+    assert inner[informed.chosen.name] < inner["prior"] - 0.2
     wider = from_dict(BlendConfig, {"select": {"candidates": ["prior", "greedy", "weights"]}}, "blend")
     chosen = create_blender("select", ["m0", "m1"], wider).fit(probas, labels2, frame_of(1500).assign(
         fold=(np.arange(1500) // 3) % 5))
