@@ -6,6 +6,7 @@ Both files are read and checked before anything is written, so a bad file leaves
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -39,18 +40,22 @@ def main() -> int:
                         f"{train_report.layout!r}; give the test pairs in the kaggle layout (id, prompt, response_a, "
                         f"response_b) or in the training file's layout (README, Data format)")
     counts = class_counts(train["label"])
+    has_ties = counts["tie"] > 0
+    floor = 1 / (len(train) + 3)  # the add-one floor of a class the training rows never held
+    notes = []  # one stderr line: the class the training data lacks, and what a labelled test file's rows of it cost
+    if not has_ties:
+        notes.append(f"the training data {data.train} has no ties ({format_counts(counts)}): the models predict "
+                     f"P(tie) only at a small floor (about 1/(n+3) for n training rows, {floor:.1g} here)")
     if "label" in test:
         test_counts = class_counts(test["label"])
-        unseen = [name for name in LABEL_NAMES if test_counts[name] and not counts[name]]
-        if unseen:  # scoring those rows would measure a class no model was trained on
-            raise DataError(f"{data.test}: its labels hold {' / '.join(unseen)} rows ({format_counts(test_counts)}), "
-                            f"a class the training data {data.train} lacks ({format_counts(counts)})")
+        for name in LABEL_NAMES:
+            if test_counts[name] and not counts[name]:  # accepted (the labels are dropped), but scoring them costs
+                notes.append(f"the test file {data.test} holds {test_counts[name]} {name} rows "
+                             f"({format_counts(test_counts)}), a class the training data lacks: each one scored gets "
+                             f"P({name}) of about {floor:.1g} and costs about {-math.log(floor):.1f} nats of log loss")
         test = test.drop(columns="label")
-    has_ties = counts["tie"] > 0
-    if not has_ties:
-        print(f"note: the training data {data.train} has no ties ({format_counts(counts)}): the models predict "
-              f"P(tie) only at a small floor (about 1/(n+3) for n training rows, {1 / (len(train) + 3):.1g} here)",
-              file=sys.stderr)
+    if notes:
+        print("note: " + "; ".join(notes), file=sys.stderr)
     unlabelled = None
     if data.unlabelled:  # read and checked before anything is written, as the two files above
         unlabelled = read_battles(data.unlabelled, labels=None, drop_duplicates=False, side_seed=data.side_seed)

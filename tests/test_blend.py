@@ -3,6 +3,7 @@ round-trips through JSON, handles binary labels; cross-fitting and the nested ch
 row that chose anything; the blend stage writes the cross-fitted blend and its intervals."""
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 
 from ensemble.blend import BLENDERS, blender_class, blender_from_json, create_blender
 from ensemble.blend.__main__ import main
+from ensemble.blend.baselines import PriorBlender
 from ensemble.blend.bootstrap import paired_diff_ci
 from ensemble.blend.config import BlendConfig
 from ensemble.blend.crossfit import crossfit
@@ -108,31 +110,56 @@ def test_stacker_uses_meta_features_where_weights_cannot():
 
 def test_select_is_never_worse_than_the_prior_when_the_models_know_nothing():
     """Three confident models of pure noise on 100 rows (Kaggle's first 100 rows are like that for a CPU
-    model): weights, greedy and the best model lose to the prior; select, cross-fitted with its choice
-    nested, stays at the prior's level by picking it (or the stacker shrunk to it)."""
+    model): weights, greedy and the best model lose to the prior; select among prior, best, weights and stack,
+    cross-fitted with its choice nested, picks the prior and so scores no worse than it. Control: with a
+    real signal the same candidates leave the prior."""
+    choice = from_dict(BlendConfig, {"select": {"candidates": ["prior", "best", "weights", "stack"]}}, "blend")
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 3, 100)
     noise = [rng.dirichlet(np.full(3, 0.5), 100) for _ in range(3)]
     fold_of, frame = np.arange(100) % 5, frame_of(100, 1)
-    score = {m: log_loss(labels, crossfit(lambda m=m: create_blender(m, ["a", "b", "c"], CFG),
+    score = {m: log_loss(labels, crossfit(lambda m=m: create_blender(m, ["a", "b", "c"], choice),
                                           noise, labels, fold_of, frame))
-             for m in ("prior", "weights", "greedy", "select")}
+             for m in ("prior", "best", "weights", "greedy", "select")}
     assert score["weights"] > score["prior"] + 0.01 and score["greedy"] > score["prior"] + 0.1
-    assert score["select"] <= score["prior"] + 0.01
-    chosen = fitted("select", noise, labels, frame.assign(fold=fold_of)).summary()["chosen"]
-    assert chosen in ("prior", "stack")
+    assert score["best"] > score["prior"] + 0.5
+    assert score["select"] <= score["prior"] + 0.005
+    chosen = create_blender("select", ["a", "b", "c"], choice).fit(noise, labels, frame.assign(fold=fold_of))
+    assert chosen.summary()["chosen"] == "prior"
     probas, labels2 = good_and_useless(1500)
-    informed = fitted("select", probas, labels2, frame_of(1500).assign(fold=(np.arange(1500) // 3) % 5))
-    assert informed.chosen.name == "stack"  # a real signal: the default candidates' other one
+    informed = create_blender("select", ["m0", "m1"], choice).fit(probas, labels2, frame_of(1500).assign(
+        fold=(np.arange(1500) // 3) % 5))
+    inner = informed.summary()["inner_crossfit_log_loss"]
+    assert informed.chosen.name != "prior"  # a real signal: the prior is not chosen
+    assert inner[informed.chosen.name] < inner["prior"] - 0.2
     wider = from_dict(BlendConfig, {"select": {"candidates": ["prior", "greedy", "weights"]}}, "blend")
     chosen = create_blender("select", ["m0", "m1"], wider).fit(probas, labels2, frame_of(1500).assign(
         fold=(np.arange(1500) // 3) % 5))
     assert chosen.chosen.name == "greedy" and chosen.model_weights() == {"m0": 0.0, "m1": 1.0}
 
 
-def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold():
-    """By construction: change every label of fold 0 and the cross-fitted predictions of fold 0 stay the
-    same, for every blender, select's inner choice included. A blender fitted on all rows would change."""
+class SpyBlender(PriorBlender):
+    """The prior, recording the ids of the rows each instance is fitted on and predicts (a candidate of select)."""
+
+    name = "spy"
+    seen: ClassVar[list[dict[str, set[str]]]] = []
+
+    def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
+        self.record = {"fit": set(frame["id"]), "predict": set()}
+        SpyBlender.seen.append(self.record)
+        super()._fit(probas, labels, frame)
+
+    def _predict(self, probas, frame) -> np.ndarray:
+        self.record["predict"] |= set(frame["id"])
+        return super()._predict(probas, frame)
+
+
+def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold(monkeypatch):
+    """Change every label of fold 0 and the cross-fitted predictions of fold 0 stay the same, for every
+    blender, select's inner choice included. And select's choice is nested: inside the cross-fit over three
+    folds, each candidate is fitted on one fold and scored on another, never on the outer held-out fold's
+    rows nor on the rows it was fitted on. Breaks if crossfit fits on all rows, or if select scores its
+    candidates in-sample (an in-sample choice never sees fold 0 either, so the poison alone cannot tell)."""
     probas, labels = good_and_useless(900)
     fold_of = (np.arange(900) // 3) % 3
     frame = frame_of(900)
@@ -144,6 +171,19 @@ def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold():
         np.testing.assert_array_equal(clean[fold_of == 0], bad[fold_of == 0], err_msg=name)
         if name in ("weights", "stack", "select"):  # a fitted number moves: the poison does reach other folds
             assert not np.allclose(clean[fold_of == 1], bad[fold_of == 1]), name
+    # the spy, a candidate equal to the prior and listed after it, is scored but never chosen
+    monkeypatch.setitem(BLENDERS, "spy", f"{__name__}:SpyBlender")
+    monkeypatch.setattr(SpyBlender, "seen", [])
+    spied = from_dict(BlendConfig, {"select": {"candidates": ["prior", "spy"]}}, "blend")
+    crossfit(lambda: create_blender("select", ["m0", "m1"], spied), probas, labels, fold_of, frame)
+    fold_by_id = dict(zip(frame["id"], fold_of))
+    outer_folds = []
+    for record in SpyBlender.seen:
+        fitted_on = {fold_by_id[i] for i in record["fit"]}
+        scored_on = {fold_by_id[i] for i in record["predict"]}
+        assert len(fitted_on) == 1 and len(scored_on) == 1 and fitted_on != scored_on, record
+        outer_folds.append(({0, 1, 2} - fitted_on - scored_on).pop())  # the fold this inner fit never saw
+    assert sorted(outer_folds) == [0, 0, 1, 1, 2, 2]  # per outer fold: one fit per inner fold
 
 
 # ------------------------------------------------------------------------ one interface for all
@@ -179,15 +219,26 @@ def test_bootstrap_interval_resamples_whole_groups():
 
 
 def test_bootstrap_interval_is_paired():
-    """Two predictors whose row losses move together: the paired interval of the difference is tight and
-    excludes 0; resampling each side on its own (unpaired) would be wide and contain 0."""
+    """Two predictors whose row losses move together (loss spread 1, difference spread 0.01): the paired
+    interval of the difference is as wide as the differences' own spread allows (about 0.0013) and
+    excludes 0; resampling each side on its own (unpaired) gives an interval over 50 times wider. Breaks
+    if the two sides are resampled apart, or if the interval is narrower than its level promises."""
     rng = np.random.default_rng(2)
     base = rng.exponential(1.0, 900)
     a, b = base, base + 0.02 + rng.normal(0, 0.01, 900)
-    lo, hi = paired_diff_ci(a, b, np.arange(900) // 3, 500, seed=0)
-    assert hi < 0 and hi - lo < 0.01
-    idx = [rng.integers(0, 900, 900) for _ in range(2)]  # one unpaired resample's spread, for scale
-    assert abs(a[idx[0]].mean() - b[idx[1]].mean()) > 0 and np.std(base) / np.sqrt(900) > 5 * (hi - lo)
+    groups = np.arange(900) // 3
+    lo, hi = paired_diff_ci(a, b, groups, 500, seed=0)
+    assert hi < 0 < -lo  # b is worse by 0.02 on average
+    # the 95% interval of a mean of 300 independent prompt means: 2 * 1.96 standard errors
+    prompt_diff = np.bincount(groups, weights=a - b) / 3
+    expected = 2 * 1.96 * prompt_diff.std() / np.sqrt(len(prompt_diff))
+    assert 0.75 * expected < hi - lo < 1.25 * expected, (hi - lo, expected)
+    # control: an unpaired bootstrap, each side's prompts drawn on their own
+    prompt_a, prompt_b = np.bincount(groups, weights=a) / 3, np.bincount(groups, weights=b) / 3
+    draws = [prompt_a[rng.integers(0, 300, 300)].mean() - prompt_b[rng.integers(0, 300, 300)].mean()
+             for _ in range(500)]
+    unpaired = np.subtract(*np.quantile(draws, [0.975, 0.025]))
+    assert unpaired > 50 * (hi - lo) and 0 < np.quantile(draws, 0.975), (unpaired, hi - lo)
 
 
 # ------------------------------------------------------------------------ the blend stage

@@ -61,7 +61,8 @@ def test_rule_follows_the_training_frequencies_oriented_by_side():
 def test_auto_mode_uses_the_rule_only_where_it_beats_the_blend_and_crossfit_scores_it():
     """Models that know nothing (uniform): the rule wins on both kinds, and the cross-fitted blend improves on
     those rows. Models that already know the answer: the rule is not used. Breaks if auto always or never
-    applies the rule, or if the rule is fitted on the held-out fold (crossfit goes through Blender.fit)."""
+    applies the rule, or if the rule is fitted on the held-out fold: the held-out fold's own labels, flipped on
+    its degenerate rows, must not move its cross-fitted predictions (they do move the other folds')."""
     frame, labels = degenerate_frame()
     k = kinds(frame)
     rows = k != NONE
@@ -75,6 +76,17 @@ def test_auto_mode_uses_the_rule_only_where_it_beats_the_blend_and_crossfit_scor
     without = crossfit(lambda: create_blender("weights", ["m"], off), blind, labels, fold_of, frame)
     assert log_loss(labels[rows], with_rule[rows]) < log_loss(labels[rows], without[rows]) - 0.3
     np.testing.assert_allclose(with_rule[~rows], without[~rows])
+    # leakage: fold 0's identical battles become A wins, its empty ones the empty side's wins
+    held_out = fold_of == 0
+    flipped = labels.copy()
+    flipped[held_out & (k == IDENTICAL)] = 0
+    flipped[held_out & (k == A_EMPTY)] = 0
+    flipped[held_out & (k == B_EMPTY)] = 1
+    assert (flipped != labels).sum() > 40
+    again = crossfit(lambda: create_blender("weights", ["m"], cfg), blind, flipped, fold_of, frame)
+    np.testing.assert_array_equal(again[held_out], with_rule[held_out])
+    moved = np.abs(again[~held_out & rows] - with_rule[~held_out & rows]).max()
+    assert moved > 0.05  # control: the flipped labels do reach the rule fitted for every other fold
     # an oracle-ish model: 0.95 on the true class; the rule (0.8-0.9) would lose, so it is not used
     sharp = [np.where(np.eye(3)[labels] > 0, 0.95, 0.025)]
     assert create_blender("weights", ["m"], cfg).fit(sharp, labels, frame).degenerate_.use == {

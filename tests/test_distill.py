@@ -19,7 +19,8 @@ from ensemble.core.folds import attach_folds, make_folds
 from ensemble.core.metrics import log_loss
 from ensemble.core.targets import SOFT_COLUMNS, DistillConfig, sharpen, weighted_copies
 from ensemble.distill import FILES, Teachers, check_teachers
-from ensemble.oof import run_oof
+from ensemble.models.base import BaseModel
+from ensemble.oof import read_done, run_oof
 
 WORDS = "the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code".split()
 FAST = {"n_estimators": 60, "learning_rate": 0.1, "early_stopping_rounds": 10, "n_jobs": 1, "min_child_samples": 5,
@@ -148,9 +149,10 @@ def test_pseudo_labels_come_from_the_fold_model_and_never_train_the_fold_of_thei
     assert 0 < int(kept["pseudo"].sum()) == int(expected.sum()) < int((teachers.pseudo_fold != 0).sum())
 
 
-def test_pseudo_labels_through_run_oof_retrain_only_when_the_teacher_changes(tmp_path):
-    """A student with a teacher from elsewhere and unlabelled battles: a rerun reuses every fold, a changed
-    teacher file retrains them (the fold fingerprint holds the targets), and the student learns."""
+def test_pseudo_labels_through_run_oof_retrain_only_when_the_teacher_changes(tmp_path, monkeypatch):
+    """A student with a teacher from elsewhere and unlabelled battles: a rerun reuses every fold (no fit
+    runs), a changed teacher file retrains them all (the fold fingerprint holds the targets), and the student
+    learns. Breaks if a rerun retrains a finished fold, or if a changed teacher reuses one."""
     frame, clean = noisy_frame(120)
     folds = make_folds(frame, 3, seed=0)
     fold_of = attach_folds(frame, folds)
@@ -163,16 +165,30 @@ def test_pseudo_labels_through_run_oof_retrain_only_when_the_teacher_changes(tmp
     pd.concat(rows).to_parquet(folder / FILES["pseudo"])
     student = {**FAST, "distill": {"teachers": ["oracle"], "weight": 0.8}}
 
-    def run(capsys=None):
-        run_oof("lgbm", student, frame, folds, tmp_path / "a", unlabelled=unlabelled, teacher_dir=tmp_path / "teachers")
-        return [(tmp_path / "a" / "models" / "lgbm" / f"fold_{k}" / "done.json").read_text() for k in range(3)]
+    fits: list[int] = []  # rows of each model.fit call: how many folds a run trained
+    real_fit = BaseModel.fit
 
-    first = run()
-    assert run() == first
+    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
+        fits.append(len(train))
+        return real_fit(self, train, valid)
+
+    monkeypatch.setattr(BaseModel, "fit", counting_fit)
+
+    def run() -> tuple[int, list[str]]:
+        """(folds trained by this run, each fold's fingerprint)"""
+        before = len(fits)
+        run_oof("lgbm", student, frame, folds, tmp_path / "a", unlabelled=unlabelled, teacher_dir=tmp_path / "teachers")
+        done = [read_done(tmp_path / "a" / "models" / "lgbm" / f"fold_{k}")["fingerprint"] for k in range(3)]
+        return len(fits) - before, done
+
+    trained, first = run()
+    assert trained == 3
+    assert run() == (0, first)  # a rerun: every fold reused, none trained
     proba = oof_of(tmp_path / "a", "lgbm", frame)
     assert log_loss(clean, proba) < log_loss(clean, np.full((len(clean), 3), 1 / 3)) - 0.1
     write_nested(folder, frame, fold_of, sharpen(oracle(frame), 2.0))
-    assert all(a != b for a, b in zip(run(), first))
+    trained, changed = run()
+    assert trained == 3 and all(a != b for a, b in zip(changed, first))
 
 
 def test_weighted_copies_and_sharpen():

@@ -2,6 +2,7 @@
 the binary (no-tie) checks of the prepare stage, and the one-line errors for malformed files."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, battle_frame, raw_csv
 
-from ensemble.core.data import DataError, read_battles, save_battles
+from ensemble.core.data import DataError, class_counts, format_counts, read_battles, save_battles
 from ensemble.core.preference import chosen_side, content_id
 
 PCR = "prompt/chosen/rejected"
@@ -310,20 +311,27 @@ def test_prepare_binary_training_data(tmp_path):
     assert "label" not in pd.read_parquet(tmp_path / "out" / "test.parquet")
 
 
-def test_prepare_refuses_test_labels_with_a_class_training_lacks(tmp_path):
-    """Breaks if prepare does not compare the classes, or writes train.parquet before checking the test file."""
+def test_prepare_accepts_test_ties_against_binary_training_and_says_what_they_cost(tmp_path):
+    """A labelled Kaggle test file with tie rows against preference (no-tie) training data: accepted, its labels
+    dropped, one note naming the tie count, the P(tie) floor and the log loss each tie row scored costs. Breaks if
+    prepare refuses the file, keeps its labels, or says nothing about the ties."""
     train = _pref_file(tmp_path / "train.csv")
     test = raw_csv(battle_frame(12), tmp_path / "test.csv")  # a Kaggle file with tie rows
     ties = int((battle_frame(12)["label"] == 2).sum())
     assert ties > 0
     proc = _prepare(tmp_path, train, test)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1
-    assert error[0].startswith(f"error: {test}: its labels hold tie rows (A wins ")
-    assert f", tie {ties}), a class the training data {train} lacks (A wins " in error[0]
-    assert error[0].endswith(", tie 0)")
-    assert not (tmp_path / "out").exists()
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1, proc.stderr
+    labels = read_battles(train, verbose=False)["label"]
+    floor = 1 / (len(labels) + 3)
+    assert notes[0].startswith(f"note: the training data {train} has no ties ({format_counts(class_counts(labels))})")
+    assert f"; the test file {test} holds {ties} tie rows (A wins " in notes[0]
+    cost = -math.log(floor)  # the log loss of a tie row predicted at the floor
+    assert notes[0].endswith(f"gets P(tie) of about {floor:.1g} and costs about {cost:.1f} nats of log loss")
+    written = pd.read_parquet(tmp_path / "out" / "test.parquet")
+    assert len(written) == 12 and "label" not in written
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["has_ties"] is False
 
 
 @pytest.mark.parametrize("which", ["train", "test"])
