@@ -309,32 +309,61 @@ def fmt_ci(v) -> str:
     return f"[{v[0]:+.3f}, {v[1]:+.3f}]" if v else ""
 
 
-def table(part: str) -> None:
-    for profile in PROFILES:
-        for name in DATASETS:
+def dev_table(profile: str) -> list[str]:
+    """Markdown: every dataset x blender cross-fitted on the development rows, beside the models."""
+    lines = ["| dataset (development rows) | predictor | log loss | accuracy | vs prior, 95% CI "
+             "| vs best model, 95% CI |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name in DATASETS:
+        f = figures(name, profile)
+        if f is None:
+            continue
+        d = f["dev"]
+        b = d["blend"]
+        where = f"{name} ({d['rows']})"
+        lines.append(f"| {where} | class prior | {d['prior']['log_loss']:.4f} | {d['prior']['accuracy']:.3f} | | |")
+        for m, r in d["models"].items():
+            at_prior = f" (prior on {r['prior_folds']}/{r['folds']} folds)" if r.get("prior_folds") else ""
+            mark = " (best)" if m == b["best_model"] else ""
+            lines.append(f"| | {m}{mark}{at_prior} | {r['log_loss']:.4f} | {r['accuracy']:.3f} | "
+                         f"{fmt_ci(r.get('diff_vs_prior_ci'))} | |")
+        for method, v in b["by_method"].items():
+            label = f"**{method}** (default; chose {b.get('chosen') or '-'})" if method == d["method"] else method
+            if method == d["method"]:
+                per_fold = [x.get("chosen") for x in b.get("fold_summaries", [])]
+                label = f"**{method}** (default; per fold: {', '.join(per_fold)})"
+            lines.append(f"| | {label} | {v['log_loss']:.4f} | {v['accuracy']:.3f} | "
+                         f"{fmt_ci(v.get('diff_vs_prior_ci'))} | {fmt_ci(v.get('diff_vs_best_ci'))} |")
+    return lines
+
+
+def locked_table() -> list[str]:
+    """Markdown: submit on the locked rows, every dataset and profile."""
+    lines = ["| dataset | profile | locked rows | class prior | lgbm | dual_tower | llm | blend (applied) | "
+             "vs prior, 95% CI | vs best dev model, 95% CI |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in DATASETS:
+        for profile in PROFILES:
             f = figures(name, profile)
             if f is None:
                 continue
-            if part == "dev":
-                d = f["dev"]
-                b = d["blend"]
-                print(f"\n{name} / {profile}: {d['rows']} development rows, cross-fitted "
-                      f"(prior {d['prior']['log_loss']:.4f} / {d['prior']['accuracy']:.3f}; "
-                      + ", ".join(f"{m} {r['log_loss']:.4f} / {r['accuracy']:.3f}"
-                                  + (f" ({r['prior_folds']} folds at the prior)" if r.get("prior_folds") else "")
-                                  for m, r in d["models"].items()) + f"; best {b['best_model']})")
-                for method, s in b["by_method"].items():
-                    mark = " <- blend.method" + (f" (chose {b.get('chosen')})" if b.get("chosen") else "") \
-                        if method == d["method"] else ""
-                    print(f"  {method:<8} {s['log_loss']:.4f} / {s['accuracy']:.3f}  vs prior "
-                          f"{fmt_ci(s.get('diff_vs_prior_ci'))}  vs best {fmt_ci(s.get('diff_vs_best_ci'))}{mark}")
-            else:
-                lk = f["locked"]
-                b = lk["blend"]
-                print(f"{name:<15} {profile:<9} {lk['rows']:>4} rows  prior {lk['prior']['log_loss']:.4f}  "
-                      + "  ".join(f"{m} {r['log_loss']:.4f}" for m, r in lk["models"].items())
-                      + f"  blend {b['log_loss']:.4f} / {b['accuracy']:.3f} ({b.get('chosen') or b['method']})  "
-                      f"vs prior {fmt_ci(b['diff_vs_prior_ci'])}  vs {b['best_model']} {fmt_ci(b['diff_vs_best_ci'])}")
+            lk = f["locked"]
+            b = lk["blend"]
+            models = " | ".join(f"{r['log_loss']:.4f} / {r['accuracy']:.3f}" for r in lk["models"].values())
+            lines.append(f"| {name} | {profile} | {lk['rows']} | {lk['prior']['log_loss']:.4f} / "
+                         f"{lk['prior']['accuracy']:.3f} | {models} | **{b['log_loss']:.4f}** / {b['accuracy']:.3f} "
+                         f"({b.get('chosen') or b['method']}) | {fmt_ci(b['diff_vs_prior_ci'])} | "
+                         f"{fmt_ci(b['diff_vs_best_ci'])} ({b['best_model']}) |")
+    return lines
+
+
+def table(part: str) -> None:
+    if part == "locked":
+        print("\n".join(locked_table()))
+        return
+    for profile in PROFILES:
+        print(f"\n{profile}:\n")
+        print("\n".join(dev_table(profile)))
 
 
 def main() -> int:
