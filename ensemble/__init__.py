@@ -12,3 +12,13 @@ __version__ = "0.1.0"
 
 #: Column order of every probability matrix in the project: P(A wins), P(B wins), P(tie).
 TARGETS = ("winner_model_a", "winner_model_b", "winner_tie")
+
+
+def __getattr__(name: str):
+    """`from ensemble import Judge` imports ensemble.judge (pandas, the blenders) only when asked: `import
+    ensemble` stays cheap for the stages and CLIs that never judge."""
+    if name == "Judge":
+        from ensemble.judge import Judge
+
+        return Judge
+    raise AttributeError(f"module 'ensemble' has no attribute {name!r}")

@@ -12,9 +12,11 @@ artifacts/test/<name>.parquet.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ import pandas as pd
 from ensemble import TARGETS
 from ensemble.blend import BLENDERS, blender_from_json
 from ensemble.core import fingerprint as fp
+from ensemble.core import progress
 from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import from_dict, load_params
@@ -33,7 +36,7 @@ from ensemble.core.metrics import accuracy, log_loss
 from ensemble.core.predictions import proba_frame, read_test_file
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
-from ensemble.models.base import CONFIG_FILE
+from ensemble.models.base import CONFIG_FILE, BaseModel
 from ensemble.oof import read_done
 
 #: what a fingerprint part that changed means, for the message
@@ -92,27 +95,43 @@ def _saved_config(fold_dir: Path) -> dict:
         return {}
 
 
-def predict_model(artifacts: Path, name: str, frame: pd.DataFrame, params: dict | None = None,
-                  check_code: bool = True, cache: RunCache | None = None) -> np.ndarray:
-    """Fold-averaged probabilities of one base model, its run-time keys from today's params."""
+def fold_models(artifacts: Path, name: str, params: dict | None = None, check_code: bool = True,
+                cache: RunCache | None = None) -> Iterator[BaseModel]:
+    """The fold models of one base model, checked up front (fold_dirs) and loaded with today's run-time keys:
+    the K fold models, one at a time as they are iterated (submit predicts and drops each: one in memory; a
+    Judge keeps them all), or the one model merged from them where `<name>.merge_folds` is on."""
     params = load_params() if params is None else params
     cache = cache if cache is not None else RunCache()
-    total = np.zeros((len(frame), 3))
     dirs = fold_dirs(artifacts, name, params, check_code, cache)
     runtime = params.get(name, {})
     if runtime.get("merge_folds"):  # one model from the K folds, one inference pass (e.g. llm.merge_folds)
-        import importlib
-
         module, func = model_class(name).merger.split(":")
         merged = getattr(importlib.import_module(module), func)([load_model(d, cache=cache, runtime=runtime)
                                                                 for d in dirs])
-        print(f"[{name}] predicting with the {len(dirs)} folds merged into one model", file=sys.stderr)
-        return np.asarray(merged.predict_proba(frame), dtype=float)
-    for d in dirs:
-        print(f"[{name}] predicting with {d}", file=sys.stderr)
-        model = load_model(d, cache=cache, runtime=params.get(name, {}))
+        progress.log(f"[{name}] predicting with the {len(dirs)} folds merged into one model")
+        return iter([merged])
+
+    def each() -> Iterator[BaseModel]:
+        for d in dirs:
+            progress.log(f"[{name}] predicting with {d}")
+            yield load_model(d, cache=cache, runtime=runtime)
+
+    return each()
+
+
+def fold_average(models: Iterable[BaseModel], frame: pd.DataFrame) -> np.ndarray:
+    """(n, 3) mean of the models' probabilities of `frame` (fold averaging; a merged model's are its own)."""
+    total, count = np.zeros((len(frame), 3)), 0
+    for model in models:
         total += np.asarray(model.predict_proba(frame), dtype=float)
-    return total / len(dirs)
+        count += 1
+    return total / count
+
+
+def predict_model(artifacts: Path, name: str, frame: pd.DataFrame, params: dict | None = None,
+                  check_code: bool = True, cache: RunCache | None = None) -> np.ndarray:
+    """Fold-averaged probabilities of one base model, its run-time keys from today's params."""
+    return fold_average(fold_models(artifacts, name, params, check_code, cache), frame)
 
 
 def cached_test_predictions(artifacts: Path, name: str, frame: pd.DataFrame,
@@ -165,21 +184,26 @@ def read_blender(artifacts: Path):
                         f"rerun python -m ensemble.blend") from None
 
 
+def blend_models(blender, frame: pd.DataFrame, predict: Callable[[str], np.ndarray]) -> np.ndarray:
+    """(n, 3) the fitted blend of `frame`: `predict(name)` for each model the blend uses, a uniform row for one
+    it does not (e.g. a zero weight: it does not move the blend); the frame's texts let the blender apply its
+    degenerate-battle rule."""
+    used = set(blender.used_models())
+    probas = [predict(name) if name in used else np.full((len(frame), 3), 1 / 3) for name in blender.models]
+    return blender.predict(probas, frame)
+
+
 def make_submission(test: pd.DataFrame, artifacts: Path, reuse_cached: bool = False, params: dict | None = None,
                     source: str = "the test file", check_code: bool = True) -> pd.DataFrame:
     blender = read_blender(artifacts)
-    used = set(blender.used_models())
     cache = RunCache()  # shared by every model and fold of this submission
 
     def predict(name: str) -> np.ndarray:
-        if name not in used:  # e.g. a zero weight: the model does not move the blend
-            return np.full((len(test), 3), 1 / 3)
         if reuse_cached or not is_registered(name):
             return cached_test_predictions(artifacts, name, test, source)
         return predict_model(artifacts, name, test, params, check_code, cache)
 
-    proba = blender.predict([predict(name) for name in blender.models], test)
-    sub = proba_frame(test["id"], proba)
+    sub = proba_frame(test["id"], blend_models(blender, test, predict))
     validate_submission(sub, list(test["id"]))
     return sub
 
