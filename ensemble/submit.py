@@ -29,7 +29,7 @@ from ensemble.core import progress
 from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import from_dict, load_params
-from ensemble.core.data import DataConfig, DataError, load_battles, read_battles
+from ensemble.core.data import LABEL_NAMES, DataConfig, DataError, load_battles, read_battles
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import accuracy, log_loss
@@ -208,6 +208,29 @@ def make_submission(test: pd.DataFrame, artifacts: Path, reuse_cached: bool = Fa
     return sub
 
 
+def score_lines(labels: np.ndarray, proba: np.ndarray, classes: list[int], n_train: int) -> list[str]:
+    """The score against a labelled file: on all rows and, where the file holds a class the training rows
+    never had (ties in a file, a binary-trained run), also on the rows of the classes training had. Those
+    left-out rows are priced at the add-one floor 1/(n+3) whatever the models say, and dominate the first."""
+    labels = np.asarray(labels, dtype=np.int64)
+    lines = [f"log loss {log_loss(labels, proba):.4f}, accuracy {accuracy(labels, proba):.4f} on all {len(labels)} "
+             f"rows of the file's labels"]
+    absent = [k for k in range(3) if k not in set(classes)]
+    kept = np.isin(labels, classes)
+    if kept.all():
+        return lines
+    had = " / ".join(LABEL_NAMES[k] for k in classes)
+    left = ", ".join(f"{int((labels == k).sum())} {LABEL_NAMES[k]} rows" for k in absent if (labels == k).any())
+    never = " / ".join(LABEL_NAMES[k] for k in absent)
+    why = (f"{left} left out: training had no {never} rows, so P({never}) is floored at 1/(n+3) = "
+           f"{1 / (n_train + 3):.4f} (n = {n_train} training rows)")
+    if not kept.any():
+        return [*lines, f"no rows of the classes training had ({had}); {why}"]
+    return [*lines, f"log loss {log_loss(labels[kept], proba[kept]):.4f}, accuracy "
+                    f"{accuracy(labels[kept], proba[kept]):.4f} on the {int(kept.sum())} rows of the classes "
+                    f"training had ({had}); {why}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ensemble.submit", description=__doc__)
     ap.add_argument("test_csv", help="test battles: .csv, .jsonl or .parquet in any accepted layout (README)")
@@ -230,10 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.output, sub)
     print(f"wrote {args.output}: {len(sub)} rows")
     if "label" in test:
-        labels = test["label"].to_numpy()
-        values = sub[list(TARGETS)].to_numpy()
-        print(f"log loss against the file's labels: {log_loss(labels, values):.4f}, "
-              f"accuracy {accuracy(labels, values):.4f}")
+        blender = read_blender(Path(args.artifacts))
+        for line in score_lines(test["label"].to_numpy(), sub[list(TARGETS)].to_numpy(), blender.classes_,
+                                blender.n_rows_):
+            print(line)
     return 0
 
 
