@@ -69,7 +69,7 @@ class Judge:
         accepts folds trained by other code (submit --skip-code-check). `warm` predicts one battle here, so
         the first call costs what later ones do."""
         artifacts = Path(artifacts)
-        params = params if isinstance(params, dict) else load_params(*([] if params is None else [params]))
+        params = params if isinstance(params, dict) else load_params() if params is None else load_params(params)
         with progress.quiet(not verbose):
             blender = read_blender(artifacts)
             used = blender.used_models()
@@ -110,7 +110,10 @@ class Judge:
         for col in TEXT_COLUMNS:
             battles[col] = [_turns(v, f"predict_frame: row {i}, column {col}") for i, v in enumerate(frame[col])]
         out = proba_frame(ids, self._proba(battles))
-        return out if "id" in frame else out.drop(columns="id")
+        if "id" not in frame:
+            return out.drop(columns="id")
+        out["id"] = frame["id"].to_numpy()  # the caller's ids as given (numbers stay numbers)
+        return out
 
     def _proba(self, battles: pd.DataFrame) -> np.ndarray:
         if not len(battles):

@@ -193,3 +193,15 @@ def test_bad_input_is_one_line(art, tmp_path, capsys):
     assert fail_cleanly(lambda: main(["--artifacts", str(art), *args])) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "fold_2" in err and "\n" not in err, err
+
+
+def test_no_model_code_digest_follows_the_judge():
+    """`from ensemble import Judge` must not make the Judge (and through it submit, the blenders) part of every
+    model's code: the fingerprint follows every import statement of ensemble/__init__.py. Breaks if __getattr__
+    imports ensemble.judge with an import statement."""
+    from ensemble.core.fingerprint import import_closure
+    from ensemble.models import REGISTRY
+
+    for name, target in REGISTRY.items():
+        files = {p.name for p in import_closure([target.split(":")[0]])}
+        assert "__init__.py" in files and not files & {"judge.py", "submit.py"}, name
