@@ -6,11 +6,12 @@ is a fresh process (load time includes the imports, as a service's start would).
         [--batch 64] [--batches 3] [--merge-folds both|on|off]
 
 The battles are the run's own (artifacts/prepared/test.parquet, else train.parquet), a different one for every
-call (the Judge keeps no per-battle cache between calls either). Imports: the libraries of the models the
-blend uses (torch, transformers, LightGBM), timed apart from Judge.load (the fold checks, the fold models,
-one warm-up battle); a service's start costs both. One battle: the median of --calls calls after
-one warm-up call; a batch: --batches batches of --batch battles, time per battle. The table gives min / median
-/ max over the repeats. Targets on 2 cores (a full demo run): imports + load <= 20 s, one battle <= 1 s merged.
+call (the Judge keeps no per-battle cache between calls either). Imports: the modules of the models the blend
+uses, timed apart from Judge.load (the fold checks, the fold models, one warm-up battle, and the libraries a
+model imports on first use: transformers, peft); "load again" is a second Judge.load in the same process, every
+library imported. A service's start costs imports + Judge.load. One battle: the median of --calls calls after
+one warm-up call; a batch: --batches batches of --batch battles, time per battle. The table gives min / median /
+max over the repeats. Targets on 2 cores (a full demo run): imports + load <= 20 s, one battle <= 1 s merged.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def child(artifacts: str, params: str, merged: bool, calls: int, batch: int, bat
             model_class(name)
     import_s, t1 = time.perf_counter() - t0, time.perf_counter()
     judge = Judge.load(artifacts, settings)
-    load_s = time.perf_counter() - t1
+    load_s, t2 = time.perf_counter() - t1, time.perf_counter()
+    judge = Judge.load(artifacts, settings)  # again, every library imported: the checks, the folds, the warm-up
+    again_s = time.perf_counter() - t2
     prepared = Path(artifacts) / "prepared"
     source = prepared / "test.parquet" if (prepared / "test.parquet").is_file() else prepared / "train.parquet"
     rows = load_battles(source)
@@ -66,7 +69,7 @@ def child(artifacts: str, params: str, merged: bool, calls: int, batch: int, bat
         judge.predict_frame(chunk)
         per_battle.append((time.perf_counter() - start) / len(chunk))
     models = {name: len(folds) for name, folds in judge.models.items()}
-    return {"import_s": import_s, "load_s": load_s, "one_s": statistics.median(single),
+    return {"import_s": import_s, "load_s": load_s, "again_s": again_s, "one_s": statistics.median(single),
             "batch_s": statistics.median(per_battle), "models": models, "source": str(source)}
 
 
@@ -104,13 +107,13 @@ def main() -> int:
     paths = {"both": [False, True], "on": [True], "off": [False]}[args.merge_folds]
     print(f"run {args.artifacts}, params {args.params}; {args.repeats} repeats (fresh processes), {args.calls} "
           f"single calls, {args.batches} batches of {args.batch}; min / median / max over the repeats")
-    print(f"{'llm folds':<10}{'imports s':>24}{'Judge.load s':>24}{'one battle s':>24}{'per battle in batch ms':>26}"
-          f"  models (fold models)")
+    print(f"{'llm folds':<10}{'imports s':>24}{'Judge.load s':>24}{'load again s':>24}{'one battle s':>24}"
+          f"{'per battle in batch ms':>26}  models (fold models)")
     for merged in paths:
         runs = [run_child(args, merged) for _ in range(args.repeats)]
         models = ", ".join(f"{name} ({n})" for name, n in runs[0]["models"].items())
         print(f"{'merged' if merged else 'averaged':<10}{spread([r['import_s'] for r in runs]):>24}"
-              f"{spread([r['load_s'] for r in runs]):>24}"
+              f"{spread([r['load_s'] for r in runs]):>24}{spread([r['again_s'] for r in runs]):>24}"
               f"{spread([r['one_s'] for r in runs]):>24}{spread([r['batch_s'] for r in runs], 1000):>26}  {models}",
               flush=True)
     return 0
