@@ -205,6 +205,8 @@ def make_submission(test: pd.DataFrame, artifacts: Path, reuse_cached: bool = Fa
 
     sub = proba_frame(test["id"], blend_models(blender, test, predict))
     validate_submission(sub, list(test["id"]))
+    # the classes the blend's training rows held and their count: what a labelled file's score sets apart
+    sub.attrs.update(classes=list(blender.classes_), train_rows=int(blender.n_rows_))
     return sub
 
 
@@ -253,9 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.output, sub)
     print(f"wrote {args.output}: {len(sub)} rows")
     if "label" in test:
-        blender = read_blender(Path(args.artifacts))
-        for line in score_lines(test["label"].to_numpy(), sub[list(TARGETS)].to_numpy(), blender.classes_,
-                                blender.n_rows_):
+        for line in score_lines(test["label"].to_numpy(), sub[list(TARGETS)].to_numpy(),
+                                sub.attrs.get("classes", [0, 1, 2]), sub.attrs.get("train_rows", 0)):
             print(line)
     return 0
 
