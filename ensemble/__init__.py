@@ -15,9 +15,12 @@ TARGETS = ("winner_model_a", "winner_model_b", "winner_tie")
 
 
 def __getattr__(name: str):
-    """`from ensemble import Judge` (ensemble.judge), imported on first use: `import ensemble` stays cheap."""
+    """`from ensemble import Judge` imports ensemble.judge (pandas, the blenders) only when asked: `import
+    ensemble` stays cheap for the stages and CLIs that never judge."""
     if name == "Judge":
-        from ensemble.judge import Judge
+        # importlib, not an import statement: the fingerprint's code digest follows every import statement of
+        # this file (ensemble.core.fingerprint.file_imports), and a model's code must not include the Judge
+        import importlib
 
-        return Judge
+        return importlib.import_module("ensemble.judge").Judge
     raise AttributeError(f"module 'ensemble' has no attribute {name!r}")

@@ -12,9 +12,11 @@ artifacts/test/<name>.parquet.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +25,18 @@ import pandas as pd
 from ensemble import TARGETS
 from ensemble.blend import BLENDERS, blender_from_json
 from ensemble.core import fingerprint as fp
+from ensemble.core import progress
 from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import from_dict, load_params
-from ensemble.core.data import DataConfig, DataError, load_battles, read_battles
+from ensemble.core.data import LABEL_NAMES, DataConfig, DataError, load_battles, read_battles
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import accuracy, log_loss
 from ensemble.core.predictions import proba_frame, read_test_file
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
-from ensemble.models.base import CONFIG_FILE
+from ensemble.models.base import CONFIG_FILE, BaseModel
 from ensemble.oof import read_done
 
 #: what a fingerprint part that changed means, for the message
@@ -92,27 +95,43 @@ def _saved_config(fold_dir: Path) -> dict:
         return {}
 
 
-def predict_model(artifacts: Path, name: str, frame: pd.DataFrame, params: dict | None = None,
-                  check_code: bool = True, cache: RunCache | None = None) -> np.ndarray:
-    """Fold-averaged probabilities of one base model, its run-time keys from today's params."""
+def fold_models(artifacts: Path, name: str, params: dict | None = None, check_code: bool = True,
+                cache: RunCache | None = None) -> Iterator[BaseModel]:
+    """The fold models of one base model, checked up front (fold_dirs) and loaded with today's run-time keys:
+    the K fold models, one at a time as they are iterated (submit predicts and drops each: one in memory; a
+    Judge keeps them all), or the one model merged from them where `<name>.merge_folds` is on."""
     params = load_params() if params is None else params
     cache = cache if cache is not None else RunCache()
-    total = np.zeros((len(frame), 3))
     dirs = fold_dirs(artifacts, name, params, check_code, cache)
     runtime = params.get(name, {})
     if runtime.get("merge_folds"):  # one model from the K folds, one inference pass (e.g. llm.merge_folds)
-        import importlib
-
         module, func = model_class(name).merger.split(":")
         merged = getattr(importlib.import_module(module), func)([load_model(d, cache=cache, runtime=runtime)
                                                                 for d in dirs])
-        print(f"[{name}] predicting with the {len(dirs)} folds merged into one model", file=sys.stderr)
-        return np.asarray(merged.predict_proba(frame), dtype=float)
-    for d in dirs:
-        print(f"[{name}] predicting with {d}", file=sys.stderr)
-        model = load_model(d, cache=cache, runtime=params.get(name, {}))
+        progress.log(f"[{name}] predicting with the {len(dirs)} folds merged into one model")
+        return iter([merged])
+
+    def each() -> Iterator[BaseModel]:
+        for d in dirs:
+            progress.log(f"[{name}] predicting with {d}")
+            yield load_model(d, cache=cache, runtime=runtime)
+
+    return each()
+
+
+def fold_average(models: Iterable[BaseModel], frame: pd.DataFrame) -> np.ndarray:
+    """(n, 3) mean of the models' probabilities of `frame` (fold averaging; a merged model's are its own)."""
+    total, count = np.zeros((len(frame), 3)), 0
+    for model in models:
         total += np.asarray(model.predict_proba(frame), dtype=float)
-    return total / len(dirs)
+        count += 1
+    return total / count
+
+
+def predict_model(artifacts: Path, name: str, frame: pd.DataFrame, params: dict | None = None,
+                  check_code: bool = True, cache: RunCache | None = None) -> np.ndarray:
+    """Fold-averaged probabilities of one base model, its run-time keys from today's params."""
+    return fold_average(fold_models(artifacts, name, params, check_code, cache), frame)
 
 
 def cached_test_predictions(artifacts: Path, name: str, frame: pd.DataFrame,
@@ -165,23 +184,53 @@ def read_blender(artifacts: Path):
                         f"rerun python -m ensemble.blend") from None
 
 
+def blend_models(blender, frame: pd.DataFrame, predict: Callable[[str], np.ndarray]) -> np.ndarray:
+    """(n, 3) the fitted blend of `frame`: `predict(name)` for each model the blend uses, a uniform row for one
+    it does not (e.g. a zero weight: it does not move the blend); the frame's texts let the blender apply its
+    degenerate-battle rule."""
+    used = set(blender.used_models())
+    probas = [predict(name) if name in used else np.full((len(frame), 3), 1 / 3) for name in blender.models]
+    return blender.predict(probas, frame)
+
+
 def make_submission(test: pd.DataFrame, artifacts: Path, reuse_cached: bool = False, params: dict | None = None,
                     source: str = "the test file", check_code: bool = True) -> pd.DataFrame:
     blender = read_blender(artifacts)
-    used = set(blender.used_models())
     cache = RunCache()  # shared by every model and fold of this submission
 
     def predict(name: str) -> np.ndarray:
-        if name not in used:  # e.g. a zero weight: the model does not move the blend
-            return np.full((len(test), 3), 1 / 3)
         if reuse_cached or not is_registered(name):
             return cached_test_predictions(artifacts, name, test, source)
         return predict_model(artifacts, name, test, params, check_code, cache)
 
-    proba = blender.predict([predict(name) for name in blender.models], test)
-    sub = proba_frame(test["id"], proba)
+    sub = proba_frame(test["id"], blend_models(blender, test, predict))
     validate_submission(sub, list(test["id"]))
+    # the classes the blend's training rows held and their count: what a labelled file's score sets apart
+    sub.attrs.update(classes=list(blender.classes_), train_rows=int(blender.n_rows_))
     return sub
+
+
+def score_lines(labels: np.ndarray, proba: np.ndarray, classes: list[int], n_train: int) -> list[str]:
+    """The score against a labelled file: on all rows and, where the file holds a class the training rows
+    never had (ties in a file, a binary-trained run), also on the rows of the classes training had. Those
+    left-out rows are priced at the add-one floor 1/(n+3) whatever the models say, and dominate the first."""
+    labels = np.asarray(labels, dtype=np.int64)
+    lines = [f"log loss {log_loss(labels, proba):.4f}, accuracy {accuracy(labels, proba):.4f} on all {len(labels)} "
+             f"rows of the file's labels"]
+    absent = [k for k in range(3) if k not in set(classes)]
+    kept = np.isin(labels, classes)
+    if kept.all():
+        return lines
+    had = " / ".join(LABEL_NAMES[k] for k in classes)
+    left = ", ".join(f"{int((labels == k).sum())} {LABEL_NAMES[k]} rows" for k in absent if (labels == k).any())
+    never = " / ".join(LABEL_NAMES[k] for k in absent)
+    why = (f"{left} left out: training had no {never} rows, so P({never}) is floored at 1/(n+3) = "
+           f"{1 / (n_train + 3):.4f} (n = {n_train} training rows)")
+    if not kept.any():
+        return [*lines, f"no rows of the classes training had ({had}); {why}"]
+    return [*lines, f"log loss {log_loss(labels[kept], proba[kept]):.4f}, accuracy "
+                    f"{accuracy(labels[kept], proba[kept]):.4f} on the {int(kept.sum())} rows of the classes "
+                    f"training had ({had}); {why}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,10 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.output, sub)
     print(f"wrote {args.output}: {len(sub)} rows")
     if "label" in test:
-        labels = test["label"].to_numpy()
-        values = sub[list(TARGETS)].to_numpy()
-        print(f"log loss against the file's labels: {log_loss(labels, values):.4f}, "
-              f"accuracy {accuracy(labels, values):.4f}")
+        for line in score_lines(test["label"].to_numpy(), sub[list(TARGETS)].to_numpy(),
+                                sub.attrs.get("classes", [0, 1, 2]), sub.attrs.get("train_rows", 0)):
+            print(line)
     return 0
 
 

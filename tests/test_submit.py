@@ -207,3 +207,39 @@ def test_submit_puts_the_chosen_answer_on_the_side_prepare_did(tmp_path):
     got = seen["frame"]
     assert list(got["response_a"]) == list(want["response_a"])
     assert list(got["response_a"]) != list(other["response_a"])
+
+
+def test_labelled_file_with_ties_on_a_binary_trained_run_is_scored_on_the_trained_classes_too(tmp_path, capsys):
+    """A run trained without ties floors P(tie) at 1/(n+3): on a labelled file with ties submit prints the score
+    on all rows and on the A/B rows, and how many tie rows it left out. Breaks if only the all-rows score is
+    printed, or if the tie rows are counted in the second score."""
+    from conftest import raw_csv
+
+    from ensemble.core.metrics import accuracy, log_loss
+
+    art = tmp_path / "artifacts"
+    frame = battle_frame(150, seed=3)
+    train = frame.iloc[:120].query("label != 2").reset_index(drop=True)  # binary preference data: no ties
+    test = frame.iloc[120:].reset_index(drop=True)
+    save_battles(art / "prepared" / "train.parquet", train)
+    folds = make_folds(train, 3, seed=0)
+    folds.to_parquet(art / "folds.parquet")
+    run_oof("lgbm", LGBM, train, folds, art)
+    params = params_for(["lgbm"], method="weights")
+    run_blend(params, art, metrics_path=tmp_path / "m.json")
+    assert read_blender(art).classes_ == [0, 1]
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    capsys.readouterr()
+    main([str(raw_csv(test, tmp_path / "test.csv")), "-o", str(tmp_path / "sub.csv"), "--artifacts", str(art),
+          "--params", str(tmp_path / "params.yaml")])
+    out = capsys.readouterr().out.strip().splitlines()
+    labels = test["label"].to_numpy()
+    proba = pd.read_csv(tmp_path / "sub.csv")[TARGETS].to_numpy()
+    ab, ties = labels != 2, int((labels == 2).sum())
+    assert ties and out[1] == (f"log loss {log_loss(labels, proba):.4f}, accuracy {accuracy(labels, proba):.4f} on "
+                               f"all 30 rows of the file's labels")
+    assert out[2] == (f"log loss {log_loss(labels[ab], proba[ab]):.4f}, accuracy {accuracy(labels[ab], proba[ab]):.4f} "
+                      f"on the {30 - ties} rows of the classes training had (A wins / B wins); {ties} tie rows left "
+                      f"out: training had no tie rows, so P(tie) is floored at 1/(n+3) = {1 / (len(train) + 3):.4f} "
+                      f"(n = {len(train)} training rows)")
+    assert log_loss(labels[ab], proba[ab]) < log_loss(labels, proba)  # the floored ties dominate the first

@@ -3,11 +3,28 @@ notebook's captured output) no bar redraws, only a few summary lines (per fold, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 from tqdm.auto import tqdm
+
+#: how many quiet() blocks are open (a count, not a flag: they nest, and threads a block starts see it too)
+_quiet = 0
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """Inside: no summary lines and no bars from this package (a library caller such as ensemble.Judge
+    wants results, not progress). `enabled=False` changes nothing (a `verbose` switch)."""
+    global _quiet
+    _quiet += int(enabled)
+    try:
+        yield
+    finally:
+        _quiet -= int(enabled)
 
 
 def live() -> bool:
@@ -24,8 +41,8 @@ def live() -> bool:
 
 def no_library_bars_in_logs() -> None:
     """Outside a terminal, transformers' and huggingface_hub's own bars ("Loading weights", GGUF conversion,
-    "Writing model shards") would redraw into the log: off there."""
-    if not live():
+    "Writing model shards") would redraw into the log: off there, and inside quiet()."""
+    if _quiet or not live():
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
 
@@ -35,12 +52,14 @@ def no_library_bars_in_logs() -> None:
 
 def bar(total: int, desc: str | None, enabled: bool = True, leave: bool = True) -> tqdm:
     """A live bar in a terminal; a disabled one (no output at all) anywhere else."""
-    return tqdm(total=total, desc=desc, disable=not (enabled and desc and live()), dynamic_ncols=True, leave=leave)
+    shown = enabled and desc and not _quiet and live()
+    return tqdm(total=total, desc=desc, disable=not shown, dynamic_ncols=True, leave=leave)
 
 
 def log(message: str) -> None:
-    """One summary line, wherever it runs (log_quiet: only where no bar shows it)."""
-    print(message, file=sys.stderr, flush=True)
+    """One summary line, wherever it runs (log_quiet: only where no bar shows it); none inside quiet()."""
+    if not _quiet:
+        print(message, file=sys.stderr, flush=True)
 
 
 def log_quiet(message: str) -> None:
