@@ -71,7 +71,8 @@ def test_explicit_bf16_is_refused_below_capability_8_and_kept_from_8(monkeypatch
     with pytest.raises(ConfigError, match=r"params llm\.compute_dtype: 'bf16' .* 7\.5"):
         compute_dtype(LLMConfig(compute_dtype="bf16"), CUDA)
     with pytest.raises(ConfigError, match=r"params dual_tower\.train\.precision: 'bf16' .* 7\.5"):
-        TowerPooler(None, None, DualTowerConfig(train=DualTowerTrain(precision="bf16")), False, RunCache()).autocast(CUDA)
+        bf16 = DualTowerConfig(train=DualTowerTrain(precision="bf16"))
+        TowerPooler(None, None, bf16, False, RunCache()).autocast(CUDA)
     simulate_gpu(monkeypatch, GPUS["A100"])
     assert training_precision(TrainConfig(precision="bf16")) == ("bf16", False, torch.bfloat16)
     assert compute_dtype(LLMConfig(compute_dtype="bf16"), CUDA) == torch.bfloat16
@@ -82,8 +83,8 @@ def test_bf16_on_a_t4_is_refused_before_any_fold_trains(monkeypatch, tiny_llm, t
     from ensemble.models.llm.model import LLMModel
 
     simulate_gpu(monkeypatch, GPUS["T4"])
-    llm = LLMModel({"base_model": tiny_llm, "quantization": "none", "lora_layers": 0, "devices": ["cuda:0"],
-                    "train": {"precision": "bf16"}})
+    llm = LLMModel({"base_model": tiny_llm, "quantization": "none", "num_layers": 0, "lora_layers": 0,
+                    "devices": ["cuda:0"], "train": {"precision": "bf16"}})
     with pytest.raises(ConfigError, match=r"llm\.train\.precision: 'bf16'.*7\.5"):
         llm.check_resources([])
     tower = DualTowerModel({"backbone": tiny_backbone, "device": "cuda:0", "train": {"precision": "bf16"}})
