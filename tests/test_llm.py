@@ -128,6 +128,50 @@ def test_training_step_lowers_loss_in_4bit(tiny_llm):
     assert after < before - 0.01
 
 
+def _small_fit_config(tiny_llm: str, quantization: str, checkpointing: bool) -> dict:
+    """Every layer trains (the training forward runs the HF model), a few steps."""
+    return tiny_config(tiny_llm, quantization=quantization, lora_layers=0, calib_frac=0.0, swap_augment=False,
+                       swap_tta=False, train={"max_steps": 3, "batch_size": 4, "lr": 5e-3, "seed": 0,
+                                              "gradient_checkpointing": checkpointing})
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit", "8bit"])
+def test_no_kv_cache_in_any_forward_and_checkpointing_for_every_quantization(tiny_llm, monkeypatch, quantization):
+    """Frozen pass, training steps and prediction all call the HF decoder with use_cache=False (no cache is
+    built), and gradient_checkpointing: true turns checkpointing on whatever the quantization."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    calls, forward = [], LlamaModel.forward
+
+    def spy(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls.append((self.training, kwargs.get("use_cache"), out.past_key_values))
+        return out
+
+    monkeypatch.setattr(LlamaModel, "forward", spy)
+    model = LLMModel(_small_fit_config(tiny_llm, quantization, True)).fit(battle_frame(24, 0))
+    model.predict_proba(battle_frame(6, 1))
+    assert {training for training, _, _ in calls} == {True, False}  # training steps and eval passes were seen
+    assert all(use_cache is False and cache is None for _, use_cache, cache in calls)
+    assert model._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_gradient_checkpointing_trains_to_the_same_numbers(tiny_llm, quantization):
+    """Checkpointing recomputes activations in backward: the same weights and predictions, not others."""
+    frame, test = battle_frame(24, 0), battle_frame(6, 1)
+    plain = LLMModel(_small_fit_config(tiny_llm, quantization, False)).fit(frame)
+    checkpointed = LLMModel(_small_fit_config(tiny_llm, quantization, True)).fit(frame)
+    assert checkpointed._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+    assert not plain._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+    assert plain.adapter_state.keys() == checkpointed.adapter_state.keys()
+    for name, value in plain.adapter_state.items():
+        torch.testing.assert_close(checkpointed.adapter_state[name], value, atol=1e-6, rtol=0)
+    lora_b = [v for k, v in plain.adapter_state.items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: the steps moved it
+    np.testing.assert_allclose(checkpointed.predict_proba(test), plain.predict_proba(test), atol=1e-6, rtol=0)
+
+
 def test_top_layers_from_cached_states_equal_the_full_forward(tiny_llm):
     """lora_layers > 0 runs the top layers from the cached hidden states of the frozen ones: it must
     compute what the whole stack computes."""
