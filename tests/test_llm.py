@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CORPUS, battle_frame, build_tiny_llm, marker_frame, oof_log_loss, tiny_config
+from conftest import (
+    CORPUS,
+    battle_frame,
+    build_tiny_llm,
+    checkpointing_config,
+    marker_frame,
+    oof_log_loss,
+    tiny_config,
+)
 
 from ensemble.core.config import ConfigError
 from ensemble.core.data import swap_ab, unswap_proba
@@ -128,31 +136,15 @@ def test_training_step_lowers_loss_in_4bit(tiny_llm):
     assert after < before - 0.01
 
 
-def _small_fit_config(tiny_llm: str, quantization: str, checkpointing: bool) -> dict:
-    """Every layer trains (the training forward runs the HF model), a few steps."""
-    return tiny_config(tiny_llm, quantization=quantization, lora_layers=0, calib_frac=0.0, swap_augment=False,
-                       swap_tta=False, train={"max_steps": 3, "batch_size": 4, "lr": 5e-3, "seed": 0,
-                                              "gradient_checkpointing": checkpointing})
-
-
-@pytest.mark.parametrize("quantization", ["none", "4bit", "8bit"])
-def test_no_kv_cache_in_any_forward_and_checkpointing_for_every_quantization(tiny_llm, monkeypatch, quantization):
+@pytest.mark.parametrize("quantization", ["none", "4bit"])  # 8bit: tests/test_8bit.py
+def test_no_kv_cache_in_any_forward_and_checkpointing_for_every_quantization(tiny_llm, decoder_forwards,
+                                                                             quantization):
     """Frozen pass, training steps and prediction all call the HF decoder with use_cache=False (no cache is
     built), and gradient_checkpointing: true turns checkpointing on whatever the quantization."""
-    from transformers.models.llama.modeling_llama import LlamaModel
-
-    calls, forward = [], LlamaModel.forward
-
-    def spy(self, *args, **kwargs):
-        out = forward(self, *args, **kwargs)
-        calls.append((self.training, kwargs.get("use_cache"), out.past_key_values))
-        return out
-
-    monkeypatch.setattr(LlamaModel, "forward", spy)
-    model = LLMModel(_small_fit_config(tiny_llm, quantization, True)).fit(battle_frame(24, 0))
+    model = LLMModel(checkpointing_config(tiny_llm, quantization, True)).fit(battle_frame(24, 0))
     model.predict_proba(battle_frame(6, 1))
-    assert {training for training, _, _ in calls} == {True, False}  # training steps and eval passes were seen
-    assert all(use_cache is False and cache is None for _, use_cache, cache in calls)
+    assert {training for training, _, _ in decoder_forwards} == {True, False}  # training steps and eval passes
+    assert all(use_cache is False and cache is None for _, use_cache, cache in decoder_forwards)
     assert model._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
 
 
@@ -160,8 +152,8 @@ def test_no_kv_cache_in_any_forward_and_checkpointing_for_every_quantization(tin
 def test_gradient_checkpointing_trains_to_the_same_numbers(tiny_llm, quantization):
     """Checkpointing recomputes activations in backward: the same weights and predictions, not others."""
     frame, test = battle_frame(24, 0), battle_frame(6, 1)
-    plain = LLMModel(_small_fit_config(tiny_llm, quantization, False)).fit(frame)
-    checkpointed = LLMModel(_small_fit_config(tiny_llm, quantization, True)).fit(frame)
+    plain = LLMModel(checkpointing_config(tiny_llm, quantization, False)).fit(frame)
+    checkpointed = LLMModel(checkpointing_config(tiny_llm, quantization, True)).fit(frame)
     assert checkpointed._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
     assert not plain._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
     assert plain.adapter_state.keys() == checkpointed.adapter_state.keys()
