@@ -124,6 +124,30 @@ def finished_llm_run(root: Path, tiny_llm: str, frame: pd.DataFrame, n_train: in
     return {"art": art, "base": base, "config": config, "train": train, "test": test, "folds": folds}
 
 
+@pytest.fixture
+def decoder_forwards(monkeypatch) -> list[tuple[bool, object, object]]:
+    """Every forward of the tiny Llama's decoder (LlamaModel) while the test runs: (training mode, the
+    use_cache it was given, the KV cache it returned)."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    calls, forward = [], LlamaModel.forward
+
+    def spy(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls.append((self.training, kwargs.get("use_cache"), out.past_key_values))
+        return out
+
+    monkeypatch.setattr(LlamaModel, "forward", spy)
+    return calls
+
+
+def checkpointing_config(base: str, quantization: str, checkpointing: bool) -> dict:
+    """Every layer trains (each training step runs the HF decoder), a few steps."""
+    return tiny_config(base, quantization=quantization, lora_layers=0, calib_frac=0.0, swap_augment=False,
+                       swap_tta=False, train={"max_steps": 3, "batch_size": 4, "lr": 5e-3, "seed": 0,
+                                              "gradient_checkpointing": checkpointing})
+
+
 def tiny_config(base: str, **overrides) -> dict:
     config = dict(base_model=base, quantization="4bit", num_layers=0, max_len=96, lora_r=4, lora_alpha=8,
                   lora_dropout=0.0, max_train_rows=0, infer_max_tokens=512, infer_max_rows=8, swap_augment=True,

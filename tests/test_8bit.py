@@ -4,9 +4,21 @@
 import numpy as np
 import pytest
 import torch
-from conftest import battle_frame, tiny_config
+from conftest import battle_frame, checkpointing_config, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_8bit_checkpointing_and_no_kv_cache(tiny_llm, decoder_forwards):
+    """gradient_checkpointing: true holds for 8-bit too, and no decoder forward builds a KV cache
+    (tests/test_llm.py checks none and 4bit)."""
+    from ensemble.models.llm.model import LLMModel
+
+    model = LLMModel(checkpointing_config(tiny_llm, "8bit", True)).fit(battle_frame(24, 0))
+    model.predict_proba(battle_frame(6, 1))
+    assert {training for training, _, _ in decoder_forwards} == {True, False}
+    assert all(use_cache is False and cache is None for _, use_cache, cache in decoder_forwards)
+    assert model._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
 
 
 def test_8bit_training_step_save_and_load_on_cpu(tiny_llm, tmp_path):

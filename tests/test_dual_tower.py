@@ -165,6 +165,19 @@ def test_one_step_lowers_loss_on_fixed_batch(tiny_backbone):
     assert after < before
 
 
+def test_gradient_checkpointing_is_on_and_trains_to_the_same_numbers(tiny_backbone):
+    """gradient_checkpointing: true checkpoints the encoder's layers and changes no number."""
+    frame, test = _frame(24, 0), _frame(10, 5)
+    plain = _model(tiny_backbone).fit(frame)
+    checkpointed = _model(tiny_backbone, train={"gradient_checkpointing": True}).fit(frame)
+    assert checkpointed.net.encoder.is_activation_checkpointing and not plain.net.encoder.is_activation_checkpointing
+    for (name, value), other in zip(plain.net.state_dict().items(), checkpointed.net.state_dict().values()):
+        torch.testing.assert_close(other, value, atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+    p = plain.predict_proba(test)
+    assert _varies(p)
+    np.testing.assert_allclose(checkpointed.predict_proba(test), p, atol=1e-6, rtol=0)
+
+
 def test_fit_predict_valid_probabilities(fitted, tiny_backbone):
     p = fitted.predict_proba(_frame(10, 5))
     assert p.shape == (10, 3) and np.isfinite(p).all() and _varies(p)

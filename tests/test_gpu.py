@@ -41,7 +41,7 @@ def test_gpu_4bit_lora_trains_and_predicts_on_cuda(tiny_llm, tmp_path):
     from ensemble.models.llm.model import LLMModel
 
     config = tiny_config(tiny_llm, quantization="4bit", devices=["cuda:0"], calib_frac=0.0,
-                         train={"max_steps": 4, "batch_size": 8, "lr": 5e-3, "seed": 0, "precision": "bf16"})
+                         train={"max_steps": 4, "batch_size": 8, "lr": 5e-3, "seed": 0, "precision": "auto"})
     model = LLMModel(config).fit(battle_frame(48, 0))
     net = model._replicas.get(torch.device("cuda:0"))
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in net.modules())
@@ -56,16 +56,17 @@ def test_gpu_4bit_lora_trains_and_predicts_on_cuda(tiny_llm, tmp_path):
 def test_gpu_bf16_autocast_and_gradient_checkpointing_dual_tower(tmp_path):
     """Fine-tunes the embedded MiniLM under bf16 autocast with gradient checkpointing on cuda:0."""
     from ensemble.models.dual_tower.model import DualTowerModel
+    from ensemble.nn.precision import native_bf16
     from ensemble.nn.training import mixed_precision
 
-    if not torch.cuda.is_bf16_supported():
-        pytest.skip("this GPU has no bf16")
+    if not native_bf16(torch.device("cuda:0")):
+        pytest.skip("this GPU has no native bf16 (compute capability below 8.0)")
     assert mixed_precision("auto", torch.device("cuda:0")) == "bf16"
     model = DualTowerModel({"backbone": "embedded:minilm", "max_len": 128, "device": "cuda:0", "freeze_layers": 0,
                             "calib_frac": 0.0, "train": {"max_steps": 4, "batch_size": 8, "precision": "bf16",
                                                          "gradient_checkpointing": True}})
     model.fit(battle_frame(64, 0))
-    assert model.net.encoder.is_gradient_checkpointing
+    assert model.net.encoder.is_activation_checkpointing
     start = time.perf_counter()
     proba = model.predict_proba(battle_frame(256, 1))
     print(f"\nMiniLM bf16 on cuda:0: {256 / (time.perf_counter() - start):.0f} battles/s")

@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CORPUS, battle_frame, build_tiny_llm, marker_frame, oof_log_loss, tiny_config
+from conftest import (
+    CORPUS,
+    battle_frame,
+    build_tiny_llm,
+    checkpointing_config,
+    marker_frame,
+    oof_log_loss,
+    tiny_config,
+)
 
 from ensemble.core.config import ConfigError
 from ensemble.core.data import swap_ab, unswap_proba
@@ -126,6 +134,34 @@ def test_training_step_lowers_loss_in_4bit(tiny_llm):
     with torch.no_grad():
         after = loss_fn(net, batch).item()
     assert after < before - 0.01
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])  # 8bit: tests/test_8bit.py
+def test_no_kv_cache_in_any_forward_and_checkpointing_for_every_quantization(tiny_llm, decoder_forwards,
+                                                                             quantization):
+    """Frozen pass, training steps and prediction all call the HF decoder with use_cache=False (no cache is
+    built), and gradient_checkpointing: true turns checkpointing on whatever the quantization."""
+    model = LLMModel(checkpointing_config(tiny_llm, quantization, True)).fit(battle_frame(24, 0))
+    model.predict_proba(battle_frame(6, 1))
+    assert {training for training, _, _ in decoder_forwards} == {True, False}  # training steps and eval passes
+    assert all(use_cache is False and cache is None for _, use_cache, cache in decoder_forwards)
+    assert model._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_gradient_checkpointing_trains_to_the_same_numbers(tiny_llm, quantization):
+    """Checkpointing recomputes activations in backward: the same weights and predictions, not others."""
+    frame, test = battle_frame(24, 0), battle_frame(6, 1)
+    plain = LLMModel(checkpointing_config(tiny_llm, quantization, False)).fit(frame)
+    checkpointed = LLMModel(checkpointing_config(tiny_llm, quantization, True)).fit(frame)
+    assert checkpointed._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+    assert not plain._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+    assert plain.adapter_state.keys() == checkpointed.adapter_state.keys()
+    for name, value in plain.adapter_state.items():
+        torch.testing.assert_close(checkpointed.adapter_state[name], value, atol=1e-6, rtol=0)
+    lora_b = [v for k, v in plain.adapter_state.items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: the steps moved it
+    np.testing.assert_allclose(checkpointed.predict_proba(test), plain.predict_proba(test), atol=1e-6, rtol=0)
 
 
 def test_top_layers_from_cached_states_equal_the_full_forward(tiny_llm):

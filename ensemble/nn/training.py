@@ -16,6 +16,7 @@ from torch import nn
 
 from ensemble.core import progress
 from ensemble.core.config import Choice, ConfigError, Range
+from ensemble.nn.precision import cuda_dtype
 
 
 @dataclass
@@ -28,7 +29,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     scheduler: str = "linear"  # linear | cosine | constant
     max_grad_norm: float = 1.0
-    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    precision: str = "auto"  # auto (CUDA: bf16 from compute capability 8.0, else fp16; CPU: fp32) | fp32 | fp16 | bf16
     gradient_checkpointing: bool = False
     eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
@@ -54,15 +55,17 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def mixed_precision(precision: str, device: torch.device) -> str:
-    """Accelerate's mixed-precision name for a params precision on a device."""
+#: Accelerate's mixed-precision names; with "fp16" it trains through a torch.amp.GradScaler.
+ACCELERATE_PRECISION = {torch.float32: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def mixed_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
+    """Accelerate's mixed-precision name for a params precision on a device (ensemble.nn.precision)."""
     if device.type != "cuda":
         if precision in ("fp16", "bf16"):
-            raise ConfigError(f"precision {precision!r} needs a CUDA device; on {device} use fp32 or auto")
+            raise ConfigError(f"params {key}: {precision!r} needs a CUDA device; on {device} use fp32 or auto")
         return "no"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[precision]
+    return ACCELERATE_PRECISION[cuda_dtype(precision, device, key)]
 
 
 def resolve_device(name: str, allow_cpu_fallback: bool = False) -> torch.device:
@@ -190,8 +193,11 @@ def train_loop(
     """
     accelerator = make_accelerator(cfg, device)
     torch.manual_seed(cfg.seed)
-    if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:
+        if not hasattr(model, "activation_checkpointing_enable"):
+            raise ConfigError(f"params train.gradient_checkpointing: true, but {type(model).__name__} cannot "
+                              f"checkpoint activations; set it to false")
+        model.activation_checkpointing_enable()
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     for g in groups:
         g.setdefault("lr", cfg.lr)

@@ -45,7 +45,7 @@ class TowerPooler:
         self._fp: str | None = None  # fingerprint of the (frozen) encoder weights
 
     def autocast(self, device: torch.device):
-        amp = mixed_precision(self.cfg.train.precision, device)
+        amp = mixed_precision(self.cfg.train.precision, device, "dual_tower.train.precision")
         if amp == "no":
             return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

@@ -42,7 +42,14 @@ from ensemble.nn.hf import (
     resolve_pretrained,
     set_seed,
 )
-from ensemble.nn.training import TrainConfig, intra_op_threads, layer_depth, resolve_device, train_loop
+from ensemble.nn.training import (
+    TrainConfig,
+    intra_op_threads,
+    layer_depth,
+    mixed_precision,
+    resolve_device,
+    train_loop,
+)
 
 ENCODER_FILE = "encoder_trained.safetensors"  # the encoder weights the fold trained (none when frozen)
 HEAD_FILE = "head.safetensors"
@@ -123,8 +130,9 @@ class DualTowerNet(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def gradient_checkpointing_enable(self, **kwargs) -> None:
-        self.encoder.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self) -> None:
+        """The encoder's layers recompute their activations in backward (train_loop, gradient_checkpointing)."""
+        self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -279,10 +287,15 @@ class DualTowerModel(BaseModel):
     def backbone_identity(self) -> str:
         return backbone_digest(resolve_pretrained(self.config.backbone))
 
+    def check_resources(self, frames: list[pd.DataFrame]) -> None:
+        """Refuse, before any fold trains, a precision the device does not run (ensemble.nn.precision)."""
+        mixed_precision(self.config.train.precision, self._device(), "dual_tower.train.precision")
+
     def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         cfg = self.config
         set_seed(cfg.train.seed)
         device = self._device()
+        mixed_precision(cfg.train.precision, device, "dual_tower.train.precision")  # before any encoding
         # held-out training prompts pick the checkpoint and fit the calibration; `valid` (the fold's
         # OOF rows) is never looked at, so nothing is selected on the rows that score the model
         prior = class_prior(train["label"].to_numpy()[labelled_rows(train)], symmetric=cfg.swap_tta)

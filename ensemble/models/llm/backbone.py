@@ -31,6 +31,7 @@ from ensemble.nn.hf import (
     resolve_pretrained,
     token_budget_batches,
 )
+from ensemble.nn.precision import DTYPES, cuda_dtype
 
 # bitsandbytes warns, once per process, that the optional `kernels` package (a hub download) is
 # missing for its AVX512-BF16 4-bit kernel; no_cpu_repacking turns that kernel path off, so the
@@ -43,7 +44,6 @@ warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is depre
 
 #: The convert_llm stage's output: the embedded SmolLM2 as a plain Hugging Face folder.
 DEFAULT_BASE = "artifacts/pretrained/smollm2"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Architectures whose decoder stack forward_from re-implements (Llama-3, SmolLM2, Mistral-style).
 LAYERWISE_MODEL_TYPES = ("llama", "mistral")
@@ -163,10 +163,10 @@ def base_path(cfg) -> str:
 
 
 def compute_dtype(cfg, device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return cuda_dtype(cfg.compute_dtype, device, "llm.compute_dtype")
     if cfg.compute_dtype != "auto":
         return DTYPES[cfg.compute_dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if cfg.quantization == "4bit" and cpu_has_bf16():
         return torch.bfloat16  # only the matmuls: norms, embeddings and residuals stay fp32 (kbit prep)
     return torch.float32  # unquantized weights in bf16 would put the residual stream in bf16 too
@@ -218,7 +218,7 @@ def lora_config(cfg, kept: int, start: int):
                       layers_pattern="layers" if start else None)
 
 
-def load_base(cfg, tokenizer, device: torch.device, training: bool = False):
+def load_base(cfg, tokenizer, device: torch.device):
     """The decoder (first `num_layers` layers), 4-bit NF4 / 8-bit / plain, prepared for k-bit training."""
     from transformers import AutoModel, BitsAndBytesConfig
 
@@ -249,9 +249,8 @@ def load_base(cfg, tokenizer, device: torch.device, training: bool = False):
         # fp32 norms/embeddings, frozen base; run for inference too so dtypes match training
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=training and cfg.train.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        # checkpointing is train_loop's, for every quantization (PairClassifier.activation_checkpointing_enable)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
@@ -278,7 +277,7 @@ def frozen_pass(cfg, net, enc_ids: list, enc_tags: list, pad_id: int, device: to
             x = collate_battles(rows, enc_ids, enc_tags, pad_id)
             mask = x["attention_mask"].to(device)
             out = net.base(input_ids=x["input_ids"].to(device), attention_mask=mask,
-                           output_hidden_states=bool(net.start))
+                           output_hidden_states=bool(net.start), use_cache=False)
             pooled = net.pool(out.last_hidden_state, mask, x["tags"].to(device)).cpu().numpy()
             for r, j in enumerate(rows):
                 n = len(enc_ids[j])

@@ -34,6 +34,7 @@ from ensemble.models.llm.backbone import (
     backbone_key,
     base_path,
     check_cache_memory,
+    compute_dtype,
     forward_from,
     frozen_pass,
     layer_plan,
@@ -47,7 +48,7 @@ from ensemble.nn.batching import collate_battles, shuffled_loader
 from ensemble.nn.distributed import train_device
 from ensemble.nn.hf import ModelLoadError, load_tokenizer, set_seed, token_budget_batches
 from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
-from ensemble.nn.training import TrainConfig, train_loop
+from ensemble.nn.training import TrainConfig, mixed_precision, train_loop
 
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -74,7 +75,8 @@ class LLMTrain(TrainConfig):
 class LLMConfig:
     base_model: str = DEFAULT_BASE  # HF folder (convert_llm output), hub id, or embedded:smollm2
     quantization: str = "4bit"  # 4bit (QLoRA: NF4, double quant) | 8bit | none
-    compute_dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA and on bf16-capable CPUs for 4bit)
+    # auto | fp32 | bf16 | fp16 (auto: CUDA bf16 from capability 8.0, else fp16; bf16-capable CPUs: bf16 for 4bit)
+    compute_dtype: str = "auto"
     num_layers: int = 12  # keep the first N decoder layers (0 = all)
     lora_layers: int = 1  # LoRA on the top N kept layers only, the frozen ones below computed once (0 = all layers)
     lora_r: int = 16
@@ -150,7 +152,14 @@ class PairClassifier(nn.Module):
     def hidden_states(self, attention_mask, input_ids=None, hidden=None) -> torch.Tensor:
         if hidden is not None:  # (B, L, h) entering layer `start`
             return forward_from(self.base, hidden, attention_mask, self.start)
-        return self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # no KV cache: nothing here generates, and a cache would be allocated on every step
+        return self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def activation_checkpointing_enable(self) -> None:
+        """Recompute the decoder layers' activations in backward (train_loop, gradient_checkpointing),
+        non-reentrant as Hugging Face recommends; it makes the embeddings' output require grads, so
+        gradients reach LoRA layers through the frozen base either way."""
+        self.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def pool(self, h: torch.Tensor, attention_mask: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         h = h.float()
@@ -214,8 +223,16 @@ class LLMModel(BaseModel):
             store[path] = backbone_digest(path)
         return store[path]
 
+    def _check_precision(self, devices: list[torch.device]) -> None:
+        """Refuse a precision a device does not run (ensemble.nn.precision) before loading the model."""
+        for device in devices:
+            compute_dtype(self.config, device)
+            mixed_precision(self.config.train.precision, device, "llm.train.precision")
+
     def check_resources(self, frames: list[pd.DataFrame]) -> None:
-        """Refuse, before any fold trains, a run whose frozen-layer cache would not fit (backbone.py)."""
+        """Refuse, before any fold trains, a precision the devices do not run or a run whose frozen-layer
+        cache would not fit (backbone.py)."""
+        self._check_precision(self._devices())
         if layer_plan(self.config)[1]:
             self.tokenizer = load_tokenizer(base_path(self.config), self.config.max_len)
             check_cache_memory(self.config, self._encoder(), frames)
@@ -225,7 +242,7 @@ class LLMModel(BaseModel):
 
         set_seed(self.config.train.seed)  # same LoRA/head initialisation for the same fold
         kept, start = layer_plan(self.config)
-        base = load_base(self.config, self.tokenizer, device, training)
+        base = load_base(self.config, self.tokenizer, device)
         net = PairClassifier(get_peft_model(base, lora_config(self.config, kept, start)), base.config.hidden_size,
                              self.config.pooling, start).to(device)
         net.score.float()
@@ -298,6 +315,7 @@ class LLMModel(BaseModel):
         cfg = self.config
         set_seed(cfg.train.seed)
         device = self._train_device()
+        self._check_precision([device])
         self.tokenizer = load_tokenizer(base_path(cfg), cfg.max_len)
         encoder = self._encoder()
         encoder.check_budget()
