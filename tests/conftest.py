@@ -141,9 +141,10 @@ def decoder_forwards(monkeypatch) -> list[tuple[bool, object, object]]:
     return calls
 
 
-def checkpointing_config(base: str, quantization: str, checkpointing: bool) -> dict:
-    """Every layer trains (each training step runs the HF decoder), a few steps."""
-    return tiny_config(base, quantization=quantization, lora_layers=0, calib_frac=0.0, swap_augment=False,
+def checkpointing_config(base: str, quantization: str, checkpointing: bool, lora_layers: int = 0) -> dict:
+    """A few training steps; lora_layers 0: every layer trains (each step runs the HF decoder), 1: the top
+    layer trains from the cached states of the one below (forward_from)."""
+    return tiny_config(base, quantization=quantization, lora_layers=lora_layers, calib_frac=0.0, swap_augment=False,
                        swap_tta=False, train={"max_steps": 3, "batch_size": 4, "lr": 5e-3, "seed": 0,
                                               "gradient_checkpointing": checkpointing})
 

@@ -148,12 +148,12 @@ def test_no_kv_cache_in_any_forward_and_checkpointing_for_every_quantization(tin
     assert model._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_gradient_checkpointing_trains_to_the_same_numbers(tiny_llm, quantization):
+@pytest.mark.parametrize("quantization, lora_layers", [("none", 0), ("4bit", 0), ("none", 1)])
+def test_gradient_checkpointing_trains_to_the_same_numbers(tiny_llm, quantization, lora_layers):
     """Checkpointing recomputes activations in backward: the same weights and predictions, not others."""
     frame, test = battle_frame(24, 0), battle_frame(6, 1)
-    plain = LLMModel(checkpointing_config(tiny_llm, quantization, False)).fit(frame)
-    checkpointed = LLMModel(checkpointing_config(tiny_llm, quantization, True)).fit(frame)
+    plain = LLMModel(checkpointing_config(tiny_llm, quantization, False, lora_layers)).fit(frame)
+    checkpointed = LLMModel(checkpointing_config(tiny_llm, quantization, True, lora_layers)).fit(frame)
     assert checkpointed._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
     assert not plain._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
     assert plain.adapter_state.keys() == checkpointed.adapter_state.keys()

@@ -34,7 +34,3 @@ def cuda_dtype(value: str, device: torch.device, key: str) -> torch.dtype:
                           f"GradScaler there), fp16 or fp32")
     return DTYPES[value]
 
-
-def uses_grad_scaler(dtype: torch.dtype) -> bool:
-    """fp16 training needs loss scaling (its range underflows small gradients); bf16 and fp32 do not."""
-    return dtype == torch.float16

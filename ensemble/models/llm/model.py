@@ -156,9 +156,9 @@ class PairClassifier(nn.Module):
         return self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     def activation_checkpointing_enable(self) -> None:
-        """Recompute the decoder layers' activations in backward (train_loop, gradient_checkpointing),
-        non-reentrant as Hugging Face recommends; it makes the embeddings' output require grads, so
-        gradients reach LoRA layers through the frozen base either way."""
+        """Recompute the decoder layers' activations in backward (train_loop, gradient_checkpointing).
+        Non-reentrant, as Hugging Face recommends: LoRA layers fed the cached states of frozen ones get
+        their gradients (reentrant would drop them); HF also makes the embeddings' output require grads."""
         self.base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def pool(self, h: torch.Tensor, attention_mask: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
