@@ -29,9 +29,8 @@ Times are FLOPs / (devices x peak x MFU): no loading, tokenizing or idle time.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import copy
-import math
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -554,8 +553,9 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Stage], Hardware, Hardwar
             plan = plan_llm if name == "llm" else plan_dual_tower
             st = plan(cfg, bb, shape, tr, te, hw, ihw)
             what = "battle" if name == "llm" else "tower"
+            sampled = frames[0] is not None and args.tokens is None and n_train > args.sample
             st.lengths = (f"tokens a {what}: train {tr.mean:,.0f}, test {te.mean:,.0f} ({tr.how}"
-                          f"{f', {args.sample:,}-row sample' if frames[0] is not None and args.tokens is None else ''})")
+                          f"{f', {args.sample:,}-row sample' if sampled else ''})")
         else:
             continue  # a model from elsewhere: no plan
         stage_seconds(st, hw, ihw)
@@ -585,7 +585,7 @@ def report(stages: list[Stage], hw: Hardware, ihw: Hardware, shape: Shape, hours
     for where, machine in (("train", hw), ("infer", ihw)):
         lines.append(f"{'training (OOF run)' if where == 'train' else 'submission (test prediction)'} on "
                      f"{machine.name}: {machine.devices} x {machine.label}, {machine.memory_gib:.1f} GiB each, "
-                     f"peak {machine.peak_tflops:g} TFLOPS {'fp16/bf16 dense' if machine.gpu else 'fp32'}, "
+                     f"peak {machine.peak_tflops:.3g} TFLOPS {'fp16/bf16 dense' if machine.gpu else 'fp32'}, "
                      f"planned at {machine.mfu:.0%} of it")
     too_big: list[str] = []
     for st in stages:

@@ -30,16 +30,18 @@ class Hardware:
 
 #: Memory: what torch.cuda.get_device_properties reports on such a card (a little under the nominal GB).
 GPUS: dict[str, Hardware] = {
-    # NVIDIA T4 data sheet (nvidia.com/content/dam/en-zz/Solutions/Data-Center/tesla-t4/t4-tensor-core-datasheet-951643.pdf):
+    # NVIDIA T4 Tensor Core GPU data sheet,
+    #   nvidia.com/content/dam/en-zz/Solutions/Data-Center/tesla-t4/t4-tensor-core-datasheet-951643.pdf:
     # 65 TFLOPS mixed-precision FP16/FP32 tensor, 16 GB GDDR6; Turing, compute capability 7.5: no bf16.
     # Kaggle's "GPU T4 x2" accelerator: 2 x T4 beside 4 CPU cores.
     "kaggle-2xt4": Hardware("kaggle-2xt4", "T4 16 GB", 2, 14.7, 65.0, False, GPU_MFU, 4),
-    # NVIDIA A100 data sheet (nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf):
+    # NVIDIA A100 Tensor Core GPU data sheet, nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/
+    #   nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf:
     # BF16 tensor 312 TFLOPS dense (624 with sparsity), 40 GB HBM2 / 80 GB HBM2e; Ampere: bf16 native.
     "a100-40g": Hardware("a100-40g", "A100 40 GB", 1, 39.4, 312.0, True, GPU_MFU, 8),
     "a100-80g": Hardware("a100-80g", "A100 80 GB", 1, 79.1, 312.0, True, GPU_MFU, 8),
     # NVIDIA H100 data sheet (resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet):
-    # H100 SXM BF16 tensor 1,979 TFLOPS with sparsity = 989 dense, 80 GB HBM3; Hopper: bf16 native.
+    # H100 SXM5 BF16 tensor 1,979 TFLOPS with sparsity = 989 dense, 80 GB HBM3; Hopper: bf16 native.
     "h100-80g": Hardware("h100-80g", "H100 80 GB", 1, 79.1, 989.0, True, GPU_MFU, 16),
 }
 HARDWARE_NAMES = (*GPUS, "cpu")
