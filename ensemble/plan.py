@@ -306,7 +306,11 @@ class Shape:
 
 
 def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hardware, ihw: Hardware) -> Stage:
+    if cfg.num_layers > bb.layers:
+        raise ConfigError(f"params llm.num_layers: {cfg.num_layers} but {bb.name} has only {bb.layers} layers")
     kept = cfg.num_layers or bb.layers
+    if cfg.lora_layers > kept:
+        raise ConfigError(f"params llm.lora_layers: {cfg.lora_layers} but only {kept} layers are kept")
     start = kept - cfg.lora_layers if cfg.lora_layers else 0
     trained = kept - start
     aug, tta = (2 if cfg.swap_augment else 1), (2 if cfg.swap_tta else 1)
