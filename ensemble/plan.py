@@ -557,9 +557,8 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Stage], Hardware, Hardwar
             plan = plan_llm if name == "llm" else plan_dual_tower
             st = plan(cfg, bb, shape, tr, te, hw, ihw)
             what = "battle" if name == "llm" else "tower"
-            sampled = frames[0] is not None and args.tokens is None and n_train > args.sample
-            st.lengths = (f"tokens a {what}: train {tr.mean:,.0f}, test {te.mean:,.0f} ({tr.how}"
-                          f"{f', {args.sample:,}-row sample' if sampled else ''})")
+            measured = f", on {len(frames[0]):,} prepared rows" if frames[0] is not None and args.tokens is None else ""
+            st.lengths = f"tokens a {what}: train {tr.mean:,.0f}, test {te.mean:,.0f} ({tr.how}{measured})"
         else:
             continue  # a model from elsewhere: no plan
         stage_seconds(st, hw, ihw)
