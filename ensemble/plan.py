@@ -336,8 +336,8 @@ def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hard
     add(f"LoRA fine-tune {rule}, {k} folds", "train", k * lora_rows * aug * cfg.train.epochs, tr, trained,
         train_factor)
     add(f"calibration + OOF rows, {k} folds", "train", k * (cal + shape.fold_valid()) * tta, tr, trained)
-    folds = 1 if cfg.merge_folds else k
-    add(f"test rows x {folds} fold{'s' * (folds > 1)}", "train", folds * shape.test_rows * tta, te, trained)
+    add(f"test rows x {k} folds", "train", k * shape.test_rows * tta, te, trained)
+    folds = 1 if cfg.merge_folds else k  # submit alone merges the folds (merge.py); the OOF run predicts with each
     if start:  # the submission has no cache of the frozen layers: it runs them once for all folds
         add("submit: frozen pass", "infer", shape.test_rows * tta, te, kept, devices=ihw.devices)
     add(f"submit: test rows x {folds} fold{'s' * (folds > 1)}" + (" x 2 swap TTA" if tta == 2 else ""), "infer",
