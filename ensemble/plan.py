@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,9 +392,13 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
         st.passes.append(Pass(what, where, towers, towers * lengths.mean, flops))
 
     if not trained:
-        # a frozen encoder: every distinct tower encoded once for all folds; heads train on cached vectors
-        add("encoder once, all towers (frozen)", "train", 2 * shape.train_rows, tr)
-        add("encoder once, test towers", "train", 2 * shape.test_rows, te)
+        # a frozen encoder: the training towers encoded once for all folds (the heads train on cached vectors);
+        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE = 4 frames: each fold
+        # adds its held-out and OOF frames, so the test frame is evicted and encoded again every other fold
+        add("encoder once, training towers (frozen)", "train", 2 * shape.train_rows, tr)
+        add(f"held-out + OOF frames, {k} folds", "train", k * (cal + shape.fold_valid()) * 2, tr)
+        test_passes = math.ceil(k / 2)
+        add(f"test frame, encoded in {test_passes} of {k} folds", "train", test_passes * shape.test_rows * 2, te)
         add("submit: test towers once (frozen encoder)", "infer", 2 * shape.test_rows, te)
         st.notes.append("frozen encoder: the heads' epochs run on cached vectors (negligible FLOPs); the swap "
                         "TTA reuses both towers")
@@ -406,7 +411,8 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
         add(f"fine-tune ({rule}), {k} folds", "train", k * fit * 2 * aug * cfg.train.epochs, tr, factor)
         steps = fit * aug * cfg.train.epochs / (cfg.train.batch_size * cfg.train.grad_accum)
         evals = steps / cfg.train.eval_every if cfg.train.eval_every else cfg.train.epochs
-        add(f"held-out evaluations ({evals:.0f} a fold), {k} folds", "train", k * evals * cal * 2, tr)
+        evals += 1  # the calibration's pass over the held-out rows
+        add(f"held-out evaluations + calibration ({evals:.0f} a fold), {k} folds", "train", k * evals * cal * 2, tr)
         add(f"OOF rows, {k} folds", "train", k * shape.fold_valid() * 2, tr)
         add(f"test towers x {k} folds", "train", k * shape.test_rows * 2, te)
         add(f"submit: test towers x {k} folds (TTA reuses them)", "infer", k * shape.test_rows * 2, te)
