@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,8 @@ import yaml
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import DEFAULT_PARAMS, ConfigError, load_params
 from ensemble.core.errors import UserError
+from ensemble.core.position import MAX_ROWS as POSITION_ROWS
+from ensemble.models.dual_tower.cache import FRAME_CACHE_SIZE
 from ensemble.plan_hardware import ALIASES, BACKBONES, CPU_MFU, GPU_MFU, HARDWARE_NAMES, Hardware, hardware
 from ensemble.sections import check_params
 
@@ -338,6 +339,12 @@ def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hard
         train_factor)
     add(f"calibration + OOF rows, {k} folds", "train", k * (cal + shape.fold_valid()) * tta, tr, trained)
     add(f"test rows x {k} folds", "train", k * shape.test_rows * tta, te, trained)
+    # the OOF run's position-bias check: up to MAX_ROWS held-out battles a fold, one pass each way round; the
+    # swapped ones are new to the frozen layers unless a swap already put them there
+    checked = min(POSITION_ROWS, shape.fold_valid())
+    add(f"position check, {k} folds", "train", k * 2 * checked, tr, trained)
+    if start and not (cfg.swap_augment or cfg.swap_tta):
+        add(f"position check's swapped battles, frozen layers, {k} folds", "train", k * checked, tr, kept)
     folds = 1 if cfg.merge_folds else k  # submit alone merges the folds (merge.py); the OOF run predicts with each
     if start:  # the submission has no cache of the frozen layers: it runs them once for all folds
         add("submit: frozen pass", "infer", shape.test_rows * tta, te, kept, devices=ihw.devices)
@@ -393,11 +400,11 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
 
     if not trained:
         # a frozen encoder: the training towers encoded once for all folds (the heads train on cached vectors);
-        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE = 4 frames: each fold
-        # adds its held-out and OOF frames, so the test frame is evicted and encoded again every other fold
+        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE frames: each fold adds
+        # its held-out, OOF and two position-check frames, so the test frame is evicted and encoded every fold
         add("encoder once, training towers (frozen)", "train", 2 * shape.train_rows, tr)
         add(f"held-out + OOF frames, {k} folds", "train", k * (cal + shape.fold_valid()) * 2, tr)
-        test_passes = math.ceil(k / 2)
+        test_passes = k if FRAME_CACHE_SIZE < 5 else 1
         add(f"test frame, encoded in {test_passes} of {k} folds", "train", test_passes * shape.test_rows * 2, te)
         add("submit: test towers once (frozen encoder)", "infer", 2 * shape.test_rows, te)
         st.notes.append("frozen encoder: the heads' epochs run on cached vectors (negligible FLOPs); the swap "
@@ -416,6 +423,8 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
         add(f"OOF rows, {k} folds", "train", k * shape.fold_valid() * 2, tr)
         add(f"test towers x {k} folds", "train", k * shape.test_rows * 2, te)
         add(f"submit: test towers x {k} folds (TTA reuses them)", "infer", k * shape.test_rows * 2, te)
+    checked = min(POSITION_ROWS, shape.fold_valid())  # the OOF run's position-bias check: both ways round
+    add(f"position check, {k} folds", "train", k * 2 * checked * 2, tr)
     for where, machine in (("train", hw), ("infer", ihw)):
         total = bb.other_params + layers * bb.layer_params
         act_bytes = 2 if machine.gpu else 4  # autocast on CUDA, fp32 on CPU

@@ -12,8 +12,8 @@ from pathlib import Path
 #: share of peak a GPU run is assumed to reach (model FLOPs utilisation); --mfu overrides it
 GPU_MFU = 0.35
 #: share of this CPU's fp32 FMA peak reached end to end by the llm stage of the default (demo) profile on 558
-#: HH battles (bench/out/real/hh/default: 2.32e13 FLOPs in 784 s of a 166 GFLOPS peak; bench/plan_calibrate.py)
-CPU_MFU = 0.18
+#: HH battles (bench/out/real/hh/default: 2.99e13 FLOPs in 784 s of a 166 GFLOPS peak; bench/plan_calibrate.py)
+CPU_MFU = 0.23
 
 
 @dataclass(frozen=True)
