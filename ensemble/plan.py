@@ -206,7 +206,7 @@ def llm_lengths(frame, cfg, root: Path) -> Lengths:
         encoder = BattleEncoder(tok, min(cfg.max_len, limit) if limit else cfg.max_len, cfg.prompt_frac,
                                 cfg.layout, cfg.turns, cfg.truncation_side)
         ids = encoder.encode_frame(frame, swapped=False).ids
-        return Lengths.of(np.array([len(x) for x in ids]), f"{folder.name} tokenizer")
+        return Lengths.of(np.array([len(x) for x in ids]), f"{cfg.base_model} tokenizer")
     chars = sum(frame[c].map(_chars).to_numpy() for c in ("prompt", "response_a", "response_b"))
     est = np.minimum(cfg.max_len, chars / CHARS_PER_TOKEN + LLM_TEMPLATE_TOKENS)
     return Lengths.of(est, "chars/4 estimate: no tokenizer here")
@@ -220,7 +220,7 @@ def tower_lengths(frame, cfg, root: Path) -> Lengths:
         from ensemble.nn.hf import load_tokenizer
 
         a, b = encode_frame(frame, load_tokenizer(str(folder), cfg.max_len), cfg)
-        return Lengths.of(np.array([len(x) for x in a + b]), f"{folder.name} tokenizer")
+        return Lengths.of(np.array([len(x) for x in a + b]), f"{cfg.backbone} tokenizer")
     prompt = frame["prompt"].map(_chars).to_numpy()
     est = [np.minimum(cfg.max_len, (prompt + frame[c].map(_chars).to_numpy()) / CHARS_PER_TOKEN + 3)
            for c in ("response_a", "response_b")]
@@ -241,8 +241,21 @@ def _local_tokenizer(name: str, root: Path) -> Path | None:
             folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if folder is None and name in ALIASES.values():
         folder = _local_folder(next(k for k, v in ALIASES.items() if v == name), root)
+    if folder is None and not name.startswith("embedded:") and name.count("/") == 1:
+        folder = _hub_cache_folder(name, TOKENIZER_FILES)
     if folder is not None and any((folder / f).is_file() for f in TOKENIZER_FILES):
         return folder
+    return None
+
+
+def _hub_cache_folder(repo_id: str, files: tuple[str, ...]) -> Path | None:
+    """The snapshot folder of the Hugging Face cache holding one of `files` of `repo_id` (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in files:
+        found = try_to_load_from_cache(repo_id, name)
+        if isinstance(found, str):
+            return Path(found).parent
     return None
 
 
