@@ -167,3 +167,13 @@ def test_cpu_peak_from_flags():
     hw = cpu_hardware()
     assert hw.peak_tflops > 0
     assert dataclasses.replace(hw, mfu=0.5).mfu == 0.5
+
+
+def test_lengths_without_a_tokenizer_are_chars_over_4_and_say_so(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"prompt": [["x" * 400]], "response_a": [["y" * 800]], "response_b": [["z" * 4000]]})
+    cfg = configs("dual_tower.backbone=microsoft/deberta-v3-large", "dual_tower.max_len=512")["dual_tower"]
+    got = plan.tower_lengths(frame, cfg, tmp_path)
+    assert "chars/4" in got.how
+    assert got.mean == pytest.approx(((400 + 800) / 4 + 3 + 512) / 2)  # tower B is cut at max_len
