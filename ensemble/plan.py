@@ -44,6 +44,7 @@ from ensemble.core.config import DEFAULT_PARAMS, ConfigError, load_params
 from ensemble.core.errors import UserError
 from ensemble.core.position import MAX_ROWS as POSITION_ROWS
 from ensemble.models.dual_tower.cache import FRAME_CACHE_SIZE
+from ensemble.models.lgbm.model import AUTO_HOLDOUT_PROMPTS
 from ensemble.plan_hardware import ALIASES, BACKBONES, CPU_MFU, GPU_MFU, HARDWARE_NAMES, Hardware, hardware
 from ensemble.sections import check_params
 
@@ -469,20 +470,20 @@ def plan_lgbm(cfg, shape: Shape, hw: Hardware, ihw: Hardware) -> Stage:
     v = cfg.vectorizer
     features = (3 + (1 if v.prompt else 0)) * v.max_features + 20  # A, B, A-B counts (+ prompt) + lengths
     rows = shape.fold_train() * aug
-    if cfg.early_stopping == "inner" and cfg.early_stopping_rounds:
-        k = cfg.early_stopping_folds
-        k = (3 if shape.train_rows < 2000 else 0) if k == "auto" else k
-        fits, how = ((k - 1) + 1, f"{k} inner fits on {k - 1}/{k} of the rows + a refit") if k else \
-            (1 - cfg.early_stopping_frac, "one fit on the kept share")
-    else:
+    k = cfg.early_stopping_folds
+    if k == "auto":  # the model's rule, with rows standing in for prompts
+        k = 3 if shape.train_rows < AUTO_HOLDOUT_PROMPTS else 0
+    if cfg.early_stopping != "inner" or not cfg.early_stopping_rounds:
         fits, how = 1.0, "one fit"
+    elif k:
+        fits, how = float(k), f"{k} inner fits on {k - 1}/{k} of the rows + a refit"
+    else:
+        fits, how = 1 - cfg.early_stopping_frac, "one fit on the kept share"
     st = Stage("lgbm", f"LightGBM on {features:,} count/length features (CPU)", "")
-    for where, machine in (("train", hw),):
-        cores = max(1, min(cfg.n_jobs, machine.host_cores))
-        seconds = shape.k * fits * rows * features * cfg.n_estimators * LGBM_CORE_SECONDS / cores
-        st.seconds[where] = seconds
-        st.passes.append(Pass(f"{shape.k} folds x {how}, {cfg.n_estimators} rounds at most, {cores} cores",
-                              where, shape.k * rows, 0.0, 0.0))
+    cores = max(1, min(cfg.n_jobs, hw.host_cores))
+    st.seconds["train"] = shape.k * fits * rows * features * cfg.n_estimators * LGBM_CORE_SECONDS / cores
+    st.passes.append(Pass(f"{shape.k} folds x {how}, {cfg.n_estimators} rounds at most, {cores} cores",
+                          "train", shape.k * rows, 0.0, 0.0))
     st.seconds["infer"] = 0.0
     st.notes.append("rough: seconds = rows x features x rounds x "
                     f"{LGBM_CORE_SECONDS:.2e} core-seconds (from the project's Kaggle-scale timing) / cores")
@@ -637,10 +638,10 @@ def report(stages: list[Stage], hw: Hardware, ihw: Hardware, shape: Shape, hours
             lines.append(f"  {where:5} on {machine.name}: {flop_text}{_hours(st.seconds.get(where, 0.0))}")
             if mem:
                 parts = " + ".join(f"{k} {v:.2f}" for k, v in mem.items())
-                lines.append(f"        memory per device: {parts} = {sum(mem.values()):.2f} GiB of "
+                lines.append(f"        memory per device: {parts} = {st.peak(where):.2f} GiB of "
                              f"{machine.memory_gib:.1f}")
-                if sum(mem.values()) > machine.memory_gib:
-                    too_big.append(f"model@{st.model} needs {sum(mem.values()):.1f} GiB per device "
+                if st.peak(where) > machine.memory_gib:
+                    too_big.append(f"model@{st.model} needs {st.peak(where):.1f} GiB per device "
                                    f"({'training' if where == 'train' else 'test prediction'}), {machine.name} has "
                                    f"{machine.memory_gib:.1f} GiB ({machine.label})")
         lines += [f"  note: {n}" for n in st.notes]
