@@ -592,8 +592,8 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Stage], Hardware, Hardwar
             continue  # a model from elsewhere: no plan
         stage_seconds(st, hw, ihw)
         if not (hw.gpu and ihw.gpu) and name != "lgbm":
-            st.notes.append("cpu: loading, features and per-fold bookkeeping are not in these times; on the "
-                            "default profile they were 3/4 of the dual tower's stage (README, Will it fit?)")
+            st.notes.append("cpu: loading, tokenizing and per-fold bookkeeping are in these times only through "
+                            "the share fitted on a whole stage (README, Will it fit?)")
         stages.append(st)
     return stages, hw, ihw, shape
 
