@@ -2,7 +2,8 @@
 
 RUN_DIR is a bench_real run folder (params.yaml, artifacts/prepared, seconds.json with each stage's wall seconds).
 The share of this CPU's peak is fitted on ONE stage (--fit): share = predicted seconds at 100% of peak / measured
-seconds; the other stages are then predicted with that share and reported as predicted / measured.
+seconds; the other stages are then predicted with that share and reported as predicted / measured. --share
+predicts every stage with a given share instead (a run the share was not fitted on).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--fit", default="dual_tower", help="the stage whose measured time fixes the share")
+    parser.add_argument("--share", type=float, help="predict with this share instead of fitting one (a held-out check)")
     parser.add_argument("--sample", type=int, default=1000)
     args = parser.parse_args(argv)
     measured = json.loads((args.run / "seconds.json").read_text(encoding="utf-8"))
@@ -31,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU peak: {cpu.cores} cores x {cpu.ghz:.3f} GHz x {cpu.flops_per_cycle} fp32 FLOPs/cycle "
           f"({cpu.how}) = {hw.peak_tflops * 1000:.0f} GFLOPS")
     at_peak = {st.model: st.seconds["train"] for st in stages}
-    share = at_peak[args.fit] / measured[args.fit]
-    print(f"share fitted on {args.fit}: {at_peak[args.fit]:.1f} s at peak / {measured[args.fit]:.1f} s measured "
-          f"= {share:.3f}")
+    if args.share is None:
+        share = at_peak[args.fit] / measured[args.fit]
+        print(f"share fitted on {args.fit}: {at_peak[args.fit]:.1f} s at peak / {measured[args.fit]:.1f} s measured "
+              f"= {share:.3f}")
+    else:
+        share = args.share
+        print(f"share given: {share:.3f}")
     for st in stages:
         flops = sum(p.flops for p in st.passes if p.where == "train")
         predicted = at_peak[st.model] / share if st.model != "lgbm" else st.seconds["train"]
