@@ -152,6 +152,3 @@ BACKBONES: dict[str, dict] = {
 }
 #: artifacts/pretrained/smollm2 is the convert_llm stage's copy of embedded:smollm2
 ALIASES = {"artifacts/pretrained/smollm2": "embedded:smollm2"}
-#: model types whose transformers attention keeps the s x s scores for the backward pass (eager: no
-#: fused SDPA / FlashAttention kernel): DeBERTa's disentangled attention; Gemma-2's logit soft-capping
-EAGER_ATTENTION = ("deberta-v2", "gemma2")
