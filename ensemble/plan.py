@@ -168,7 +168,7 @@ def describe_backbone(name: str, root: Path) -> Backbone:
         largest_linear=max((m.weight.numel() for m in linears), default=0),
         other_params=total - n_layers * layer_params,
         gated=any("gate" in n for n, _ in layer.named_modules()) or "glu" in act,
-        eager=getattr(config, "_attn_implementation", "eager") in (None, "eager"))
+        eager=getattr(model.config, "_attn_implementation", "eager") in (None, "eager"))
 
 
 # ----------------------------------------------------------------------------- token counts
