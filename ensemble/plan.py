@@ -492,10 +492,13 @@ def plan_lgbm(cfg, shape: Shape, hw: Hardware, ihw: Hardware) -> Stage:
 
 def _precision_note(st: Stage, hw: Hardware, ihw: Hardware, setting: str, key: str) -> None:
     for machine in {hw.name: hw, ihw.name: ihw}.values():
-        if machine.gpu and not machine.bf16 and setting in ("auto", "bf16"):
+        if machine.gpu and not machine.bf16 and setting == "bf16":
             st.notes.append(f"{machine.name}: no bf16 in hardware ({machine.label}, compute capability 7.5): "
-                            f"set {key}: fp16 (with `auto` torch may pick emulated bf16, far slower); "
-                            f"times assume fp16")
+                            f"{key}: bf16 is refused there (ensemble.nn.precision); use auto (fp16 with a "
+                            f"GradScaler) or fp16; times assume fp16")
+        elif machine.gpu and not machine.bf16 and setting == "auto":
+            st.notes.append(f"{machine.name}: {key}: auto runs fp16 with a GradScaler there (no bf16 in hardware, "
+                            f"{machine.label}); times assume fp16")
 
 
 def stage_seconds(st: Stage, hw: Hardware, ihw: Hardware) -> None:
