@@ -43,8 +43,12 @@ from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import DEFAULT_PARAMS, ConfigError, load_params
 from ensemble.core.errors import UserError
 from ensemble.core.position import MAX_ROWS as POSITION_ROWS
+from ensemble.models import is_registered, model_class
+from ensemble.models.dual_tower import DualTowerModel
 from ensemble.models.dual_tower.cache import FRAME_CACHE_SIZE
+from ensemble.models.lgbm import LGBMModel
 from ensemble.models.lgbm.model import AUTO_HOLDOUT_PROMPTS
+from ensemble.models.llm import LLMModel
 from ensemble.plan_hardware import ALIASES, BACKBONES, CPU_MFU, GPU_MFU, HARDWARE_NAMES, Hardware, hardware
 from ensemble.sections import check_params
 
@@ -281,6 +285,7 @@ class Stage:
     memory: dict[str, dict[str, float]] = field(default_factory=dict)  # "train"/"infer" -> part -> GiB
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "train"/"infer" -> seconds (LightGBM: rough)
+    on_gpu: bool = True  # a stage whose time follows from FLOPs at a share of the hardware's peak
 
     def peak(self, where: str) -> float:
         return sum(self.memory.get(where, {}).values())
@@ -332,7 +337,7 @@ def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hard
     aug, tta = (2 if cfg.swap_augment else 1), (2 if cfg.swap_tta else 1)
     ckpt = cfg.train.gradient_checkpointing
     k = shape.k
-    st = Stage("llm", bb.describe(kept), "")
+    st = Stage(LLMModel.name, bb.describe(kept), "")
     fit = shape.fold_train() * (1 - cfg.calib_frac)
     cal = shape.fold_train() * cfg.calib_frac
     lora_rows = min(fit, cfg.max_train_rows) if cfg.max_train_rows else fit
@@ -403,7 +408,7 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
     frozen_below = layers if cfg.freeze_layers < 0 else min(cfg.freeze_layers, layers)
     trained = layers - frozen_below
     k = shape.k
-    st = Stage("dual_tower", bb.describe(), "")
+    st = Stage(DualTowerModel.name, bb.describe(), "")
     aug = 2 if cfg.swap_augment else 1
     fit = shape.fold_train() * (1 - cfg.calib_frac)
     cal = shape.fold_train() * cfg.calib_frac
@@ -479,7 +484,7 @@ def plan_lgbm(cfg, shape: Shape, hw: Hardware, ihw: Hardware) -> Stage:
         fits, how = float(k), f"{k} inner fits on {k - 1}/{k} of the rows + a refit"
     else:
         fits, how = 1 - cfg.early_stopping_frac, "one fit on the kept share"
-    st = Stage("lgbm", f"LightGBM on {features:,} count/length features (CPU)", "")
+    st = Stage(LGBMModel.name, f"LightGBM on {features:,} count/length features (CPU)", "", on_gpu=False)
     cores = max(1, min(cfg.n_jobs, hw.host_cores))
     st.seconds["train"] = shape.k * fits * rows * features * cfg.n_estimators * LGBM_CORE_SECONDS / cores
     st.passes.append(Pass(f"{shape.k} folds x {how}, {cfg.n_estimators} rounds at most, {cores} cores",
@@ -502,7 +507,7 @@ def _precision_note(st: Stage, hw: Hardware, ihw: Hardware, setting: str, key: s
 
 
 def stage_seconds(st: Stage, hw: Hardware, ihw: Hardware) -> None:
-    if st.model == "lgbm":
+    if not st.on_gpu:  # LightGBM: its rough seconds are set by plan_lgbm
         return
     for where, machine in (("train", hw), ("infer", ihw)):
         flops = sum(p.flops / p.devices for p in st.passes if p.where == where)
@@ -577,24 +582,26 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Stage], Hardware, Hardwar
     stages = []
     for name in models:
         cfg = params[name]
-        if name == "lgbm":
+        kind = model_class(name) if is_registered(name) else None
+        is_llm = kind is not None and issubclass(kind, LLMModel)
+        if kind is not None and issubclass(kind, LGBMModel):
             st = plan_lgbm(cfg, shape, hw, ihw)
-        elif name in ("llm", "dual_tower"):
-            backbone = cfg.base_model if name == "llm" else cfg.backbone
-            measure = llm_lengths if name == "llm" else tower_lengths
+        elif is_llm or (kind is not None and issubclass(kind, DualTowerModel)):
+            backbone = cfg.base_model if is_llm else cfg.backbone
+            measure = llm_lengths if is_llm else tower_lengths
             tr = _lengths(frames[0], measure, cfg, root, args.tokens, cfg.max_len)
             te = _lengths(frames[1], measure, cfg, root, args.tokens, cfg.max_len) if frames[1] is not None \
                 or args.tokens is not None else tr
             bb = describe_backbone(backbone, root)
-            plan = plan_llm if name == "llm" else plan_dual_tower
+            plan = plan_llm if is_llm else plan_dual_tower
             st = plan(cfg, bb, shape, tr, te, hw, ihw)
-            what = "battle" if name == "llm" else "tower"
+            what = "battle" if is_llm else "tower"
             measured = f", on {len(frames[0]):,} prepared rows" if frames[0] is not None and args.tokens is None else ""
             st.lengths = f"tokens a {what}: train {tr.mean:,.0f}, test {te.mean:,.0f} ({tr.how}{measured})"
         else:
             continue  # a model from elsewhere: no plan
         stage_seconds(st, hw, ihw)
-        if not (hw.gpu and ihw.gpu) and name != "lgbm":
+        if not (hw.gpu and ihw.gpu) and st.on_gpu:
             st.notes.append("cpu: loading, tokenizing and per-fold bookkeeping are in these times only through "
                             "the share fitted on a whole stage (README, Will it fit?)")
         stages.append(st)

@@ -139,7 +139,7 @@ def test_submit_cli_valid_submission(project, tmp_path):
     # a labelled file reports its log loss
     train_csv = tmp_path / "labelled.csv"
     pd.read_csv(work / "artifacts" / "demo" / "demo_train.csv").head(30).to_csv(train_csv, index=False)
-    assert "log loss against the file's labels" in run(
+    assert "rows of the file's labels" in run(
         [sys.executable, "-m", "ensemble.submit", str(train_csv), "-o", str(tmp_path / "s2.csv")], work).stdout
     # bad input: clear message, exit 2, nothing written
     bad = tmp_path / "bad.csv"
