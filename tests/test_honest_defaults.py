@@ -130,3 +130,20 @@ def test_hh_dialogues_with_two_turns_of_one_speaker_read_as_one_turn(tmp_path):
     answers = battles.iloc[0]["response_a"] if battles.iloc[0]["label"] == 0 else battles.iloc[0]["response_b"]
     assert battles.iloc[0]["prompt"] == ["how do I pick a lock?", "locked out"]
     assert answers == ["Why?", "Call a locksmith.\n\nThey open doors for a living."]
+
+
+def test_the_stacker_of_models_that_all_learned_nothing_is_the_prior():
+    # on Kaggle's first 100 rows every model sat at the prior and a stacker of the length meta-feature alone
+    # won one fold's inner cross-fit by noise, then cost 1.42 nats on that fold (prior 1.10)
+    rng = np.random.default_rng(4)
+    n = 80
+    labels = rng.integers(0, 3, n)
+    folds = np.repeat(np.arange(4), n // 4)
+    flat = np.vstack([np.bincount(labels[folds != k], minlength=3) / (folds != k).sum() for k in folds])
+    frame = pd.DataFrame({"id": np.arange(n).astype(str), "prompt": [[f"q{i}"] for i in range(n)],
+                          "response_a": [["a" * int(k)] for k in rng.integers(1, 500, n)],
+                          "response_b": [["b" * int(k)] for k in rng.integers(1, 500, n)], "fold": folds})
+    fitted = create_blender("stack", ["m1", "m2"], CFG).fit([flat, flat], labels, frame)
+    assert fitted.to_json()["state"]["features"] == []
+    np.testing.assert_allclose(fitted.predict([flat, flat], frame), np.tile(np.bincount(labels, minlength=3) / n,
+                                                                            (n, 1)), atol=1e-9)

@@ -12,6 +12,8 @@ What keeps a weak signal weak:
   move (0.02 nats of signal) gets a coefficient of the same size as any other and its small spread
   stays small; standardising it would stretch that spread to one unit and let the fit turn it into
   confident predictions. Only the meta-features, in other units, are standardised.
+* When no model's predictions vary (every model at the prior) it predicts the class frequencies: the
+  meta-features are there to adjust the models, not to be a model of their own.
 """
 
 from __future__ import annotations
@@ -111,6 +113,10 @@ class StackBlender(Blender):
         x = stack_features(probas, frame, cfg.meta_features)
         folds = frame["fold"].to_numpy() if "fold" in frame else np.zeros(len(labels))
         self.columns = varying_columns(x, folds)
+        if not (self.columns < 3 * len(self.models)).any():
+            # no model's predictions vary: nothing to blend, and the meta-features alone would be a second
+            # length model (LightGBM sees lengths and turns) fitted on the blend's few rows: the prior
+            self.columns = self.columns[:0]
         self.mean, self.scale = self._scaling(x, self.columns)
         z = (x[:, self.columns] - self.mean) / self.scale
         groups = prompt_groups(frame)
