@@ -317,6 +317,56 @@ def judges(folder: Path, profile: str, bootstrap: int = 1000) -> None:
               f"95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]")
 
 
+#: the candidate lists `select` was chosen among (`candidates` subcommand), simplest first
+CANDIDATE_LISTS = (["prior", "stack"], ["prior", "weights", "stack"], ["prior", "best", "weights", "stack"],
+                   ["prior", "greedy", "stack"], ["prior", "best", "weights", "greedy", "stack"])
+
+
+def candidates() -> None:
+    """select cross-fitted on every finished development part with each candidate list: what chose the
+    default `blend.select.candidates` (the lowest mean of select - prior and select - best over the runs)."""
+    from ensemble.blend import create_blender
+    from ensemble.blend.config import BlendConfig
+    from ensemble.blend.crossfit import crossfit
+    from ensemble.blend.run import read_folds, read_oof_folds
+    from ensemble.core.config import from_dict
+    from ensemble.core.data import load_battles
+    from ensemble.core.degenerate import KIND_COLUMN, kinds
+    from ensemble.core.metrics import log_loss
+
+    totals: dict[str, list[tuple[float, float]]] = {}
+    for profile in PROFILES:
+        for name in DATASETS:
+            art = workdir(name, profile) / "artifacts"
+            if not (art / "blend.json").is_file():
+                continue
+            train = load_battles(art / "prepared" / "train.parquet").set_index("id")
+            labels = train["label"].to_numpy()
+            probas, fold_of = read_oof_folds(art, list(MODELS), train, read_folds(art, train))
+            frame = train.reset_index().assign(fold=fold_of)
+            frame[KIND_COLUMN] = kinds(frame)
+            prior = crossfit(lambda: create_blender("prior", list(MODELS), BlendConfig()), probas, labels, fold_of,
+                             frame)
+            best = min(log_loss(labels, p) for p in probas)
+            base = log_loss(labels, prior)
+            print(f"{name} / {profile}: {len(labels)} development rows, prior {base:.4f}, best model {best:.4f}")
+            for cands in CANDIDATE_LISTS:
+                cfg = from_dict(BlendConfig, {"select": {"candidates": cands}}, "blend")
+                fits: list = []
+                p = crossfit(lambda cfg=cfg: create_blender("select", list(MODELS), cfg), probas, labels, fold_of,
+                             frame, fits)
+                loss = log_loss(labels, p)
+                key = ", ".join(cands)
+                totals.setdefault(key, []).append((loss - base, loss - best))
+                print(f"  [{key}]{'':<{40 - len(key)}} {loss:.4f}  - prior {loss - base:+.4f}  "
+                      f"- best {loss - best:+.4f}  per fold: {', '.join(f.chosen.name for f in fits)}", flush=True)
+    print("\nover the runs: mean (select - prior), worst (select - prior), mean (select - best), worst (select - best)")
+    for key, diffs in totals.items():
+        d = np.array(diffs)
+        print(f"  [{key}]{'':<{40 - len(key)}} {d[:, 0].mean():+.4f} {d[:, 0].max():+.4f} {d[:, 1].mean():+.4f} "
+              f"{d[:, 1].max():+.4f}")
+
+
 def fmt_ci(v) -> str:
     return f"[{v[0]:+.3f}, {v[1]:+.3f}]" if v else ""
 
@@ -382,6 +432,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("split")
+    sub.add_parser("candidates", help="select cross-fitted with each candidate list on every development part")
     for cmd in ("run", "reblend"):
         p = sub.add_parser(cmd)
         p.add_argument("dataset", choices=[*DATASETS, "all"])
@@ -398,6 +449,9 @@ def main() -> int:
     if args.cmd == "split":
         for parent in sorted({p for _, p, _ in DATASETS.values()}):
             print(write_split(parent))
+        return 0
+    if args.cmd == "candidates":
+        candidates()
         return 0
     if args.cmd == "table":
         table(args.part)
