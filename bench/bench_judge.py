@@ -107,14 +107,14 @@ def main() -> int:
     paths = {"both": [False, True], "on": [True], "off": [False]}[args.merge_folds]
     print(f"run {args.artifacts}, params {args.params}; {args.repeats} repeats (fresh processes), {args.calls} "
           f"single calls, {args.batches} batches of {args.batch}; min / median / max over the repeats")
-    print(f"{'llm folds':<10}{'imports s':>24}{'Judge.load s':>24}{'load again s':>24}{'one battle s':>24}"
-          f"{'per battle in batch ms':>26}  models (fold models)")
+    print(f"{'llm folds':<10}{'imports s':>26}{'Judge.load s':>26}{'load again s':>26}{'one battle s':>26}"
+          f"{'per battle in batch ms':>28}  models (fold models)")
     for merged in paths:
         runs = [run_child(args, merged) for _ in range(args.repeats)]
         models = ", ".join(f"{name} ({n})" for name, n in runs[0]["models"].items())
-        print(f"{'merged' if merged else 'averaged':<10}{spread([r['import_s'] for r in runs]):>24}"
-              f"{spread([r['load_s'] for r in runs]):>24}{spread([r['again_s'] for r in runs]):>24}"
-              f"{spread([r['one_s'] for r in runs]):>24}{spread([r['batch_s'] for r in runs], 1000):>26}  {models}",
+        print(f"{'merged' if merged else 'averaged':<10}{spread([r['import_s'] for r in runs]):>26}"
+              f"{spread([r['load_s'] for r in runs]):>26}{spread([r['again_s'] for r in runs]):>26}"
+              f"{spread([r['one_s'] for r in runs]):>26}{spread([r['batch_s'] for r in runs], 1000):>28}  {models}",
               flush=True)
     return 0
 
