@@ -213,6 +213,9 @@ def run(name: str, profile: str) -> dict:
 def blend_again(name: str, profile: str) -> None:
     """Refit the blend stage and submit from the finished models (a blender change retrains nothing)."""
     work = workdir(name, profile)
+    if not all((work / "artifacts" / "test" / f"{m}.parquet").is_file() for m in MODELS):
+        print(f"{name} / {profile}: no finished run to blend again", flush=True)
+        return
     suffix = ".jsonl" if (work / "data" / "dev.jsonl").is_file() else ".csv"
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
     from ensemble.profile import apply_profile
