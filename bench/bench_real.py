@@ -231,6 +231,7 @@ def blend_again(name: str, profile: str) -> None:
 def locked_scores(work: Path, bootstrap: int = 1000) -> dict:
     """The submission, the development prior and the best development model on the locked rows."""
     from ensemble import TARGETS
+    from ensemble.blend import create_blender
     from ensemble.blend.bootstrap import paired_diff_ci
     from ensemble.core.data import load_battles, read_battles
     from ensemble.core.folds import prompt_groups
@@ -242,7 +243,11 @@ def locked_scores(work: Path, bootstrap: int = 1000) -> dict:
     labels = locked["label"].to_numpy()
     ids = locked["id"].astype(str).to_numpy()
     dev_labels = load_battles(work / "artifacts" / "prepared" / "train.parquet")["label"].to_numpy()
-    prior = np.tile(np.bincount(dev_labels, minlength=3) / len(dev_labels), (len(labels), 1))
+    # the project's class prior (the `prior` blender): the development rows' frequencies, an absent class
+    # (binary data: the tie) at the same floor every model and blender gives it
+    prior_blender = create_blender("prior", list(MODELS)).fit([np.zeros((len(dev_labels), 3))] * len(MODELS),
+                                                              dev_labels, None)
+    prior = prior_blender.predict([np.zeros((len(labels), 3))] * len(MODELS), None)
     metrics = json.loads((work / "artifacts" / "metrics.json").read_text(encoding="utf-8"))
     best = metrics["blend"]["best_model"]  # chosen on the development rows
 
