@@ -27,8 +27,8 @@ from ensemble.core.metrics import row_log_loss
 class SelectConfig:
     # simplest first. Chosen on the development parts of the real data sets (`python bench/bench_real.py
     # candidates`): adding best / weights / greedy lost up to 0.018 against the best model there (their per-fold
-    # choices flip between near-equals), [prior, stack] was never above the prior and 0.010 below the best
-    # model on average (docs/results.md)
+    # choices flip between near-equals); over 11 runs [prior, stack] was never above the prior, 0.011 below
+    # the best model on average and +0.003 above it at worst (docs/results.md)
     candidates: list[str] = field(default_factory=lambda: ["prior", "stack"])
     inner_splits: int = 5  # prompt-grouped inner folds when the rows carry fewer than 2 OOF folds
 
