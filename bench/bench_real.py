@@ -151,17 +151,22 @@ def workdir(name: str, profile: str) -> Path:
     return OUT / name / profile
 
 
-def setup(name: str, profile: str) -> Path:
-    """The run's folder: params.yaml (the project's, the profile applied, data pointed at the parts)."""
+def write_params(work: Path, profile: str, suffix: str) -> None:
+    """The run's params.yaml: the project's, the profile applied, data pointed at the two parts."""
     from ensemble.profile import apply_profile
 
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    apply_profile(PROFILES[profile], [f"data.train=data/dev{suffix}", f"data.test=data/locked{suffix}"],
+                  work / "params.yaml")
+
+
+def setup(name: str, profile: str) -> Path:
+    """The run's folder: the two parts' files, params.yaml, the converted SmolLM2 linked in."""
     work = workdir(name, profile)
     dev, locked, suffix = parts(name)
     write_records(dev, work / "data" / f"dev{suffix}")
     write_records(locked, work / "data" / f"locked{suffix}")
-    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
-    sets = [f"data.train=data/dev{suffix}", f"data.test=data/locked{suffix}"]
-    apply_profile(PROFILES[profile], sets, work / "params.yaml")
+    write_params(work, profile, suffix)
     pretrained = work / "artifacts" / "pretrained"
     pretrained.parent.mkdir(parents=True, exist_ok=True)
     if not pretrained.exists():
@@ -217,11 +222,7 @@ def blend_again(name: str, profile: str) -> None:
         print(f"{name} / {profile}: no finished run to blend again", flush=True)
         return
     suffix = ".jsonl" if (work / "data" / "dev.jsonl").is_file() else ".csv"
-    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
-    from ensemble.profile import apply_profile
-
-    apply_profile(PROFILES[profile], [f"data.train=data/dev{suffix}", f"data.test=data/locked{suffix}"],
-                  work / "params.yaml")
+    write_params(work, profile, suffix)
     with open(work / "run.log", "a", encoding="utf-8") as log:
         stage(work, log, str(ROOT / "stages" / "blend.py"), "--artifacts", "artifacts", "--metrics", "metrics.json")
         stage(work, log, "-m", "ensemble.submit", f"data/locked{suffix}", "-o", "artifacts/submission.csv",
@@ -398,7 +399,7 @@ def dev_table(profile: str) -> list[str]:
             lines.append(f"| | {m}{mark}{at_prior} | {r['log_loss']:.4f} | {r['accuracy']:.3f} | "
                          f"{fmt_ci(r.get('diff_vs_prior_ci'))} | |")
         for method, v in b["by_method"].items():
-            label = f"**{method}** (default; chose {b.get('chosen') or '-'})" if method == d["method"] else method
+            label = method
             if method == d["method"]:
                 per_fold = [x.get("chosen") for x in b.get("fold_summaries", [])]
                 label = f"**{method}** (default; per fold: {', '.join(per_fold)})"

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import DEFAULT_PARAMS, ConfigError, load_params
@@ -50,6 +49,7 @@ from ensemble.models.lgbm import LGBMModel
 from ensemble.models.lgbm.model import AUTO_HOLDOUT_PROMPTS
 from ensemble.models.llm import LLMModel
 from ensemble.plan_hardware import ALIASES, BACKBONES, CPU_MFU, GPU_MFU, HARDWARE_NAMES, Hardware, hardware
+from ensemble.profile import parse_sets
 from ensemble.sections import check_params
 
 GIB = 2**30
@@ -529,15 +529,7 @@ def read_plan_params(path: Path, profile: Path | None, sets: list[str]) -> dict:
     params = copy.deepcopy(load_params(path))
     if profile is not None:
         _merge(params, load_params(profile))
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. llm.max_len=2048")
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+    _merge(params, parse_sets(sets))  # the --set syntax of ensemble.profile
     return check_params(params, str(path))
 
 

@@ -36,7 +36,8 @@ def _merge(target, overlay: dict, where: str, changes: list[str]) -> None:
             target[key] = value
 
 
-def _parse_set(items: list[str]) -> dict:
+def parse_sets(items: list[str]) -> dict:
+    """--set key=value items as a nested mapping (the value read as YAML)."""
     overlay: dict = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -65,7 +66,7 @@ def apply_profile(profile: Path | None, sets: list[str], params_path: Path = DEF
     overlays = []
     if profile is not None:
         overlays.append(load_params(profile))
-    overlays.append(_parse_set(sets))
+    overlays.append(parse_sets(sets))
     rt = YAML()
     rt.preserve_quotes = True
     rt.representer.add_representer(float, _represent_float)
