@@ -9,6 +9,7 @@ kept per fold under that fingerprint plus the test rows' ids and texts.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -79,11 +80,11 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         teachers.save_report()
     # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
     predict_settings = first.prediction_settings()
-    last_fold, bias, prior_folds = None, [], []
+    last_dir, bias, prior_folds = None, [], []
     for k in range(n_folds):
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        model = first if k == 0 else create(name, config, cache=cache)
+        model = create(name, config, cache=cache)  # `first` is never fitted: one fold model alive at a time
         parts = {**common, "fold": str(k)}
         fit_frame = teachers.fold_frame(k, tr) if teachers else train.iloc[tr].reset_index(drop=True)
         if teachers:  # the targets and pseudo-labelled battles this fold learns from
@@ -130,7 +131,9 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                              f"fold log loss {log_loss(labels, valid_pred):.4f}"
                              f" (fold prior {log_loss(labels, prior):.4f}), accuracy "
                              f"{accuracy(labels, valid_pred):.4f}")
-            last_fold = fold
+            last_dir = fold_dir
+        model = fold = None  # fold k's model (an LLM: its adapter on the shared base) goes before k + 1 trains
+        gc.collect()
         dist.barrier(f"fold {k} saved and predicted")
     if not main:
         dist.finish("OOF and test files written")
@@ -140,7 +143,8 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         path = model_root / INPUT_REPORT
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if old.get("key") != report_key:  # it depends on texts, config and tokenizer, not on the folds
-            write_json(path, {**last_fold.get().input_report(train), "key": report_key})
+            report = LazyFold(None, last_dir, cache, config).get().input_report(train)
+            write_json(path, {**report, "key": report_key})
     oof_frame = proba_frame(train["id"], oof, fold_of)
     oof_frame.attrs[position.ATTR] = position.summarise(bias)  # read by the blend stage into metrics.json
     oof_frame.attrs[PRIOR_FOLDS_ATTR] = prior_folds

@@ -16,6 +16,7 @@ from conftest import (
     battle_frame,
     build_tiny_llm,
     checkpointing_config,
+    finished_llm_run,
     marker_frame,
     oof_log_loss,
     tiny_config,
@@ -146,6 +147,44 @@ def test_no_kv_cache_in_any_forward_and_checkpointing_for_every_quantization(tin
     assert {training for training, _, _ in decoder_forwards} == {True, False}  # training steps and eval passes
     assert all(use_cache is False and cache is None for _, use_cache, cache in decoder_forwards)
     assert model._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+
+
+def test_one_base_per_device_and_one_fold_model_alive_through_run_oof_and_submit(tiny_llm, tmp_path, monkeypatch):
+    """run_oof loads the decoder once for its 3 folds (each fold's LoRA adapter swapped onto it: the base
+    holds no other adapter when a fold's is added), drops fold k's model before fold k + 1 trains, and
+    submit loads the decoder once for the 3 fold models and predicts what run_oof predicted."""
+    import weakref
+
+    import ensemble.models.llm.backbone as backbone
+    from ensemble.core.cache import RunCache
+    from ensemble.submit import predict_model
+
+    loads, fitted, others = [], [], []
+    real_load, real_fit, real_add = backbone.load_base, LLMModel._fit, backbone.SharedBase.add
+
+    def load_base(cfg, tokenizer, device):
+        loads.append(str(device))
+        return real_load(cfg, tokenizer, device)
+
+    def fit(self, train, valid):
+        assert [ref for ref in fitted if ref() is not None] == []  # earlier folds' models are gone
+        fitted.append(weakref.ref(self))
+        return real_fit(self, train, valid)
+
+    def add(self, config):
+        others.append(len(self.adapters()))
+        return real_add(self, config)
+
+    monkeypatch.setattr(backbone, "load_base", load_base)
+    monkeypatch.setattr(LLMModel, "_fit", fit)
+    monkeypatch.setattr(backbone.SharedBase, "add", add)
+    run = finished_llm_run(tmp_path, tiny_llm, battle_frame(36, seed=4), 30, 3)
+    assert len(fitted) == 3 and loads == ["cpu"] and others == [0, 0, 0]
+    loads.clear()
+    proba = predict_model(run["art"], "llm", run["test"], {"llm": run["config"]}, False, RunCache())
+    assert loads == ["cpu"]
+    test = pd.read_parquet(run["art"] / "test" / "llm.parquet")
+    np.testing.assert_allclose(proba, test[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), atol=1e-9)
 
 
 @pytest.mark.parametrize("quantization, lora_layers", [("none", 0), ("4bit", 0), ("none", 1)])

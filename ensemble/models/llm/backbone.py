@@ -195,12 +195,13 @@ def backbone_key(cfg, device: torch.device) -> str:
     return json.dumps([base_path(cfg), cfg.quantization, str(compute_dtype(cfg, device)), layer_plan(cfg), cfg.pooling])
 
 
-def adapter_state(backbone, head) -> dict:
-    """CPU copies of what a fold trains: the LoRA weights (backbone.*) and the score head (score.*)."""
+def adapter_state(backbone, head, adapter: str = "default") -> dict:
+    """CPU copies of what a fold trains: its LoRA weights (backbone.*, without the adapter's name) and the
+    score head (score.*)."""
     from peft import get_peft_model_state_dict
 
-    state = {f"backbone.{k}": v.detach().to("cpu", copy=True)
-             for k, v in get_peft_model_state_dict(backbone, save_embedding_layers=False).items()}
+    lora = get_peft_model_state_dict(backbone, adapter_name=adapter, save_embedding_layers=False)
+    state = {f"backbone.{k}": v.detach().to("cpu", copy=True) for k, v in lora.items()}
     state.update({f"score.{k}": v.detach().to("cpu", copy=True) for k, v in head.state_dict().items()})
     return state
 
@@ -252,6 +253,55 @@ def load_base(cfg, tokenizer, device: torch.device):
         # checkpointing is train_loop's, for every quantization (PairClassifier.activation_checkpointing_enable)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+class SharedBase:
+    """The decoder of one device, loaded once per run (held by the run's cache, shared_base) and wrapped
+    once by peft; each fold model adds its own named LoRA adapter to it and deletes it when the model is
+    released. K folds, their predictions, a merged model and submit hold one copy of the base weights.
+
+    Exact: peft builds an added adapter by the code that builds the first one (inject_adapter ->
+    update_layer, module by module in the same order), so after the same seed a fold's LoRA starts
+    where get_peft_model on a freshly loaded base starts it (load_base draws no random numbers); the
+    base weights never change (adapters are never merged into them, and only the active adapter trains).
+    """
+
+    def __init__(self, base):
+        self.base = base  # the bare decoder (load_base)
+        self.peft = None  # the peft wrapper, made with the first adapter
+        self.serial = 0
+
+    def add(self, config) -> str:
+        """A new adapter (initialised from the global RNG, as get_peft_model does), made the active one."""
+        from peft import get_peft_model
+
+        name = f"adapter_{self.serial}"
+        self.serial += 1
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, config, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, config)
+            self.peft.set_adapter(name)
+        return name
+
+    def remove(self, name: str) -> None:
+        if self.peft is not None and name in self.peft.peft_config:
+            with warnings.catch_warnings():  # "adapter ... was active which is now deleted": as meant
+                warnings.simplefilter("ignore", UserWarning)
+                self.peft.delete_adapter(name)
+
+    def adapters(self) -> list[str]:
+        return list(self.peft.peft_config) if self.peft is not None else []
+
+
+def shared_base(cache, cfg, tokenizer, device: torch.device) -> SharedBase:
+    """This run's decoder on `device` (load_base on first use), from the run's cache (ensemble.core.cache)."""
+    key = json.dumps([base_path(cfg), cfg.quantization, cfg.compute_dtype, layer_plan(cfg)[0], len(tokenizer),
+                      tokenizer.pad_token_id])
+    store = cache.store("llm.base", key)
+    if str(device) not in store:
+        store[str(device)] = SharedBase(load_base(cfg, tokenizer, device))
+    return store[str(device)]
 
 
 # ----------------------------------------------------------------------------- the frozen pass

@@ -11,6 +11,7 @@ the base model is re-read from `base_model` on load; merge.py makes one model of
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -38,9 +39,9 @@ from ensemble.models.llm.backbone import (
     forward_from,
     frozen_pass,
     layer_plan,
-    load_base,
     lora_config,
     sequence_key,
+    shared_base,
 )
 from ensemble.models.llm.battle_text import TAG_A, TAG_B, BattleEncoder, Encoded
 from ensemble.models.llm.probe import fit_linear_probe
@@ -138,9 +139,11 @@ class PairClassifier(nn.Module):
     below computed once).
     """
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str, start: int = 0):
+    def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str, start: int = 0,
+                 adapter: str = "default"):
         super().__init__()
         self.backbone, self.pooling, self.start = backbone, pooling, start
+        self.adapter = adapter  # this network's LoRA adapter on the (shared) peft backbone
         width = hidden_size * POOLED_WIDTH[pooling]
         self.score = nn.Linear(width, 3)  # fp32, initialised by the linear probe
 
@@ -149,7 +152,13 @@ class PairClassifier(nn.Module):
         """The bare decoder (LoRA layers injected in place) under the peft wrapper."""
         return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
 
+    def activate(self) -> None:
+        """Make this network's adapter the backbone's active one (other fold models share the backbone)."""
+        if self.backbone.active_adapters != [self.adapter]:
+            self.backbone.set_adapter(self.adapter)
+
     def hidden_states(self, attention_mask, input_ids=None, hidden=None) -> torch.Tensor:
+        self.activate()
         if hidden is not None:  # (B, L, h) entering layer `start`
             return forward_from(self.base, hidden, attention_mask, self.start)
         # no KV cache: nothing here generates, and a cache would be allocated on every step
@@ -238,18 +247,22 @@ class LLMModel(BaseModel):
             check_cache_memory(self.config, self._encoder(), frames)
 
     def _build_replica(self, device: torch.device, training: bool = False) -> PairClassifier:
-        from peft import get_peft_model, set_peft_model_state_dict
+        """This model's network on `device`: its own LoRA adapter and head on the run's one decoder per
+        device (backbone.SharedBase); the adapter is deleted from the decoder when the network is released."""
+        from peft import set_peft_model_state_dict
 
-        set_seed(self.config.train.seed)  # same LoRA/head initialisation for the same fold
         kept, start = layer_plan(self.config)
-        base = load_base(self.config, self.tokenizer, device)
-        net = PairClassifier(get_peft_model(base, lora_config(self.config, kept, start)), base.config.hidden_size,
-                             self.config.pooling, start).to(device)
-        net.score.float()
+        shared = shared_base(self.cache, self.config, self.tokenizer, device)
+        set_seed(self.config.train.seed)  # same LoRA/head initialisation for the same fold
+        adapter = shared.add(lora_config(self.config, kept, start))
+        net = PairClassifier(shared.peft, shared.base.config.hidden_size, self.config.pooling, start, adapter)
+        weakref.finalize(net, shared.remove, adapter).atexit = False
+        net.score.to(device).float()
         if self.adapter_state is not None:
             lora = {k[len("backbone."):]: v for k, v in self.adapter_state.items() if k.startswith("backbone.")}
-            result = set_peft_model_state_dict(net.backbone, lora)
-            missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+            result = set_peft_model_state_dict(net.backbone, lora, adapter_name=adapter)
+            # missing keys of the model: those of this adapter count, not other fold models' adapters
+            missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k and f".{adapter}." in k]
             if missing or getattr(result, "unexpected_keys", []):
                 raise ModelLoadError(f"adapter does not fit {self.config.base_model} (missing {missing[:3]}, "
                                      f"unexpected {list(result.unexpected_keys)[:3]}); was it trained with "
@@ -332,6 +345,8 @@ class LLMModel(BaseModel):
         y = np.concatenate([labels, swap_targets(labels)]) if enc.swap_ids is not None else labels
         g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
         net = self._build_replica(device, training=True)
+        if net.base.is_activation_checkpointing and not cfg.train.gradient_checkpointing:
+            net.base.activation_checkpointing_disable()  # the shared decoder keeps what another model asked for
         self.base_digest = self.backbone_identity()
 
         # 1. linear probe on the frozen model's pooled features (LP)
@@ -361,7 +376,7 @@ class LLMModel(BaseModel):
             net.train()
             result = train_loop(net, loader, loss_fn, cfg.train, device, desc="llm train")
         net.eval()
-        self.adapter_state = adapter_state(net.backbone, net.score)
+        self.adapter_state = adapter_state(net.backbone, net.score, net.adapter)
 
         # 3. calibration on held-out training prompts: temperature and shrinkage toward the prior
         if len(cal_rows):
