@@ -42,6 +42,7 @@ from ensemble.core.io import atomic_path, write_json, write_text
 from ensemble.core.predictions import checked_predictions, read_predictions
 from ensemble.core.targets import PSEUDO_COLUMN, SOFT_COLUMNS, DistillConfig, sharpen
 from ensemble.models import create, is_registered
+from ensemble.nn import distributed as dist
 
 TEACHER_DIR = Path("teachers")  # teachers from elsewhere: teachers/<name>/{nested,oof,unlabelled}.parquet
 FILES = {"nested": "nested.parquet", "leaky": "oof.parquet", "pseudo": "unlabelled.parquet"}
@@ -134,9 +135,13 @@ class Teachers:
         key = fp.combine(parts)
         path = self.root / name / (f"fold_{k}.npz" if j is None else f"nested_{k}_{j}.npz")
         meta = path.with_suffix(".key")
-        if path.is_file() and meta.is_file() and meta.read_text() == key:
+        kept = None
+        if dist.is_main() and path.is_file() and meta.is_file() and meta.read_text() == key:
             with np.load(path, allow_pickle=False) as saved:
-                return saved["held"], (saved["unlabelled"] if predict_u else None)
+                kept = saved["held"], (saved["unlabelled"] if predict_u else None)
+        kept = dist.from_main(kept)  # rank 0 decides for every process: all of them fit the teacher, or none
+        if kept is not None:
+            return kept
         what = f"fold {k} model" if j is None else f"nested fit for fold {k} on rows outside folds {k} and {j}"
         progress.log(f"[{self.student}] teacher {name}: {what}, {int(used.sum())} training rows")
         train = self.train[used].reset_index(drop=True)

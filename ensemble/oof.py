@@ -9,7 +9,6 @@ kept per fold under that fingerprint plus the test rows' ids and texts.
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import time
@@ -109,20 +108,23 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                     shutil.rmtree(tmp_dir)
                 model.save(tmp_dir)
                 tmp_dir.rename(fold_dir)
+        # every process predicts (a model may share the rows among them), rank 0 decides what is reused
+        fold = LazyFold(model, fold_dir, cache, config)
+        pred_key = fp.combine({"fold": key, "predict": fp.config_digest(predict_settings)})
+        valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", pred_key)
+        test_pred = None if test is None else _predict_cached(
+            fold, test, fold_dir / "test_pred.npy", fp.combine({"fold": pred_key, "test": test_key}))
+        fold_bias = _position_counts(fold, valid, fold_dir / POSITION_FILE, key)
         if main:
-            fold = LazyFold(model, fold_dir, cache, config)
-            pred_key = fp.combine({"fold": key, "predict": fp.config_digest(predict_settings)})
-            valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", pred_key)
             oof[va] = valid_pred
             if constant_rows(valid_pred):  # the calibration gate (or too few rows) left the class prior
                 prior_folds.append(k)
                 progress.log(f"[{name}] fold {k}: predicts the class prior on all {len(va)} held-out rows: it "
                              f"showed no gain over the prior on its held-out training prompts (the calibration "
                              f"gate's numbers are in {fold_dir.name}'s log line and saved calibration)")
-            if test is not None:
-                test_sum += _predict_cached(fold, test, fold_dir / "test_pred.npy",
-                                            fp.combine({"fold": pred_key, "test": test_key}))
-            bias.append(position.fold_counts(fold, valid, fold_dir / POSITION_FILE, key))
+            if test_pred is not None:
+                test_sum += test_pred
+            bias.append(fold_bias)
             write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": parts, "valid_rows": len(va)})
             if "label" in train:
                 labels = train["label"].to_numpy()[va]
@@ -133,7 +135,6 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                              f"{accuracy(labels, valid_pred):.4f}")
             last_dir = fold_dir
         model = fold = None  # fold k's model (an LLM: its adapter on the shared base) goes before k + 1 trains
-        gc.collect()
         dist.barrier(f"fold {k} saved and predicted")
     if not main:
         dist.finish("OOF and test files written")
@@ -174,13 +175,28 @@ class LazyFold:
 def _predict_cached(fold: LazyFold, frame: pd.DataFrame, path: Path, key: str) -> np.ndarray:
     """A finished fold's predictions survive a crash in a later fold, keyed by its fingerprint and the rows."""
     meta = path.with_suffix(".key")
-    if path.exists() and meta.exists() and meta.read_text() == key:
-        return np.load(path, allow_pickle=False)
-    model = fold.get()
-    proba = np.asarray(model.predict_proba(frame), dtype=np.float64)
-    check_proba(proba, len(frame), model.name)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, proba, allow_pickle=False)
-    write_text(meta, key)
-    return proba
+
+    def read() -> np.ndarray | None:
+        if path.exists() and meta.exists() and meta.read_text() == key:
+            return np.load(path, allow_pickle=False)
+        return None
+
+    def compute() -> np.ndarray:
+        model = fold.get()
+        proba = np.asarray(model.predict_proba(frame), dtype=np.float64)
+        check_proba(proba, len(frame), model.name)
+        return proba
+
+    def write(proba: np.ndarray) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, proba, allow_pickle=False)
+        write_text(meta, key)
+
+    return dist.kept_on_main(read, compute, write)
+
+
+def _position_counts(fold: LazyFold, valid: pd.DataFrame, path: Path, key: str) -> dict:
+    """The fold's position-bias counts (ensemble.core.position), kept in the fold folder under its fingerprint."""
+    return dist.kept_on_main(lambda: position.kept_counts(path, key), lambda: position.fold_counts(fold.get(), valid),
+                             lambda counts: write_json(path, {"key": key, "counts": counts}))

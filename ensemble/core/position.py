@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from ensemble.core.data import swap_ab, unswap_proba
-from ensemble.core.io import write_json
 
 #: key of the OOF parquet file's metadata (pandas attrs) holding the run's position-bias figures
 ATTR = "position_bias"
@@ -68,20 +67,23 @@ def summarise(parts: list[dict]) -> dict:
 MAX_ROWS = 64
 
 
-def fold_counts(fold, valid: pd.DataFrame, path: Path, key: str) -> dict:
-    """A fold's counts on (up to MAX_ROWS of) its held-out rows, kept in the fold folder under the fold's
-    fingerprint (a reused fold is not predicted again)."""
+def kept_counts(path: Path, key: str) -> dict | None:
+    """A fold's counts kept in `path` under the fold's fingerprint `key` (a reused fold is not predicted
+    again); None when absent or stale."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("key") == key:
             return saved["counts"]
     except (OSError, ValueError, KeyError):
         pass
+    return None
+
+
+def fold_counts(model, valid: pd.DataFrame) -> dict:
+    """A fold model's counts on (up to MAX_ROWS of) its held-out rows."""
     if len(valid) > MAX_ROWS:
         valid = valid.iloc[np.linspace(0, len(valid) - 1, MAX_ROWS).round().astype(int)].reset_index(drop=True)
-    out = counts(*passes(fold.get(), valid))
-    write_json(path, {"key": key, "counts": out})
-    return out
+    return counts(*passes(model, valid))
 
 
 def read(path: Path) -> dict | None:

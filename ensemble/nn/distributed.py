@@ -1,23 +1,26 @@
 """Several processes training one model (`accelerate launch` / `torchrun`: DDP), seen from the OOF runner
 and the models: which process is the main one, which device a process trains on, and a barrier.
 
-Every process trains every fold (DDP needs all of them inside the training loop); only the main process
-(global rank 0) touches the artifacts: it removes, saves and renames fold folders, predicts and writes the
-OOF and test files, while the others wait at a barrier. Without `WORLD_SIZE > 1` all of this is a no-op.
+Every process trains every fold (DDP needs all of them inside the training loop) and predicts its share of
+the rows (ensemble.nn.inference: rank_share, gather_rows); only the main process (global rank 0) touches the
+artifacts: it removes, saves and renames fold folders and writes the OOF and test files, and it alone decides
+whether kept work is reused (from_main, kept_on_main). Without `WORLD_SIZE > 1` all of this is a no-op.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
+T = TypeVar("T")
 
-#: How long a process waits at a barrier: rank 0 predicts a whole test file while the others wait, which
-#: at Kaggle scale outlasts torch's default (10 min for NCCL). ENSEMBLE_DDP_TIMEOUT_S overrides it.
+#: How long a process waits at a meeting point: rank 0 saving a fold, a slower process finishing its share of a
+#: test file, which at Kaggle scale can outlast torch's default (10 min for NCCL). ENSEMBLE_DDP_TIMEOUT_S
+#: overrides it.
 TIMEOUT_S = int(os.environ.get("ENSEMBLE_DDP_TIMEOUT_S", str(6 * 3600)))
 
 
@@ -68,6 +71,28 @@ def from_main(value):
     box = [value]
     _group().broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather(value) -> list:
+    """Every process's `value`, in rank order, on every process; [value] in one process."""
+    if not is_distributed():
+        return [value]
+    out: list = [None] * world_size()
+    _group().all_gather_object(out, value)
+    return out
+
+
+def kept_on_main(read: Callable[[], T | None], compute: Callable[[], T], write: Callable[[T], None]) -> T:
+    """A result kept on disk, reused or computed as rank 0 decides: rank 0's `read()` (None: nothing kept, or
+    stale) is every process's answer, so all processes skip the work or all do it (the work may be shared among
+    them, e.g. sharded predictions, and a process left alone in a collective would hang); `write` on rank 0."""
+    kept = from_main(read() if is_main() else None)
+    if kept is not None:
+        return kept
+    value = compute()
+    if is_main():
+        write(value)
+    return value
 
 
 def barrier(reason: str = "") -> None:

@@ -1,13 +1,15 @@
 """Multi-device inference for any torch model: one replica per device, batches balanced by tokens
 across the devices, shards run concurrently in threads (torch releases the GIL inside kernels),
-results put back in input order.
+results put back in input order. Under DDP each process takes its share of the batches (rank_share)
+on its own device and every process receives all rows (gather_rows).
 
 Batches are planned once, before sharding, so a row is computed in the same batch whichever device
-runs it: sharded output equals single-device output row for row.
+or process runs it: sharded output equals single-device output row for row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,32 @@ def shard_batches(batches: Sequence[np.ndarray], lengths, n_shards: int) -> list
         shards[k].append(b)
         load[k] += batch_cost(b, lengths)
     return shards
+
+
+def rank_share(batches: Sequence[np.ndarray], lengths) -> list[np.ndarray]:
+    """This process's batches under DDP (shard_batches over the processes: the same plan on every one),
+    all of them in one process."""
+    from ensemble.nn import distributed as dist
+
+    if not dist.is_distributed():
+        return list(batches)
+    return shard_batches(batches, lengths, dist.world_size())[dist.rank()]
+
+
+def gather_rows(out: np.ndarray, mine: Sequence[np.ndarray]) -> np.ndarray:
+    """Every process's rows of `out` (those of its batches `mine`) put together on every process; `out`
+    itself in one process."""
+    from ensemble.nn import distributed as dist
+
+    if not dist.is_distributed():
+        return out
+    rows = np.concatenate(list(mine)) if len(mine) else np.zeros(0, dtype=np.int64)
+    full = np.full_like(out, np.nan)
+    for part_rows, part in dist.all_gather((rows, out[rows])):
+        full[part_rows] = part
+    if np.isnan(full).any():
+        raise RuntimeError("distributed inference left rows without predictions")
+    return full
 
 
 class Replicas:
@@ -90,11 +118,13 @@ def run_sharded(
     def work(k: int) -> None:
         device = devices[k]
         model = replicas.get(device)
-        for batch in shards[k]:
-            proba = predict_batch(model, device, batch)
-            out[batch] = proba  # disjoint rows per batch: no lock needed for the write
-            with lock:
-                bar.update(len(batch))
+        # a thread starts on the current CUDA device (cuda:0): kernels and allocations go to its own
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            for batch in shards[k]:
+                proba = predict_batch(model, device, batch)
+                out[batch] = proba  # disjoint rows per batch: no lock needed for the write
+                with lock:
+                    bar.update(len(batch))
 
     try:
         if len(devices) == 1:

@@ -48,7 +48,7 @@ from ensemble.models.llm.probe import fit_linear_probe
 from ensemble.nn.batching import collate_battles, shuffled_loader
 from ensemble.nn.distributed import train_device
 from ensemble.nn.hf import ModelLoadError, load_tokenizer, set_seed, token_budget_batches
-from ensemble.nn.inference import Replicas, resolve_devices, run_sharded
+from ensemble.nn.inference import Replicas, gather_rows, rank_share, resolve_devices, run_sharded
 from ensemble.nn.training import TrainConfig, mixed_precision, train_loop
 
 ADAPTER_DIR = "adapter"
@@ -204,11 +204,19 @@ class LLMModel(BaseModel):
         self.tokenizer, self.base_digest = None, None  # base_digest: the weights a fold trained on (checked at load)
         self.adapter_state, self.calibration = None, Calibration()  # adapter_state: LoRA + head tensors by name
         self.history, self.fit_info = [], {}
-        self._replicas = Replicas(self._build_replica)
+        build = weakref.WeakMethod(self._build_replica)  # no reference cycle: a dropped model goes at once
+        self._replicas = Replicas(lambda device: build()(device))
 
     # -- pieces
     def _devices(self) -> list[torch.device]:
         return resolve_devices(as_list(self.config.devices), self.config.cpu_fallback)
+
+    def _inference_devices(self) -> list[torch.device]:
+        """`devices` (rows sharded over them by threads); under DDP this process's device alone (the rows
+        shared among the processes)."""
+        devices = self._devices()
+        mine = train_device(devices)  # None in one process
+        return [mine] if mine is not None else devices
 
     def _train_device(self) -> torch.device:
         devices = self._devices()  # under DDP: this process's GPU, which `devices` must list
@@ -275,18 +283,14 @@ class LLMModel(BaseModel):
 
     # -- inference
     def _raw_proba(self, enc: Encoded, net_for=None, devices=None) -> np.ndarray:
-        """Uncalibrated probabilities of each battle (swap-averaged when enc holds the twins)."""
+        """Uncalibrated probabilities of each battle (swap-averaged when enc holds the twins). Under DDP every
+        process predicts its share of the batches on its own device and receives all rows."""
         n = len(enc.ids)
         if n == 0:
             return np.zeros((0, 3))
-        cfg, devices = self.config, devices or self._devices()
+        cfg, devices = self.config, devices or self._inference_devices()
         replicas = Replicas(lambda d: net_for) if net_for is not None else self._replicas
         ids, tags = enc.ids + (enc.swap_ids or []), enc.tags + (enc.swap_tags or [])
-        first, hidden = replicas.get(devices[0]), None
-        if first.start:
-            cache = frozen_pass(cfg, first, ids, tags, self.tokenizer.pad_token_id, devices[0],
-                                self._frozen_store(devices[0]))
-            hidden = cache.hidden([sequence_key(i, t) for i, t in zip(ids, tags)])
         lengths = np.array([len(x) for x in enc.ids])
         if enc.swap_ids is not None:  # one plan for both passes: a battle and its twin land in identical batches
             lengths = np.maximum(lengths, [len(x) for x in enc.swap_ids])
@@ -297,6 +301,17 @@ class LLMModel(BaseModel):
             plan = token_budget_batches(lengths, cfg.infer_max_tokens, cfg.infer_max_rows)
         batches = plan + ([b + n for b in plan] if enc.swap_ids is not None else [])
         all_lengths = np.concatenate([lengths, lengths]) if enc.swap_ids is not None else lengths
+        mine = rank_share(batches, all_lengths)
+        first, hidden = replicas.get(devices[0]), None
+        if first.start:  # the frozen layers' states of this process's rows
+            rows = sorted({int(r) for b in mine for r in b})
+            cache = frozen_pass(cfg, first, [ids[r] for r in rows], [tags[r] for r in rows],
+                                self.tokenizer.pad_token_id, devices[0], self._frozen_store(devices[0]))
+            hidden = [None] * len(ids)
+            for r, h in zip(rows, cache.hidden([sequence_key(ids[r], tags[r]) for r in rows])):
+                hidden[r] = h
+        for device in devices:  # the shared decoder may have been left training by another model's fit
+            replicas.get(device).eval()
         pad_id, pad_to = self.tokenizer.pad_token_id, (cfg.max_len if cfg.pad_to_max_len else None)
 
         def predict_batch(net, device, idx):
@@ -305,8 +320,9 @@ class LLMModel(BaseModel):
                 logits = net(**batch)
             return torch.softmax(logits.double(), dim=-1).cpu().numpy()
 
-        out = run_sharded(batches, all_lengths, devices, replicas, predict_batch, len(ids), 3,
+        out = run_sharded(mine, all_lengths, devices, replicas, predict_batch, len(ids), 3,
                           "llm predict" if net_for is None else None)
+        out = gather_rows(out, mine)
         if enc.swap_ids is None:
             return out
         return 0.5 * (out[:n] + unswap_proba(out[n:]))
