@@ -10,12 +10,15 @@ import json
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, battle_frame, tiny_config
 from test_resume import leftovers, make_project, stage_env
+
+from ensemble.core.targets import DistillConfig
 
 pytestmark = pytest.mark.slow  # two processes, each importing torch and transformers: ~30 s a test
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
@@ -119,3 +122,82 @@ def test_ddp_device_must_be_listed(monkeypatch):
         train_device([torch.device("cuda:0")])
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert train_device([torch.device("cuda:0")]) is None
+
+
+# ----------------------------------------------------------------------------- two gloo processes, one launch
+
+def _spawned(rank: int, work: str, fold: str, teacher: dict) -> None:
+    """One of two processes (torch.multiprocessing, gloo): predicts with the saved LLM fold, then builds a
+    student's teachers in a folder of its own, which holds a kept teacher fit on rank 1 only."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    import torch
+
+    from ensemble.core.folds import attach_folds
+    from ensemble.distill import Teachers
+    from ensemble.models.llm.model import LLMModel
+    from ensemble.nn import distributed as dist
+
+    torch.set_num_threads(1)
+    work = Path(work)
+    frame = pd.read_parquet(work / "frame.parquet")
+    model = LLMModel.load(fold)
+    rows = []
+    net = model._replicas.get(torch.device("cpu"))
+    net.register_forward_hook(lambda mod, args, kwargs, out: rows.append(len(out)), with_kwargs=True)
+    proba = model.predict_proba(frame)
+    train = pd.read_parquet(work / "train.parquet")
+    fold_of = attach_folds(train, pd.read_parquet(work / "folds.parquet"))
+    cfg = DistillConfig(teachers=["llm"], mode="leaky")
+    teachers = Teachers("lgbm", cfg, {"llm": teacher}, train, fold_of, work / f"teachers{rank}", write=dist.is_main())
+    np.savez(work / f"rank{rank}.npz", proba=proba, rows=sum(rows), soft=np.stack(teachers.soft))
+    dist.finish()
+
+
+def test_ddp_two_processes_share_the_llm_inference_and_follow_rank_0_on_kept_work(tmp_path, tiny_llm, monkeypatch):
+    """Two processes (gloo): each runs the LLM on its own share of the rows and both return all rows, equal to
+    one process's predictions; a teacher fit kept on rank 1's disk only (rank 0 has none) is refitted by both,
+    as rank 0 decides, instead of rank 1 skipping it and rank 0 waiting alone in DDP until the timeout."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    from ensemble.core.folds import attach_folds, make_folds
+    from ensemble.distill import Teachers
+    from ensemble.models.llm.model import LLMModel
+
+    config = tiny_config(tiny_llm, calib_frac=0.0, infer_max_rows=4,
+                         train={"max_steps": 2, "batch_size": 4, "lr": 5e-3, "seed": 0})
+    LLMModel(config).fit(battle_frame(24, 0)).save(tmp_path / "fold")
+    frame = battle_frame(30, 1).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    frame.to_parquet(tmp_path / "frame.parquet")
+    single = LLMModel.load(tmp_path / "fold").predict_proba(frame)
+
+    train = battle_frame(24, 2)
+    folds = make_folds(train, 2, seed=0)
+    train.to_parquet(tmp_path / "train.parquet")
+    folds.to_parquet(tmp_path / "folds.parquet")
+    teacher = tiny_config(tiny_llm, quantization="none", calib_frac=0.0, swap_augment=False, swap_tta=False,
+                          train={"max_steps": 2, "batch_size": 4, "lr": 5e-3, "seed": 0, "precision": "fp32"})
+    Teachers("lgbm", DistillConfig(teachers=["llm"], mode="leaky"), {"llm": teacher}, train,
+             attach_folds(train, folds), tmp_path / "teachers1")  # kept on rank 1's disk only
+    kept = sorted(p.name for p in (tmp_path / "teachers1" / "llm").iterdir())
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv("ENSEMBLE_DDP_TIMEOUT_S", "60")  # a process left alone in a collective fails, not hangs
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    start = time.perf_counter()
+    mp.spawn(_spawned, args=(str(tmp_path), str(tmp_path / "fold"), teacher), nprocs=2, join=True)
+    seconds = time.perf_counter() - start
+
+    out = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    n_rows = 2 * len(frame)  # with swap_tta each battle and its twin
+    assert out[0]["rows"] > 0 and out[1]["rows"] > 0 and out[0]["rows"] + out[1]["rows"] == n_rows
+    for r in (0, 1):
+        np.testing.assert_allclose(out[r]["proba"], single, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(out[0]["soft"], out[1]["soft"])
+    assert sorted(p.name for p in (tmp_path / "teachers0" / "llm").iterdir()) == kept  # rank 0 fitted and wrote
+    shutil.rmtree(tmp_path / "teachers0")
+    print(f"\n2 spawned gloo processes: {seconds:.1f} s")

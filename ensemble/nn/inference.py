@@ -59,18 +59,18 @@ def rank_share(batches: Sequence[np.ndarray], lengths) -> list[np.ndarray]:
 
 
 def gather_rows(out: np.ndarray, mine: Sequence[np.ndarray]) -> np.ndarray:
-    """Every process's rows of `out` (those of its batches `mine`) put together on every process; `out`
-    itself in one process."""
+    """Every process's rows of `out` (those of its batches `mine`) put together on every process (`out` itself
+    in one process), checked: every row predicted."""
     from ensemble.nn import distributed as dist
 
-    if not dist.is_distributed():
-        return out
-    rows = np.concatenate(list(mine)) if len(mine) else np.zeros(0, dtype=np.int64)
-    full = np.full_like(out, np.nan)
-    for part_rows, part in dist.all_gather((rows, out[rows])):
-        full[part_rows] = part
+    full = out
+    if dist.is_distributed():
+        rows = np.concatenate(list(mine)) if len(mine) else np.zeros(0, dtype=np.int64)
+        full = np.full_like(out, np.nan)
+        for part_rows, part in dist.all_gather((rows, out[rows])):
+            full[part_rows] = part
     if np.isnan(full).any():
-        raise RuntimeError("distributed inference left rows without predictions")
+        raise RuntimeError("inference left rows without predictions")
     return full
 
 
@@ -136,10 +136,11 @@ def run_sharded(
     finally:
         bar.close()
     if desc:
-        progress.log_quiet(f"{desc}: {n_rows} rows on {', '.join(map(str, devices))} in {timer.seconds:.1f} s")
+        rows = sum(len(b) for b in batches)
+        progress.log_quiet(f"{desc}: {rows} rows on {', '.join(map(str, devices))} in {timer.seconds:.1f} s")
     covered = np.zeros(n_rows, dtype=bool)
     for b in batches:
         covered[b] = True
-    if not covered.all() or np.isnan(out[covered]).any():
+    if np.isnan(out[covered]).any():  # rows of no batch stay NaN (under DDP: other processes' rows)
         raise RuntimeError("sharded inference left rows without predictions")
     return out
