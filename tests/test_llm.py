@@ -189,11 +189,16 @@ def test_one_base_per_device_and_one_fold_model_alive_through_run_oof_and_submit
 
 @pytest.mark.parametrize("quantization, lora_layers", [("none", 0), ("4bit", 0), ("none", 1)])
 def test_gradient_checkpointing_trains_to_the_same_numbers(tiny_llm, quantization, lora_layers):
-    """Checkpointing recomputes activations in backward: the same weights and predictions, not others."""
-    frame, test = battle_frame(24, 0), battle_frame(6, 1)
-    plain = LLMModel(checkpointing_config(tiny_llm, quantization, False, lora_layers)).fit(frame)
-    checkpointed = LLMModel(checkpointing_config(tiny_llm, quantization, True, lora_layers)).fit(frame)
+    """Checkpointing recomputes activations in backward: the same weights and predictions, not others. Both
+    models share the run's decoder (their adapters swapped onto it): checkpointing is on while the model
+    that asked for it trains, off while the other one does."""
+    from ensemble.core.cache import RunCache
+
+    frame, test, cache = battle_frame(24, 0), battle_frame(6, 1), RunCache()
+    checkpointed = LLMModel(checkpointing_config(tiny_llm, quantization, True, lora_layers), cache).fit(frame)
     assert checkpointed._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
+    plain = LLMModel(checkpointing_config(tiny_llm, quantization, False, lora_layers), cache).fit(frame)
+    assert plain._replicas.get(torch.device("cpu")).base is checkpointed._replicas.get(torch.device("cpu")).base
     assert not plain._replicas.get(torch.device("cpu")).base.is_activation_checkpointing
     assert plain.adapter_state.keys() == checkpointed.adapter_state.keys()
     for name, value in plain.adapter_state.items():
