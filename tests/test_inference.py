@@ -57,6 +57,34 @@ def test_run_sharded_raises_a_shard_error():
                     predict_batch, 10, 3)
 
 
+def test_each_shard_thread_runs_inside_its_own_cuda_device(monkeypatch):
+    """A thread starts on the current CUDA device (cuda:0): each shard must enter torch.cuda.device(its
+    device), or cuda:1's kernels and allocations land on cuda:0. torch.cuda.device is recorded here (no GPU)."""
+    import contextlib
+
+    entered: dict[str, list] = {}
+    current = threading.local()
+
+    @contextlib.contextmanager
+    def device(d):
+        current.device = str(d)
+        entered.setdefault(threading.current_thread().name, []).append(str(d))
+        yield
+        current.device = None
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    seen = []
+
+    def predict_batch(model, d, idx):
+        seen.append((str(d), getattr(current, "device", None)))
+        return np.zeros((len(idx), 3))
+
+    gpus = [torch.device("cuda:0"), torch.device("cuda:1")]
+    run_sharded(token_budget_batches(np.ones(8), 2), np.ones(8), gpus, Replicas(lambda d: None), predict_batch, 8, 3)
+    assert {d for d, _ in seen} == {"cuda:0", "cuda:1"} and all(d == inside for d, inside in seen)
+    assert sorted(sum(entered.values(), [])) == ["cuda:0", "cuda:1"]
+
+
 def test_replicas_are_built_once_per_distinct_device():
     built = []
     replicas = Replicas(lambda d: built.append(str(d)) or len(built))
