@@ -5,7 +5,8 @@ GPUs) with LoRA adapters, and a linear score head on pooled hidden states. Train
 fitted as a linear probe on the frozen model's pooled features (all training rows, regularisation by inner CV), then
 LoRA and head fine-tune from there; a temperature and a shrinkage toward the class prior are fitted last on held-out
 training prompts, so a model that learned little says so. A fold saves adapter, head, calibration and tokenizer;
-the base model is re-read from `base_model` on load; merge.py makes one model of the folds for submit.
+the base model is read from `base_model` once per run and device (backbone.SharedBase: the folds' adapters
+are swapped onto it); merge.py makes one model of the folds for submit.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class LLMConfig:
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
     pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
-    devices: list[str] | str = field(default_factory=lambda: ["cpu"])  # inference sharded over all, training on first
+    # inference sharded over all, training on the first (under DDP: each process its own device)
+    devices: list[str] | str = field(default_factory=lambda: ["cpu"])
     cache_max_gib: float = 0.0  # lora_layers > 0: RAM the frozen layers' states may take (0 = half of the machine's)
     cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
