@@ -595,7 +595,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Stage], Hardware, Hardwar
         stage_seconds(st, hw, ihw)
         if not (hw.gpu and ihw.gpu) and st.on_gpu:
             st.notes.append("cpu: loading, tokenizing and per-fold bookkeeping are in these times only through "
-                            "the share fitted on a whole stage (README, Will it fit?)")
+                            "the share fitted on a whole stage (docs/gpus.md, Will it fit?)")
         stages.append(st)
     return stages, hw, ihw, shape
 
