@@ -1,6 +1,6 @@
-"""The documentation holds together: no dead relative link or anchor in README.md and docs/*.md, every
-params key on the params reference page exactly once, a README short enough to read in minutes, and its
-Judge example runs on a finished run."""
+"""The documentation holds together: no dead relative link or anchor in README.md and docs/*.md,
+every params key on the params reference page exactly once, a README short enough to read in
+minutes, and its Judge example runs on a finished run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ README_MAX_LINES = 150
 #: a `<model>.key` row documents the key for every registered model that has it
 MODEL = "<model>"
 
-# test_submit's small finished LightGBM run (3 folds, 120 training battles) and its pinned code digest
+# test_submit's small finished LightGBM run (3 folds, 120 training battles), its code digest pinned
 fixed_code_digest, finished = test_submit.fixed_code_digest, test_submit.finished
 
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -49,8 +49,8 @@ def prose_lines(text: str) -> list[str]:
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: link markup dropped, lower case, punctuation but - and _ removed,
-    spaces to hyphens."""
+    """GitHub's anchor for a heading: link markup dropped, lower case, punctuation but - and _
+    removed, spaces to hyphens."""
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
@@ -90,8 +90,8 @@ def dead_links(root: Path) -> list[str]:
 
 
 def leaf_keys(obj, prefix: str) -> list[str]:
-    """A config dataclass's keys as written in params.yaml: a field holding a dataclass is a subsection,
-    any other field (a mapping such as blend.fixed_weights included) is one key."""
+    """A config dataclass's keys as written in params.yaml: a field holding a dataclass is a
+    subsection, any other field (a mapping such as blend.fixed_weights included) is one key."""
     keys = []
     for field in dataclasses.fields(obj):
         value = getattr(obj, field.name)
@@ -103,14 +103,15 @@ def leaf_keys(obj, prefix: str) -> list[str]:
 
 
 def params_keys() -> set[str]:
-    """Every key a params file may hold: the fields of each section's config class (tests/test_params.py
-    holds params.yaml to exactly these)."""
+    """Every key a params file may hold: the fields of each section's config class
+    (tests/test_params.py holds params.yaml to exactly these)."""
     return {key for name in sections() for key in leaf_keys(section_class(name)(), f"{name}.")}
 
 
 def documented_keys(page_text: str, known: set[str]) -> tuple[Counter, list[str]]:
-    """How often each key is documented (a table row whose first cell is the key in backticks; `<model>.k`
-    counts for every registered model with the key), and the rows that document no key."""
+    """How often each key is documented (a table row whose first cell is the key in backticks;
+    `<model>.k` counts for every registered model with the key), and the rows that document no
+    key."""
     counts: Counter = Counter()
     stray = []
     for line in prose_lines(page_text):
@@ -131,7 +132,8 @@ def documented_keys(page_text: str, known: set[str]) -> tuple[Counter, list[str]
 def undocumented_or_twice(page_text: str, known: set[str]) -> list[str]:
     counts, stray = documented_keys(page_text, known)
     problems = [f"{key}: not documented" for key in sorted(known) if counts[key] == 0]
-    problems += [f"{key}: documented {counts[key]} times" for key in sorted(known) if counts[key] > 1]
+    twice = [key for key in sorted(known) if counts[key] > 1]
+    problems += [f"{key}: documented {counts[key]} times" for key in twice]
     return problems + [f"{row}: documented but no such key" for row in stray]
 
 
@@ -141,7 +143,8 @@ def test_no_dead_links():
 
 
 def test_every_params_key_documented_once():
-    problems = undocumented_or_twice((ROOT / PARAMS_PAGE).read_text(encoding="utf-8"), params_keys())
+    page = (ROOT / PARAMS_PAGE).read_text(encoding="utf-8")
+    problems = undocumented_or_twice(page, params_keys())
     assert problems == [], "\n".join(problems)
 
 
@@ -151,19 +154,24 @@ def test_readme_is_short():
 
 
 def test_the_checks_fail_on_planted_faults(tmp_path):
-    """A dead file link, a dead anchor, a key documented twice, a key not documented and a row naming no
-    key are each found."""
+    """A dead file link, a dead anchor, a key documented twice, a key not documented and a row
+    naming no key are each found."""
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.md").write_text("# Page A\n\n## Same\n\n## Same\n\n```\n# not a heading\n```\n")
+    page_a = "# Page A\n\n## Same\n\n## Same\n\n```\n# not a heading\n```\n"
+    (tmp_path / "docs" / "a.md").write_text(page_a)
     (tmp_path / "README.md").write_text(
         "[ok](docs/a.md#same-1) [ok](#title) `[code](nowhere.md)`\n# Title\n"
         "[file](docs/b.md) [anchor](docs/a.md#not-a-heading) [web](https://example.org/x)\n")
-    assert dead_links(tmp_path) == ["README.md: docs/b.md (no such file)",
-                                    "README.md: docs/a.md#not-a-heading (no heading with that anchor)"]
+    assert dead_links(tmp_path) == [
+        "README.md: docs/b.md (no such file)",
+        "README.md: docs/a.md#not-a-heading (no heading with that anchor)"]
     known = {"lgbm.seed", "llm.swap_tta", "lgbm.swap_tta", "llm.lora_r"}
-    page = "| `lgbm.seed` | s |\n| `<model>.swap_tta` | t |\n| `llm.swap_tta` | again |\n| `llm.gone` | x |\n"
-    assert undocumented_or_twice(page, known) == ["llm.lora_r: not documented", "llm.swap_tta: documented 2 times",
-                                                  "llm.gone: documented but no such key"]
+    rows = ["`lgbm.seed`", "`<model>.swap_tta`", "`llm.swap_tta`", "`llm.gone`"]
+    page = "".join(f"| {row} | meaning |\n" for row in rows)
+    assert undocumented_or_twice(page, known) == [
+        "llm.lora_r: not documented",
+        "llm.swap_tta: documented 2 times",
+        "llm.gone: documented but no such key"]
 
 
 def test_slug_follows_github():
@@ -179,7 +187,8 @@ def readme_judge_example() -> str:
 
 
 def test_readme_judge_example_runs(finished, tmp_path, monkeypatch, capsys):
-    """The README's Judge example, run as written in a folder holding a finished run and its params.yaml."""
+    """The README's Judge example, run as written in a folder holding a finished run and its
+    params.yaml."""
     import shutil
 
     from ensemble.blend.run import run as run_blend
