@@ -72,7 +72,7 @@ def check_teachers(student: str, params: dict, teacher_dir: Path = TEACHER_DIR,
         if missing:
             raise ConfigError(f"{where}: {name!r} is not a registered model and {teacher_dir / name} has no "
                               f"{' / '.join(missing)}; teachers are models of this project or teachers from "
-                              f"elsewhere (README, Distillation)")
+                              f"elsewhere (docs/distillation.md)")
     return cfg
 
 
@@ -280,7 +280,7 @@ class Teachers:
 def _read_keyed(path: Path, name: str, key: str) -> dict[int, pd.DataFrame]:
     """A teacher file with one block of rows per fold (`key`): {fold: frame indexed by id}."""
     if not path.is_file():
-        raise DataError(f"{path}: not found (teacher {name!r}; README, Distillation)")
+        raise DataError(f"{path}: not found (teacher {name!r}; docs/distillation.md)")
     frame = pd.read_parquet(path)
     missing = [c for c in ("id", key, *TARGETS) if c not in frame]
     if missing:

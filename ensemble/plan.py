@@ -602,7 +602,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Stage], Hardware, Hardwar
         if not (hw.gpu and ihw.gpu) and st.on_gpu:
             st.notes.append("cpu: loading, tokenizing and per-fold bookkeeping are in these times only through "
                             "the share fitted on the demo's stages; on real data's longer texts the llm stage "
-                            "took 1.2-3x its planned time, the dual tower 0.5-2x (docs: GPUs and Kaggle)")
+                            "took 1.2-3x its planned time, the dual tower 0.5-2x (docs/gpus.md, Will it fit?)")
         stages.append(st)
     return stages, hw, ihw, shape
 

@@ -235,7 +235,7 @@ def score_lines(labels: np.ndarray, proba: np.ndarray, classes: list[int], n_tra
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ensemble.submit", description=__doc__)
-    ap.add_argument("test_csv", help="test battles: .csv, .jsonl or .parquet in any accepted layout (README)")
+    ap.add_argument("test_csv", help="test battles: .csv, .jsonl or .parquet in any accepted layout (docs/data.md)")
     ap.add_argument("-o", "--output", default="submission.csv")
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--params", default="params.yaml", help="the fold models are checked against its model sections")
