@@ -275,6 +275,8 @@ def test_run_writes_the_cross_fitted_blend_and_its_intervals(tmp_path):
     assert lo < hi  # 300 prompts in 3 folds: a real interval, not the degenerate [x, x] of one group
     head = json.loads((tmp_path / "headline.json").read_text())
     assert head["blend"]["log_loss_crossfit"] == b["log_loss"] and "accuracy_crossfit" in head["blend"]
+    scalars = [k for k, v in pd.json_normalize(head).iloc[0].items() if not isinstance(v, list)]
+    assert len(scalars) <= 10, scalars  # dvc metrics show: these and the Path column
     run(params, tmp_path, metrics_path=tmp_path / "again.json")
     assert (tmp_path / "again.json").read_text() == (tmp_path / "headline.json").read_text()  # seeded: reruns agree
     assert "log_loss" in metrics["fixed_blend"] and set(b["winner_tie"]) == {"precision", "recall", "f1", "support"}
