@@ -40,8 +40,9 @@ test: setup
 	python -m pytest -q -n 2 --dist loadfile
 
 # the Kaggle bundle end to end: wheels downloaded (~100 MB), a fresh venv with torch only, pip with no index
+# (the bundle's other tests run in `make test`)
 test-bundle: setup
-	ENSEMBLE_BUNDLE_TEST=1 python -m pytest -q tests/test_bundle.py
+	ENSEMBLE_BUNDLE_TEST=1 python -m pytest -q tests/test_bundle.py -k end_to_end
 
 # The GPU check (not part of `make test`): the GPU-only tests (4-bit on CUDA, bf16, gradient checkpointing,
 # two-GPU sharded inference), then a scaled-down pipeline on CUDA (bench/gpu_check.py, profiles/gpu-smoke.yaml)
