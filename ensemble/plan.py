@@ -422,8 +422,8 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
 
     if not trained:
         # a frozen encoder: the training towers encoded once for all folds (the heads train on cached vectors);
-        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE frames: each fold adds
-        # its held-out, OOF and two position-check frames, so the test frame is evicted and encoded every fold
+        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE frames (least recently
+        # used out): each fold adds its held-out, OOF and two position-check frames and scores the test frame
         add("encoder once, training towers (frozen)", "train", 2 * shape.train_rows, tr)
         add(f"held-out + OOF frames, {k} folds", "train", k * (cal + shape.fold_valid()) * 2, tr)
         test_passes = k if FRAME_CACHE_SIZE < 5 else 1
