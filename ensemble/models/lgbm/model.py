@@ -1,4 +1,4 @@
-"""CountVectorizer + length-feature LightGBM (the seeds' 0.2 of the 0.2/0.8 blend).
+"""CountVectorizer + length-feature LightGBM (the 0.2 of the classic 0.2 / 0.8 blend).
 
 One vocabulary serves both responses, so swapping A and B swaps whole feature blocks: the swap
 augmentation and swap test-time averaging then make the model position-unbiased.
