@@ -5,7 +5,8 @@ q = (1 - w) * onehot(label) + w * teacher_T (ensemble.core.targets). Where teach
 
 - `nested` (default): for fold k, a training row of fold j != k gets the prediction of a teacher fitted
   on the folds other than j and k, so no label of fold k reaches fold k's student through its teacher.
-  A registered teacher is fitted here, K x (K - 1) times; a teacher from elsewhere brings these
+  A registered teacher is fitted here K x (K - 1) / 2 times (one fit leaving out folds j and k labels
+  fold j for outer fold k and fold k for outer fold j); a teacher from elsewhere brings these
   predictions in teachers/<name>/nested.parquet (columns id, outer_fold, winner_model_a,
   winner_model_b, winner_tie: for each outer fold k, one row per training id outside fold k).
 - `leaky`: the teachers' plain OOF predictions (a registered teacher's K fold fits, or
@@ -107,6 +108,9 @@ class Teachers:
             # (several teachers still need their nested predictions: the blend weights are fitted on them)
             onehot = np.eye(3)[self.labels]
             return [np.where((self.fold_of == k)[:, None], np.nan, onehot) for k in k_all], pseudo
+        # nested: one fit per unordered pair {k, j} labels fold j for outer fold k and fold k for outer j
+        pairs = {} if self.cfg.mode == "leaky" else {(k, j): self._fit(name, k, j)[0]
+                                                     for k in k_all for j in k_all if k < j}
         soft = []
         for k in k_all:
             out = np.full((n, 3), np.nan)
@@ -114,20 +118,21 @@ class Teachers:
                 if j == k:
                     continue
                 rows = self.fold_of == j
-                out[rows] = (fold_fits[j][0] if self.cfg.mode == "leaky" else self._fit(name, k, j)[0])
+                out[rows] = fold_fits[j][0][j] if self.cfg.mode == "leaky" else pairs[min(k, j), max(k, j)][j]
             soft.append(out)
         return soft, pseudo
 
-    def _fit(self, name: str, k: int, j: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Teacher `name` fitted on the folds other than k (and j): its predictions of fold j's rows
-        (fold k's when j is None) and, for a fold-k fit, of the unlabelled rows. Cached by fingerprint."""
-        held = self.fold_of == (k if j is None else j)
-        used = (self.fold_of != k) & (self.fold_of != (k if j is None else j))
+    def _fit(self, name: str, k: int, j: int | None) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
+        """Teacher `name` fitted on the folds other than k (and j, k < j): its predictions of fold k's
+        rows (and fold j's), each fold predicted on its own, and, for a fold-k fit, of the unlabelled
+        rows. ({fold: (rows of that fold, 3)}, (u, 3) or None); cached by fingerprint."""
+        held = [k] if j is None else [k, j]
+        used = ~np.isin(self.fold_of, held)
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
         if name not in self._parts:  # once per teacher: the backbone digest reads its weights
             self._parts[name] = {**fp.model_parts(teacher, self.train, self.fold_of),
                                  "predict": fp.config_digest(teacher.prediction_settings())}  # e.g. swap_tta_share
-        parts = {**self._parts[name], "fit": f"without folds {k},{j}"}
+        parts = {**self._parts[name], "fit": f"without folds {held}, predicting each"}
         predict_u = j is None and self.unlabelled is not None
         if predict_u:
             parts["unlabelled"] = fp.frame_digest(self.unlabelled)
@@ -136,16 +141,18 @@ class Teachers:
         meta = path.with_suffix(".key")
         if path.is_file() and meta.is_file() and meta.read_text() == key:
             with np.load(path, allow_pickle=False) as saved:
-                return saved["held"], (saved["unlabelled"] if predict_u else None)
-        what = f"fold {k} model" if j is None else f"nested fit for fold {k} on rows outside folds {k} and {j}"
+                return ({f: saved[f"fold_{f}"] for f in held}, (saved["unlabelled"] if predict_u else None))
+        what = f"fold {k} model" if j is None else f"nested fit on rows outside folds {k} and {j}"
         progress.log(f"[{self.student}] teacher {name}: {what}, {int(used.sum())} training rows")
         train = self.train[used].reset_index(drop=True)
         teacher.fit(train)  # no valid rows: nothing the teacher chooses may look at the rows it labels
-        held_pred = np.asarray(teacher.predict_proba(self.train[held].reset_index(drop=True)), dtype=np.float64)
+        held_pred = {f: np.asarray(teacher.predict_proba(self.train[self.fold_of == f].reset_index(drop=True)),
+                                   dtype=np.float64) for f in held}
         u_pred = np.asarray(teacher.predict_proba(self.unlabelled), dtype=np.float64) if predict_u else None
         if self.write:
             meta.unlink(missing_ok=True)  # the key goes last: a crash between the two writes leaves no valid pair
-            arrays = {"held": held_pred, **({"unlabelled": u_pred} if predict_u else {})}
+            arrays = {**{f"fold_{f}": p for f, p in held_pred.items()},
+                      **({"unlabelled": u_pred} if predict_u else {})}
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, **arrays)

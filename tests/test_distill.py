@@ -107,6 +107,34 @@ def test_distill_nested_soft_labels_never_see_the_folds_own_valid_labels(tmp_pat
             assert not same_k, "the leaky control should see fold k's labels"
 
 
+def test_nested_teacher_fits_once_per_pair_of_folds_and_labels_as_one_fit_per_ordered_pair(tmp_path, monkeypatch):
+    """5 folds: the nested teacher is fitted 10 times (one per unordered pair of left-out folds), not 20, and
+    every soft label equals the one a fit of its own gives: for outer fold k, fold j's rows predicted by a
+    teacher fitted on the rows outside folds k and j. Breaks if a pair's fit labels the wrong fold, or if
+    each ordered pair is fitted again."""
+    from ensemble.models import create
+
+    frame, _ = noisy_frame(150)
+    fold_of = attach_folds(frame, make_folds(frame, 5, seed=0))
+    fits: list[int] = []
+    real_fit = BaseModel.fit
+
+    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
+        fits.append(len(train))
+        return real_fit(self, train, valid)
+
+    monkeypatch.setattr(BaseModel, "fit", counting_fit)
+    teachers = Teachers("student", DistillConfig(teachers=["lgbm"]), {"lgbm": FAST}, frame, fold_of, tmp_path)
+    assert len(fits) == 10
+    for k in range(5):
+        for j in range(5):
+            if j == k:
+                continue
+            outside = frame[(fold_of != k) & (fold_of != j)].reset_index(drop=True)
+            own = create("lgbm", FAST).fit(outside).predict_proba(frame[fold_of == j].reset_index(drop=True))
+            np.testing.assert_array_equal(teachers.soft[k][fold_of == j], own)
+
+
 def test_pseudo_labels_come_from_the_fold_model_and_never_train_the_fold_of_their_prompt(tmp_path):
     """Unlabelled battles: those whose prompt the labelled data holds join every fold but that prompt's fold;
     the others join all folds; fold k's pseudo-labels come from the teacher fitted without fold k (poisoning
