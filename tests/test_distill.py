@@ -335,6 +335,33 @@ def test_pseudo_rows_never_calibrate_and_those_asking_a_held_out_prompt_do_not_t
     assert set(fit) == set(np.flatnonzero(~asks_held)) and (asks_held & both["pseudo"].to_numpy()).any()
 
 
+def test_the_probes_c_is_chosen_on_labelled_rows_only(monkeypatch):
+    """The LLM probe's inner CV holds out and scores the labelled rows only: its held-out rows are
+    exactly them, and its CV log loss is the chosen C's on them. Breaks if pseudo rows are held out or
+    scored."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    import ensemble.core.folds as folds
+    from ensemble.core.calibration import proba3
+    from ensemble.models.llm.probe import fit_linear_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4))
+    y = np.where(x[:, 0] > 0.3, 0, np.where(x[:, 0] < -0.3, 1, 2))
+    groups, labelled = np.arange(120) // 2, np.arange(120) % 4 != 0  # a quarter pseudo-labelled
+    seen: list = []
+    real = folds.labelled_splits
+    monkeypatch.setattr(folds, "labelled_splits", lambda *args: seen.append(real(*args)) or seen[-1])
+    probe = fit_linear_probe(x, y, groups, [0.01, 0.1, 1.0], labelled=labelled)
+    held = np.concatenate([b for _, b in seen[0]])
+    np.testing.assert_array_equal(np.sort(held), np.flatnonzero(labelled))
+    z, pred = StandardScaler().fit_transform(x), np.zeros((120, 3))
+    for fit, out in seen[0]:
+        pred[out] = proba3(LogisticRegression(C=probe.C, max_iter=1000).fit(z[fit], y[fit]), z[out])
+    assert probe.cv_log_loss == pytest.approx(log_loss(y[labelled], pred[labelled]), rel=1e-9)
+
+
 def _prepare(tmp_path, unlabelled):
     frame, _ = noisy_frame(30)
     train = raw_csv(frame, tmp_path / "train.csv")
