@@ -23,9 +23,17 @@ def prompt_key(turns) -> str:
     return " ".join(unicodedata.normalize("NFKC", first).casefold().split())
 
 
+#: a frame column holding prompt_groups() of the frame it was computed on: the blend stage adds it once,
+#: and every subset of its rows then numbers those integers instead of normalising the prompts again
+GROUP_COLUMN = "prompt_group"
+
+
 def prompt_groups(frame: pd.DataFrame) -> np.ndarray:
     """One group id per distinct prompt key: the arena repeats prompts, so they must not straddle train
-    and valid. The same groups set the folds, the bootstrap unit, the calibration split and every inner CV."""
+    and valid. The same groups set the folds, the bootstrap unit, the calibration split and every inner CV.
+    Numbered in order of first appearance in `frame` (from GROUP_COLUMN when the frame carries it)."""
+    if GROUP_COLUMN in frame:
+        return pd.factorize(frame[GROUP_COLUMN])[0]
     return pd.factorize(frame["prompt"].map(prompt_key))[0]
 
 
