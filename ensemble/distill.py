@@ -42,7 +42,9 @@ from ensemble.core.formats import listed
 from ensemble.core.io import atomic_path, write_json, write_text
 from ensemble.core.predictions import checked_predictions, read_predictions
 from ensemble.core.targets import PSEUDO_COLUMN, SOFT_COLUMNS, DistillConfig, sharpen
-from ensemble.models import create, is_registered
+from ensemble.models import create, is_registered, load
+from ensemble.models.base import BaseModel
+from ensemble.nn import distributed as dist
 
 TEACHER_DIR = Path("teachers")  # teachers from elsewhere: teachers/<name>/{nested,oof,unlabelled}.parquet
 FILES = {"nested": "nested.parquet", "leaky": "oof.parquet", "pseudo": "unlabelled.parquet"}
@@ -82,9 +84,10 @@ class Teachers:
 
     def __init__(self, student: str, cfg: DistillConfig, params: dict, train: pd.DataFrame, fold_of: np.ndarray,
                  root: Path, cache=None, unlabelled: pd.DataFrame | None = None, teacher_dir: Path = TEACHER_DIR,
-                 write: bool = True):
+                 write: bool = True, saved: Path | None = None):
         self.student, self.cfg, self.params, self.train, self.fold_of = student, cfg, params, train, fold_of
         self.root, self.cache, self.teacher_dir, self.write = Path(root), cache, Path(teacher_dir), write
+        self.saved = saved  # the models' saved folds (artifacts/models): a teacher's own fold k is reused
         self.n_folds = int(fold_of.max()) + 1
         self.unlabelled = unlabelled if unlabelled is not None and len(unlabelled) and cfg.pseudo else None
         self.labels, self._parts = train["label"].to_numpy(dtype=np.int64), {}
@@ -130,9 +133,9 @@ class Teachers:
         used = ~np.isin(self.fold_of, held)
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
         if name not in self._parts:  # once per teacher: the backbone digest reads its weights
-            self._parts[name] = {**fp.model_parts(teacher, self.train, self.fold_of),
-                                 "predict": fp.config_digest(teacher.prediction_settings())}  # e.g. swap_tta_share
-        parts = {**self._parts[name], "fit": f"without folds {held}, predicting each"}
+            self._parts[name] = fp.model_parts(teacher, self.train, self.fold_of)
+        parts = {**self._parts[name], "predict": fp.config_digest(teacher.prediction_settings()),  # swap_tta_share
+                 "fit": f"without folds {held}, predicting each"}
         predict_u = j is None and self.unlabelled is not None
         if predict_u:
             parts["unlabelled"] = fp.frame_digest(self.unlabelled)
@@ -142,10 +145,15 @@ class Teachers:
         if path.is_file() and meta.is_file() and meta.read_text() == key:
             with np.load(path, allow_pickle=False) as saved:
                 return ({f: saved[f"fold_{f}"] for f in held}, (saved["unlabelled"] if predict_u else None))
-        what = f"fold {k} model" if j is None else f"nested fit on rows outside folds {k} and {j}"
-        progress.log(f"[{self.student}] teacher {name}: {what}, {int(used.sum())} training rows")
-        train = self.train[used].reset_index(drop=True)
-        teacher.fit(train)  # no valid rows: nothing the teacher chooses may look at the rows it labels
+        reused = self._saved_fold(name, teacher, k) if j is None else None
+        if reused is not None:
+            progress.log(f"[{self.student}] teacher {name}: fold {k} model from {self.saved / name / f'fold_{k}'}")
+            teacher = reused
+        else:
+            what = f"fold {k} model" if j is None else f"nested fit on rows outside folds {k} and {j}"
+            progress.log(f"[{self.student}] teacher {name}: {what}, {int(used.sum())} training rows")
+            train = self.train[used].reset_index(drop=True)
+            teacher.fit(train)  # no valid rows: nothing the teacher chooses may look at the rows it labels
         held_pred = {f: np.asarray(teacher.predict_proba(self.train[self.fold_of == f].reset_index(drop=True)),
                                    dtype=np.float64) for f in held}
         u_pred = np.asarray(teacher.predict_proba(self.unlabelled), dtype=np.float64) if predict_u else None
@@ -158,6 +166,21 @@ class Teachers:
                     np.savez(fh, **arrays)
             write_text(meta, key)
         return held_pred, u_pred
+
+    def _saved_fold(self, name: str, teacher: BaseModel, k: int) -> BaseModel | None:
+        """The teacher's own fold-k model, saved by its OOF stage (models/<name>/fold_k), when it is the
+        fit _fit would make: its done.json fingerprint is the one run_oof gives fold k of these rows and
+        folds under today's config, code and weights, and its valid rows chose nothing (valid_chooses).
+        None otherwise, and under DDP (only rank 0 may read the artifacts there)."""
+        from ensemble.oof import read_done
+
+        if self.saved is None or teacher.valid_chooses() or dist.is_distributed():
+            return None
+        folder = self.saved / name / f"fold_{k}"
+        key = fp.combine(fp.fold_parts(self._parts[name], k))
+        if read_done(folder).get("fingerprint") != key:
+            return None
+        return load(folder, cache=self.cache, runtime=self.params.get(name, {}))
 
     def _from_elsewhere(self, name: str) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """A teacher's files from teachers/<name>/, checked against the training ids and folds."""

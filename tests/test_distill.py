@@ -135,6 +135,46 @@ def test_nested_teacher_fits_once_per_pair_of_folds_and_labels_as_one_fit_per_or
             np.testing.assert_array_equal(teachers.soft[k][fold_of == j], own)
 
 
+def test_a_students_teacher_reuses_the_teachers_saved_folds_only_when_they_match(tmp_path, monkeypatch):
+    """Leaky mode: after the teacher's own OOF run, the student's teacher fits nothing and its soft labels
+    are the teacher's OOF predictions; a fold whose saved fingerprint does not match is refitted, alone; a
+    teacher whose valid rows chose its rounds (early_stopping: valid) is refitted on every fold. Breaks if
+    saved folds are never reused, reused without their fingerprint, or reused when the valid rows chose."""
+    import json
+
+    frame, _ = noisy_frame(150)
+    folds = make_folds(frame, 3, seed=0)
+    fold_of = attach_folds(frame, folds)
+    fits: list[int] = []
+    real_fit = BaseModel.fit
+
+    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
+        fits.append(len(train))
+        return real_fit(self, train, valid)
+
+    monkeypatch.setattr(BaseModel, "fit", counting_fit)
+
+    def student(config: dict, artifacts: Path, root: str) -> Teachers:
+        fits.clear()
+        return Teachers("student", DistillConfig(teachers=["lgbm"], mode="leaky"), {"lgbm": config}, frame,
+                        fold_of, tmp_path / root, saved=artifacts / "models")
+
+    run_oof("lgbm", FAST, frame, folds, tmp_path / "a")
+    reused = student(FAST, tmp_path / "a", "s1")
+    assert fits == []
+    oof = oof_of(tmp_path / "a", "lgbm", frame)
+    for k in range(3):
+        np.testing.assert_array_equal(reused.soft[k][fold_of != k], oof[fold_of != k])
+    done = tmp_path / "a" / "models" / "lgbm" / "fold_1" / "done.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "fingerprint": "another fit"}))
+    student(FAST, tmp_path / "a", "s2")
+    assert fits == [int((fold_of != 1).sum())]
+    peeking = {**FAST, "early_stopping": "valid"}
+    run_oof("lgbm", peeking, frame, folds, tmp_path / "b")
+    student(peeking, tmp_path / "b", "s3")
+    assert len(fits) == 3
+
+
 def test_pseudo_labels_come_from_the_fold_model_and_never_train_the_fold_of_their_prompt(tmp_path):
     """Unlabelled battles: those whose prompt the labelled data holds join every fold but that prompt's fold;
     the others join all folds; fold k's pseudo-labels come from the teacher fitted without fold k (poisoning

@@ -209,6 +209,9 @@ class LGBMModel(BaseModel):
             "deterministic": True, "force_row_wise": True, "verbosity": -1,
         }
 
+    def valid_chooses(self) -> bool:
+        return bool(self.config.early_stopping_rounds) and self.config.early_stopping == "valid"
+
     # --- estimator API -----------------------------------------------------------------------
     def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         """Boost on the training rows; the rounds (early stopping) and a calibration toward the class
