@@ -99,8 +99,8 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
                         f"cross-fitting the blend needs at least 2 (folds.n_splits)")
     check_external_tests(artifacts, models)
     frame = train.reset_index().assign(fold=fold_of)
-    # once, for every blender fitted below and every fold and inner fold it sees: the degenerate kinds
-    # (ensemble.core.degenerate), the prompt groups and the stacker's meta-features
+    # once, for every blender fitted below and every fold and inner fold it sees: the degenerate
+    # kinds (ensemble.core.degenerate), the prompt groups and the stacker's meta-features
     frame[KIND_COLUMN] = kinds(frame)
     frame[GROUP_COLUMN] = prompt_groups(frame)
     frame[list(META_COLUMNS)] = meta_features(frame)
@@ -108,12 +108,14 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
     def make(name: str):
         return lambda: create_blender(name, models, cfg)
 
-    with shared_fits():  # a stacker fitted again on the same rows reuses the fit (ensemble.blend.stack)
+    with shared_fits():  # a stacker fitted again on the same rows reuses that fit (blend.stack)
         blender = make(method)().fit(probas, labels, frame)  # on every row: what submit applies
         insample = blender.predict(probas, frame)
-        fold_blenders: list = []  # the blender each fold of the cross-fit used (select: what it chose there)
-        crossfitted = {name: crossfit(make(name), probas, labels, fold_of, frame,
-                                      fold_blenders if name == method else None) for name in BLENDERS}
+        fold_blenders: list = []  # each cross-fitted fold's blender (select: what it chose there)
+        crossfitted = {}
+        for name in BLENDERS:
+            kept = fold_blenders if name == method else None
+            crossfitted[name] = crossfit(make(name), probas, labels, fold_of, frame, kept)
         honest = crossfitted[method]
         fit_seconds = time.perf_counter() - start
         degenerate = degenerate_scores(cfg, method, models, probas, labels, fold_of, frame, honest)

@@ -97,11 +97,11 @@ _SHARED_FITS: ContextVar[dict | None] = ContextVar("stack_fits", default=None)
 
 @contextmanager
 def shared_fits() -> Iterator[None]:
-    """Within the block, a stacker fitted on the same features, labels, folds, prompt groups and config
-    as an earlier one takes that fit's numbers instead of fitting again (the same inputs give the same
-    numbers). The blend stage fits the same training folds many times: the stacker cross-fitted, again
-    inside select's nested choice (the fit without folds j and k serves outer fold j and outer fold k),
-    and again by the degenerate report."""
+    """Within the block, a stacker fitted on the same features, labels, folds, prompt groups and
+    config as an earlier one takes that fit's numbers instead of fitting again (the same inputs give
+    the same numbers). The blend stage fits the same training folds many times: the stacker
+    cross-fitted, again inside select's nested choice (the fit without folds j and k serves outer
+    fold j and outer fold k), and again by the degenerate report."""
     token = _SHARED_FITS.set({})
     try:
         yield
@@ -109,9 +109,11 @@ def shared_fits() -> Iterator[None]:
         _SHARED_FITS.reset(token)
 
 
-def _fit_key(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, groups: np.ndarray, config) -> str:
+def _fit_key(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, groups: np.ndarray,
+             config) -> str:
     h = hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode())
-    for part in (x, labels.astype(np.int64), np.asarray(folds, dtype=np.int64), groups.astype(np.int64)):
+    ints = (labels, folds, groups)
+    for part in (x, *(np.asarray(v, dtype=np.int64) for v in ints)):
         h.update(str(part.shape).encode())
         h.update(np.ascontiguousarray(part).tobytes())
     return h.hexdigest()

@@ -134,8 +134,8 @@ class BaseModel(ABC):
         return {k: getattr(self.config, k) for k in self.prediction_keys if hasattr(self.config, k)}
 
     def valid_chooses(self) -> bool:
-        """Whether `fit(train, valid)` lets the valid rows choose something (an optimistic option): such a
-        fit differs from `fit(train)`, so a student never reuses it as its teacher's fold model."""
+        """Whether `fit(train, valid)` lets the valid rows choose something (an optimistic option):
+        such a fit differs from `fit(train)`, so a student never reuses it as its teacher's fold."""
         return False
 
     def backbone_identity(self) -> str | None:

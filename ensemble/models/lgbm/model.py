@@ -268,10 +268,11 @@ class LGBMModel(BaseModel):
         self.calibration = fit_calibration(held_out[seen], y[seen], self.calibration.prior)
 
     def _inner_plan(self, train: pd.DataFrame):
-        """Where early stopping and the calibration look, on the training part's prompts only (the fold's
-        valid rows never choose anything), and on labelled rows only (a pseudo-labelled row trains the
-        inner fits but is never held out): ("folds", [(fit, held-out)...]) for k prompt-grouped folds,
-        ("holdout", fit, held-out) for one share of the prompts, None under 10 labelled prompts.
+        """Where early stopping and the calibration look, on the training part's prompts only (the
+        fold's valid rows never choose anything), and on labelled rows only (a pseudo-labelled row
+        trains the inner fits but is never held out): ("folds", [(fit, held-out)...]) for k
+        prompt-grouped folds, ("holdout", fit, held-out) for one share of the prompts, None under 10
+        labelled prompts.
         `auto`: folds while the training part has fewer than AUTO_HOLDOUT_PROMPTS prompts, one share
         beyond (where 20% of the prompts are thousands, and k fits would cost k times one)."""
         from sklearn.model_selection import GroupKFold, GroupShuffleSplit
@@ -288,8 +289,10 @@ class LGBMModel(BaseModel):
         if k:
             splitter = GroupKFold(min(k, n_groups))
         else:
-            splitter = GroupShuffleSplit(n_splits=1, test_size=c.early_stopping_frac, random_state=c.seed)
-        splits = labelled_splits(groups, labelled, lambda g: splitter.split(np.zeros(len(g)), groups=g))
+            splitter = GroupShuffleSplit(n_splits=1, test_size=c.early_stopping_frac,
+                                         random_state=c.seed)
+        splits = labelled_splits(groups, labelled,
+                                 lambda g: splitter.split(np.zeros(len(g)), groups=g))
         return ("folds", splits) if k else ("holdout", *splits[0])
 
     def _raw(self, booster, x, x_swapped=None, rounds: int | None = None) -> np.ndarray:

@@ -56,7 +56,8 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, seed:
     best_c, best = Cs[0], np.inf
     if len(Cs) > 1 and n_groups >= n_splits:
         folds = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        splits = labelled_splits(groups, labelled, lambda g: folds.split(np.zeros(len(g)), groups=g))
+        splits = labelled_splits(groups, labelled,
+                                 lambda g: folds.split(np.zeros(len(g)), groups=g))
         for c in Cs:
             proba = np.zeros((n, 3))
             for tr, va in splits:
