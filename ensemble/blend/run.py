@@ -18,7 +18,7 @@ import pandas as pd
 
 from ensemble import TARGETS
 from ensemble.blend import BLENDERS, create_blender
-from ensemble.blend.bootstrap import paired_diff_ci
+from ensemble.blend.bootstrap import PairedBootstrap
 from ensemble.blend.config import BlendConfig
 from ensemble.blend.crossfit import crossfit
 from ensemble.blend.stack import META_COLUMNS, meta_features, shared_fits
@@ -120,9 +120,11 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
         fit_seconds = time.perf_counter() - start
         degenerate = degenerate_scores(cfg, method, models, probas, labels, fold_of, frame, honest)
 
-    groups = prompt_groups(frame)
+    # one set of prompt resamples for every interval below
+    boot = PairedBootstrap(prompt_groups(frame), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
+
     def ci(a, b):
-        return paired_diff_ci(a, b, groups, cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
+        return boot.ci(a, b) if boot is not None else None
 
     prior = crossfitted["prior"]  # the class prior of the other folds: what a model must beat on each fold
     prior_loss = row_log_loss(labels, prior)
