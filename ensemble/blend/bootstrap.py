@@ -13,7 +13,7 @@ import numpy as np
 class PairedBootstrap:
     """Paired intervals for any number of predictor pairs over the same groups: the resampled group
     counts are drawn once (n_boot multinomial draws over the groups) and kept, compactly, for every
-    pair, so the blend stage's intervals share one set of resamples instead of drawing it again each."""
+    pair: the blend stage's intervals share one set of resamples instead of drawing it each time."""
 
     def __init__(self, groups: np.ndarray, n_boot: int = 1000, seed: int = 0):
         self.g = np.unique(np.asarray(groups), return_inverse=True)[1]
@@ -24,8 +24,9 @@ class PairedBootstrap:
         self.draws = []
         for start in range(0, n_boot, chunk):
             size = min(chunk, n_boot - start)
-            counts = rng.multinomial(self.n_groups, np.full(self.n_groups, 1.0 / self.n_groups), size=size)
-            self.draws.append(counts.astype(np.min_scalar_type(counts.max())))  # a few per group: bytes
+            share = np.full(self.n_groups, 1.0 / self.n_groups)
+            counts = rng.multinomial(self.n_groups, share, size=size)
+            self.draws.append(counts.astype(np.min_scalar_type(counts.max())))  # small: a byte each
 
     def ci(self, loss_a: np.ndarray, loss_b: np.ndarray, level: float = 0.95) -> list[float]:
         """[lo, hi] percentile interval of mean(loss_a) - mean(loss_b) over the resamples."""
