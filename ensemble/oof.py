@@ -75,7 +75,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     if distill is not None and distill.on:
         params = {**(params or {}), name: config}
         teachers = Teachers(name, distill, params, train, fold_of, model_root / "teachers", cache,
-                            unlabelled, teacher_dir, write=main)
+                            unlabelled, teacher_dir, write=main, saved=model_root.parent)
         teachers.save_report()
     # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
     predict_settings = first.prediction_settings()
@@ -84,7 +84,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         model = first if k == 0 else create(name, config, cache=cache)
-        parts = {**common, "fold": str(k)}
+        parts = fp.fold_parts(common, k)
         fit_frame = teachers.fold_frame(k, tr) if teachers else train.iloc[tr].reset_index(drop=True)
         if teachers:  # the targets and pseudo-labelled battles this fold learns from
             parts["teachers"] = teachers.fold_digest(fit_frame)

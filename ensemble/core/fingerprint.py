@@ -195,3 +195,9 @@ def model_parts(model, train: pd.DataFrame, fold_of: np.ndarray) -> dict[str, st
     return {"config": config_digest({"model": model.name, "config": model.learned_config()}),
             "data": frame_digest(train), "folds": array_digest(np.asarray(fold_of, dtype=np.int64)),
             "code": code_digest([type(model).__module__]), "backbone": model.backbone_identity() or "none"}
+
+
+def fold_parts(common: dict[str, str], fold: int) -> dict[str, str]:
+    """The parts of fold `fold`'s fingerprint from its model's parts (model_parts); run_oof adds a
+    student's `teachers` part, and a student reuses a teacher's saved fold when they match."""
+    return {**common, "fold": str(fold)}

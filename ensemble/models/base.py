@@ -133,6 +133,11 @@ class BaseModel(ABC):
         """This model's prediction keys and their values: what a cached prediction is keyed by, beside the fold."""
         return {k: getattr(self.config, k) for k in self.prediction_keys if hasattr(self.config, k)}
 
+    def valid_chooses(self) -> bool:
+        """Whether `fit(train, valid)` lets the valid rows choose something (an optimistic option):
+        such a fit differs from `fit(train)`, so a student never reuses it as its teacher's fold."""
+        return False
+
     def backbone_identity(self) -> str | None:
         """Digest of the pretrained weights a fit starts from (None: no backbone)."""
         return None

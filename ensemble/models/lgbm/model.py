@@ -209,6 +209,9 @@ class LGBMModel(BaseModel):
             "deterministic": True, "force_row_wise": True, "verbosity": -1,
         }
 
+    def valid_chooses(self) -> bool:
+        return bool(self.config.early_stopping_rounds) and self.config.early_stopping == "valid"
+
     # --- estimator API -----------------------------------------------------------------------
     def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         """Boost on the training rows; the rounds (early stopping) and a calibration toward the class
@@ -265,27 +268,32 @@ class LGBMModel(BaseModel):
         self.calibration = fit_calibration(held_out[seen], y[seen], self.calibration.prior)
 
     def _inner_plan(self, train: pd.DataFrame):
-        """Where early stopping and the calibration look, on the training part's prompts only (the fold's
-        valid rows never choose anything): ("folds", [(fit, held-out)...]) for k prompt-grouped folds,
-        ("holdout", fit, held-out) for one share of the prompts, None under 10 prompts. `auto`: folds
-        while the training part has fewer than AUTO_HOLDOUT_PROMPTS prompts, one share beyond (where 20%
-        of the prompts are thousands, and k fits would cost k times one)."""
+        """Where early stopping and the calibration look, on the training part's prompts only (the
+        fold's valid rows never choose anything), and on labelled rows only (a pseudo-labelled row
+        trains the inner fits but is never held out): ("folds", [(fit, held-out)...]) for k
+        prompt-grouped folds, ("holdout", fit, held-out) for one share of the prompts, None under 10
+        labelled prompts.
+        `auto`: folds while the training part has fewer than AUTO_HOLDOUT_PROMPTS prompts, one share
+        beyond (where 20% of the prompts are thousands, and k fits would cost k times one)."""
         from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
-        from ensemble.core.folds import prompt_groups
+        from ensemble.core.folds import labelled_splits, prompt_groups
 
-        c, groups = self.config, prompt_groups(train)
-        n_groups = len(np.unique(groups))
+        c, groups, labelled = self.config, prompt_groups(train), labelled_rows(train)
+        n_groups = len(np.unique(groups[labelled]))
         if n_groups < 10:
             return None
         k = c.early_stopping_folds
         if k == "auto":
             k = 3 if n_groups < AUTO_HOLDOUT_PROMPTS else 0
         if k:
-            return "folds", list(GroupKFold(min(k, n_groups)).split(np.zeros(len(train)), groups=groups))
-        split = GroupShuffleSplit(n_splits=1, test_size=c.early_stopping_frac, random_state=c.seed)
-        fit_rows, stop_rows = next(split.split(np.zeros(len(train)), groups=groups))
-        return "holdout", np.sort(fit_rows), np.sort(stop_rows)
+            splitter = GroupKFold(min(k, n_groups))
+        else:
+            splitter = GroupShuffleSplit(n_splits=1, test_size=c.early_stopping_frac,
+                                         random_state=c.seed)
+        splits = labelled_splits(groups, labelled,
+                                 lambda g: splitter.split(np.zeros(len(g)), groups=g))
+        return ("folds", splits) if k else ("holdout", *splits[0])
 
     def _raw(self, booster, x, x_swapped=None, rounds: int | None = None) -> np.ndarray:
         """Uncalibrated probabilities, averaged with the un-swapped prediction of the swapped battles."""

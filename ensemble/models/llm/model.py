@@ -331,13 +331,16 @@ class LLMModel(BaseModel):
         ids, tags = enc.ids + (enc.swap_ids or []), enc.tags + (enc.swap_tags or [])
         y = np.concatenate([labels, swap_targets(labels)]) if enc.swap_ids is not None else labels
         g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
+        labelled = labelled_rows(fit)  # only they choose the probe's C
+        labelled = np.concatenate([labelled, labelled]) if enc.swap_ids is not None else labelled
         net = self._build_replica(device, training=True)
         self.base_digest = self.backbone_identity()
 
         # 1. linear probe on the frozen model's pooled features (LP)
         cache = frozen_pass(cfg, net, ids, tags, self.tokenizer.pad_token_id, device, self._frozen_store(device))
         keys = [sequence_key(i, t) for i, t in zip(ids, tags)]
-        probe = fit_linear_probe(cache.pooled(keys), y, g, as_list(cfg.probe_c), cfg.train.seed)
+        probe = fit_linear_probe(cache.pooled(keys), y, g, as_list(cfg.probe_c), cfg.train.seed,
+                                 labelled=labelled)
         with torch.no_grad():
             net.score.weight.copy_(torch.as_tensor(probe.weight, dtype=torch.float32))
             net.score.bias.copy_(torch.as_tensor(probe.bias, dtype=torch.float32))
