@@ -19,9 +19,10 @@ fold k); a battle whose prompt also appears in the labelled data belongs to that
 never trains the fold that validates its prompt. A teacher from elsewhere brings them in
 teachers/<name>/unlabelled.parquet (id, fold, three probabilities: fold k's model on every unlabelled id).
 
-Every teacher fit is cached under artifacts/models/<student>/teachers/ by its own fingerprint (the
-teacher's config, code, weights, the rows and folds it saw), and the student fold's fingerprint holds
-the digest of the targets it trained on, so a teacher change retrains the student and nothing else does.
+Every teacher fit is cached under artifacts/models/<student>/teachers/ by its own identity (the
+teacher's FoldIdentity for the folds it was fitted without, and the rows it predicts), and the student
+fold's identity holds its teachers' part (ensemble.core.fingerprint.teachers_digest), so a teacher change
+retrains the student and nothing else does.
 """
 
 from __future__ import annotations
@@ -125,9 +126,11 @@ class Teachers:
         used = (self.fold_of != k) & (self.fold_of != (k if j is None else j))
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
         if name not in self._parts:  # once per teacher: the backbone digest reads its weights
-            self._parts[name] = {**fp.model_parts(teacher, self.train, self.fold_of),
-                                 "predict": fp.config_digest(teacher.prediction_settings())}  # e.g. swap_tta_share
-        parts = {**self._parts[name], "fit": f"without folds {k},{j}"}
+            self._parts[name] = fp.Identities(teacher, self.train, self.fold_of)
+        identities = self._parts[name]
+        fit = identities.of(k) if j is None else identities.of(k, j)
+        parts = {**fit.parts, "predict": fp.config_digest(teacher.prediction_settings()),  # e.g. swap_tta_share
+                 "held": identities.rows_digest(held)}
         predict_u = j is None and self.unlabelled is not None
         if predict_u:
             parts["unlabelled"] = fp.frame_digest(self.unlabelled)
@@ -260,12 +263,6 @@ class Teachers:
         extra[list(SOFT_COLUMNS)] = pq
         extra[PSEUDO_COLUMN] = True
         return pd.concat([part, extra], ignore_index=True)
-
-    def fold_digest(self, frame: pd.DataFrame) -> str:
-        """What fold k learned from beyond the training rows: its targets and its pseudo-labelled battles."""
-        pseudo = frame[frame[PSEUDO_COLUMN]]
-        return fp.combine({"targets": fp.array_digest(np.round(frame[list(SOFT_COLUMNS)].to_numpy(), 12)),
-                           "pseudo": fp.frame_digest(pseudo) if len(pseudo) else "none"})
 
     def save_report(self) -> None:
         report = self.pseudo_report()
