@@ -371,6 +371,46 @@ def test_lgbm_n_jobs_is_a_run_time_key(tmp_path, capsys):
     assert np.array_equal(fresh, oof) and np.array_equal(fresh_pred, pred)
 
 
+# ----------------------------------------------------------------------------- the teachers part
+
+@pytest.fixture
+def lgbm_teacher():
+    """A second name for LightGBM, so that LightGBM can be its student."""
+    from ensemble.models import REGISTRY, register
+
+    register("lgbm_teacher", "ensemble.models.lgbm:LGBMModel")
+    yield "lgbm_teacher"
+    REGISTRY.pop("lgbm_teacher")
+
+
+def test_a_teacher_edit_makes_submit_refuse_the_student_naming_its_teachers(tmp_path, capsys, pinned_code,
+                                                                           lgbm_teacher):
+    """The reviewer's case: a student trained on an old teacher is refused by submit (and so by the bundle and
+    the Judge, which check through it), naming its teachers, and its stage retrains it."""
+    from ensemble.core.data import save_battles
+    from ensemble.submit import fold_dirs
+
+    train, _, folds = lgbm_data()
+    art = tmp_path / "artifacts"
+    save_battles(art / "prepared" / "train.parquet", train)
+    folds.to_parquet(art / "folds.parquet")
+    student = {**LGBM, "distill": {"teachers": [lgbm_teacher], "weight": 0.5}}
+    params = {"lgbm": student, lgbm_teacher: {**LGBM, "num_leaves": 7}}
+    run_oof("lgbm", student, train, folds, art, params=params)
+    assert len(fold_dirs(art, "lgbm", params)) == 3
+    edited = {**params, lgbm_teacher: {**LGBM, "num_leaves": 9}}
+    with pytest.raises(DataError, match=r"fold_0: no longer matches its fingerprint: its teachers changed") as err:
+        fold_dirs(art, "lgbm", edited)
+    assert "\n" not in str(err.value) and "--skip-code-check" not in str(err.value)
+    capsys.readouterr()
+    run_oof("lgbm", student, train, folds, art, params=edited)
+    assert trained(capsys.readouterr().err, 3) == [0, 1, 2]
+    assert len(fold_dirs(art, "lgbm", edited)) == 3
+    # a run-time key of the teacher changes nothing
+    run_oof("lgbm", student, train, folds, art, params={**edited, lgbm_teacher: {**edited[lgbm_teacher], "n_jobs": 2}})
+    assert reused(capsys.readouterr().err, 3) == [0, 1, 2]
+
+
 # ----------------------------------------------------------------------------- the grouping key
 
 def test_prompt_key_normalises_case_space_width_and_keeps_the_first_turn():
