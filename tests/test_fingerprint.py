@@ -126,6 +126,22 @@ def test_a_text_edit_retrains_the_folds_training_on_it_and_repredicts_the_fold_v
     assert reused(log, 3) == [0, 1, 2] and np.array_equal(stale, oof)
 
 
+def test_a_fold_that_chooses_on_its_valid_rows_holds_them_in_its_data_part():
+    """LightGBM's early stopping on the fold's valid rows (early_stopping: valid) makes them part of what the
+    fold learned from: an edit of one of them changes that fold's identity, which the default does not."""
+    from ensemble.models import create
+
+    train, _, folds = lgbm_data()
+    fold_of, row = attach_folds(train, folds), 7
+    k = int(fold_of[row])
+    edited = edit_text(train, row)
+    for early_stopping, changes in (("inner", False), ("valid", True)):
+        model = create("lgbm", {**LGBM, "early_stopping_rounds": 5, "early_stopping": early_stopping})
+        assert model.learns_from_valid() is changes
+        before, after = fp.Identities(model, train, fold_of).of(k), fp.Identities(model, edited, fold_of).of(k)
+        assert after.changed(before.parts) == (["data"] if changes else []), early_stopping
+
+
 def test_a_test_text_edit_recomputes_that_test_prediction_while_the_folds_are_reused(
         tmp_path, capsys, pinned_code, monkeypatch):
     train, test, folds = lgbm_data()
