@@ -47,6 +47,9 @@ from ensemble.models import create, is_registered
 TEACHER_DIR = Path("teachers")  # teachers from elsewhere: teachers/<name>/{nested,oof,unlabelled}.parquet
 FILES = {"nested": "nested.parquet", "leaky": "oof.parquet", "pseudo": "unlabelled.parquet"}
 PSEUDO_REPORT = "pseudo_labels.json"
+#: what turns a student's teachers into its targets: part of its teachers part (teachers_digest)
+CODE = ("ensemble.distill", "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights",
+        "ensemble.core.degenerate", "ensemble.core.targets")
 
 
 def distill_config(section: dict | None, student: str) -> DistillConfig:
@@ -75,6 +78,33 @@ def check_teachers(student: str, params: dict, teacher_dir: Path = TEACHER_DIR,
                               f"{' / '.join(missing)}; teachers are models of this project or teachers from "
                               f"elsewhere (README, Distillation)")
     return cfg
+
+
+def teacher_parts(name: str, params: dict, teacher_dir: Path, cache=None) -> dict[str, str]:
+    """What a student learns through teacher `name`: a registered teacher's model parts and prediction
+    settings, or the files of a teacher from elsewhere (teacher_dir/<name>/)."""
+    if not is_registered(name):
+        folder = Path(teacher_dir) / name
+        return {f: fp.file_digest(folder / f) for f in FILES.values() if (folder / f).is_file()}
+    teacher = create(name, params.get(name, {}), cache=cache)
+    return {**fp.model_parts(teacher), "predict": fp.config_digest(teacher.prediction_settings())}
+
+
+def teachers_digest(model, params: dict, train: pd.DataFrame, unlabelled: pd.DataFrame | None,
+                    teacher_dir: Path, cache=None) -> str:
+    """'none' for a model without teachers; for a student, everything its targets come from beyond its
+    own config and training rows: each teacher's parts, the distillation code, in leaky mode every
+    training row (a teacher's fold j fits on the student's fold k too), and the pseudo-labelled rows."""
+    cfg = getattr(model.config, "distill", None)
+    if cfg is None or not cfg.on:
+        return "none"
+    parts = {f"teacher {name}": fp.combine(teacher_parts(name, params, teacher_dir, cache)) for name in cfg.teachers}
+    parts["code"] = fp.code_digest(CODE)
+    if cfg.mode == "leaky":
+        parts["rows"] = fp.frame_digest(train)
+    if cfg.pseudo and unlabelled is not None and len(unlabelled):
+        parts["unlabelled"] = fp.frame_digest(unlabelled)
+    return fp.combine(parts)
 
 
 class Teachers:

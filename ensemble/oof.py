@@ -32,7 +32,7 @@ from ensemble.core.predictions import (
     constant_rows,
     proba_frame,
 )
-from ensemble.distill import TEACHER_DIR, Teachers
+from ensemble.distill import TEACHER_DIR, Teachers, teachers_digest
 from ensemble.models import create, load
 from ensemble.models.base import BaseModel
 from ensemble.nn import distributed as dist
@@ -71,8 +71,8 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     first = create(name, config, cache=cache)
     first.check_resources([train] + ([test] if test is not None else []))  # refuse before any fold trains
     params = {**(params or {}), name: config}
-    identities = fp.Identities(first, train, fold_of, fp.teachers_digest(first, params, train, unlabelled,
-                                                                            teacher_dir, cache))
+    teachers_part = teachers_digest(first, params, train, unlabelled, teacher_dir, cache)
+    identities = fp.Identities(first, train, fold_of, teachers_part)
     test_key = fp.frame_digest(test) if test is not None else ""
     teachers, distill = None, getattr(first.config, "distill", None)
     if distill is not None and distill.on:

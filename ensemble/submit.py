@@ -35,7 +35,7 @@ from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import accuracy, log_loss
 from ensemble.core.predictions import proba_frame, read_test_file
-from ensemble.distill import TEACHER_DIR
+from ensemble.distill import TEACHER_DIR, teachers_digest
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
 from ensemble.models.base import CONFIG_FILE, BaseModel
@@ -78,7 +78,7 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
     model = create(name, params.get(name, {}), cache=cache)
     unlabelled_path = artifacts / "prepared" / "unlabelled.parquet"  # a student's pseudo-labelled battles
     unlabelled = load_battles(unlabelled_path) if unlabelled_path.is_file() and _distils(model) else None
-    teachers = fp.teachers_digest(model, params, train, unlabelled, TEACHER_DIR, cache)
+    teachers = teachers_digest(model, params, train, unlabelled, TEACHER_DIR, cache)
     identities = fp.Identities(model, train, fold_of, teachers)
     learned = json.loads(json.dumps(model.learned_config(), default=str))  # as saved
     for k in range(n):

@@ -10,11 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ensemble.core import fingerprint as fp
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import load_params
 from ensemble.core.io import write_json
-from ensemble.distill import TEACHER_DIR, check_teachers
+from ensemble.distill import TEACHER_DIR, check_teachers, teacher_parts
 from ensemble.models import REGISTRY
 
 
@@ -28,7 +27,7 @@ def main() -> int:
     plans = {}
     for name in REGISTRY:
         cfg = check_teachers(name, params, args.teachers, args.unlabelled.is_file())
-        plans[name] = {"distill": vars(cfg), "teachers": {t: fp.teacher_parts(t, params, args.teachers)
+        plans[name] = {"distill": vars(cfg), "teachers": {t: teacher_parts(t, params, args.teachers)
                                                           for t in cfg.teachers}}
     for name, plan in plans.items():
         write_json(args.out / f"{name}.json", plan)

@@ -3,7 +3,8 @@ rows (ids, texts, labels; not the rows it validates on), the folds, the code the
 learns with, the versions of the libraries that change its numbers, the pretrained weights it starts
 from and, for a student, its teachers. A finished fold is reused only while every part still
 matches, and submit names the part that does not. `Identities` builds them, for the OOF runner, the
-teacher cache, the teachers stage, submit, the bundle and the Judge alike.
+teacher cache, submit, the bundle and the Judge alike (a student's teachers part:
+ensemble.distill.teachers_digest).
 
 What does not change what a model learns (devices, inference batch budgets, log messages) is not
 part of it: each model lists those keys as `runtime_keys` (ensemble.models.base), and the modules
@@ -48,9 +49,6 @@ PLUMBING = {
     "ensemble.core.fingerprint": "these digests",
     "ensemble.nn.convert": "the GGUF converter: what it writes is the backbone part",
 }
-#: what turns a student's teachers into its targets (ensemble.distill): part of its teachers part
-DISTILL_CODE = ("ensemble.distill", "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights",
-                "ensemble.core.degenerate", "ensemble.core.targets")
 
 
 def _sha256(data: bytes) -> str:
@@ -262,36 +260,6 @@ def model_parts(model) -> dict[str, str]:
             "code": code_digest(model.code_modules()),
             "libraries": library_versions(model.library_names()),
             "backbone": model.backbone_identity() or "none"}
-
-
-def teacher_parts(name: str, params: dict, teacher_dir: Path, cache=None) -> dict[str, str]:
-    """What a student learns through teacher `name`: a registered teacher's model parts and prediction
-    settings, or the files of a teacher from elsewhere (teacher_dir/<name>/)."""
-    from ensemble.distill import FILES
-    from ensemble.models import create, is_registered
-
-    if not is_registered(name):
-        folder = Path(teacher_dir) / name
-        return {f: file_digest(folder / f) for f in FILES.values() if (folder / f).is_file()}
-    teacher = create(name, params.get(name, {}), cache=cache)
-    return {**model_parts(teacher), "predict": config_digest(teacher.prediction_settings())}
-
-
-def teachers_digest(model, params: dict, train: pd.DataFrame, unlabelled: pd.DataFrame | None,
-                    teacher_dir: Path, cache=None) -> str:
-    """'none' for a model without teachers; for a student, everything its targets come from beyond its
-    own config and training rows: each teacher's parts, the distillation code, in leaky mode every
-    training row (a teacher's fold j fits on the student's fold k too), and the pseudo-labelled rows."""
-    cfg = getattr(model.config, "distill", None)
-    if cfg is None or not cfg.on:
-        return "none"
-    parts = {f"teacher {name}": combine(teacher_parts(name, params, teacher_dir, cache)) for name in cfg.teachers}
-    parts["code"] = code_digest(DISTILL_CODE)
-    if cfg.mode == "leaky":
-        parts["rows"] = frame_digest(train)
-    if cfg.pseudo and unlabelled is not None and len(unlabelled):
-        parts["unlabelled"] = frame_digest(unlabelled)
-    return combine(parts)
 
 
 @dataclass(frozen=True)
