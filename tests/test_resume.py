@@ -163,7 +163,8 @@ def test_lgbm_stage_rerun_after_a_training_text_edit_reuses_only_the_fold_valida
 
     train_path = crashed / "artifacts" / "prepared" / "train.parquet"
     edited = load_battles(train_path)
-    edited.at[100, "response_a"] = [edited.at[100, "response_a"][0] + " with a new ending" * 20]
+    a, b = edited.at[100, "response_a"][0], edited.at[100, "response_b"][0]  # the longer answer made the shorter
+    edited.at[100, "response_a"] = ["word"] if len(a) > len(b) else [a + " with a new ending" * 30]
     save_battles(train_path, edited)
     capsys.readouterr()
     stage_in_process(crashed, "lgbm")
