@@ -21,7 +21,7 @@ teachers/<name>/unlabelled.parquet (id, fold, three probabilities: fold k's mode
 
 Every teacher fit is cached under artifacts/models/<student>/teachers/ by its own identity (the
 teacher's FoldIdentity for the folds it was fitted without, and the rows it predicts), and the student
-fold's identity holds its teachers' part (ensemble.core.fingerprint.teachers_digest), so a teacher change
+fold's identity holds its teachers' part (teachers_digest), so a teacher change
 retrains the student and nothing else does.
 """
 
@@ -117,7 +117,7 @@ class Teachers:
         self.root, self.cache, self.teacher_dir, self.write = Path(root), cache, Path(teacher_dir), write
         self.n_folds = int(fold_of.max()) + 1
         self.unlabelled = unlabelled if unlabelled is not None and len(unlabelled) and cfg.pseudo else None
-        self.labels, self._parts = train["label"].to_numpy(dtype=np.int64), {}
+        self.labels, self._identities = train["label"].to_numpy(dtype=np.int64), {}
         # teachers from elsewhere first: their files are checked before any teacher is fitted here
         order = sorted(cfg.teachers, key=is_registered)
         found = {name: self._predictions(name) for name in order}
@@ -155,9 +155,9 @@ class Teachers:
         held = self.fold_of == (k if j is None else j)
         used = (self.fold_of != k) & (self.fold_of != (k if j is None else j))
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
-        if name not in self._parts:  # once per teacher: the backbone digest reads its weights
-            self._parts[name] = fp.Identities(teacher, self.train, self.fold_of)
-        identities = self._parts[name]
+        if name not in self._identities:  # once per teacher: the backbone digest reads its weights
+            self._identities[name] = fp.Identities(teacher, self.train, self.fold_of)
+        identities = self._identities[name]
         fit = identities.of(k) if j is None else identities.of(k, j)
         parts = {**fit.parts, "predict": fp.config_digest(teacher.prediction_settings()),  # e.g. swap_tta_share
                  "held": identities.rows_digest(held)}
