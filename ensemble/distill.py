@@ -20,9 +20,10 @@ fold k); a battle whose prompt also appears in the labelled data belongs to that
 never trains the fold that validates its prompt. A teacher from elsewhere brings them in
 teachers/<name>/unlabelled.parquet (id, fold, three probabilities: fold k's model on every unlabelled id).
 
-Every teacher fit is cached under artifacts/models/<student>/teachers/ by its own fingerprint (the
-teacher's config, code, weights, the rows and folds it saw), and the student fold's fingerprint holds
-the digest of the targets it trained on, so a teacher change retrains the student and nothing else does.
+Every teacher fit is cached under artifacts/models/<student>/teachers/ by its own identity (the
+teacher's FoldIdentity for the folds it was fitted without, and the rows it predicts), and the student
+fold's identity holds its teachers' part (teachers_digest), so a teacher change
+retrains the student and nothing else does.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ from ensemble.nn import distributed as dist
 TEACHER_DIR = Path("teachers")  # teachers from elsewhere: teachers/<name>/{nested,oof,unlabelled}.parquet
 FILES = {"nested": "nested.parquet", "leaky": "oof.parquet", "pseudo": "unlabelled.parquet"}
 PSEUDO_REPORT = "pseudo_labels.json"
+#: what turns a student's teachers into its targets: part of its teachers part (teachers_digest)
+CODE = ("ensemble.distill", "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights",
+        "ensemble.core.degenerate", "ensemble.core.targets")
 
 
 def distill_config(section: dict | None, student: str) -> DistillConfig:
@@ -79,6 +83,33 @@ def check_teachers(student: str, params: dict, teacher_dir: Path = TEACHER_DIR,
     return cfg
 
 
+def teacher_parts(name: str, params: dict, teacher_dir: Path, cache=None) -> dict[str, str]:
+    """What a student learns through teacher `name`: a registered teacher's model parts and prediction
+    settings, or the files of a teacher from elsewhere (teacher_dir/<name>/)."""
+    if not is_registered(name):
+        folder = Path(teacher_dir) / name
+        return {f: fp.file_digest(folder / f) for f in FILES.values() if (folder / f).is_file()}
+    teacher = create(name, params.get(name, {}), cache=cache)
+    return {**fp.model_parts(teacher), "predict": fp.config_digest(teacher.prediction_settings())}
+
+
+def teachers_digest(model, params: dict, train: pd.DataFrame, unlabelled: pd.DataFrame | None,
+                    teacher_dir: Path, cache=None) -> str:
+    """'none' for a model without teachers; for a student, everything its targets come from beyond its
+    own config and training rows: each teacher's parts, the distillation code, in leaky mode every
+    training row (a teacher's fold j fits on the student's fold k too), and the pseudo-labelled rows."""
+    cfg = getattr(model.config, "distill", None)
+    if cfg is None or not cfg.on:
+        return "none"
+    parts = {f"teacher {name}": fp.combine(teacher_parts(name, params, teacher_dir, cache)) for name in cfg.teachers}
+    parts["code"] = fp.code_digest(CODE)
+    if cfg.mode == "leaky":
+        parts["rows"] = fp.frame_digest(train)
+    if cfg.pseudo and unlabelled is not None and len(unlabelled):
+        parts["unlabelled"] = fp.frame_digest(unlabelled)
+    return fp.combine(parts)
+
+
 class Teachers:
     """The teachers of one student: `fold_frame(k, rows)` is fold k's training frame with its targets."""
 
@@ -90,7 +121,7 @@ class Teachers:
         self.saved = saved  # the models' saved folds (artifacts/models): a teacher's fold k reused
         self.n_folds = int(fold_of.max()) + 1
         self.unlabelled = unlabelled if unlabelled is not None and len(unlabelled) and cfg.pseudo else None
-        self.labels, self._parts = train["label"].to_numpy(dtype=np.int64), {}
+        self.labels, self._identities = train["label"].to_numpy(dtype=np.int64), {}
         # teachers from elsewhere first: their files are checked before any teacher is fitted here
         order = sorted(cfg.teachers, key=is_registered)
         found = {name: self._predictions(name) for name in order}
@@ -137,11 +168,12 @@ class Teachers:
         held = [k] if j is None else [k, j]
         used = ~np.isin(self.fold_of, held)
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
-        if name not in self._parts:  # once per teacher: the backbone digest reads its weights
-            self._parts[name] = fp.model_parts(teacher, self.train, self.fold_of)
-        parts = {**self._parts[name],
-                 "predict": fp.config_digest(teacher.prediction_settings()),  # e.g. swap_tta_share
-                 "fit": f"without folds {held}, predicting each"}
+        if name not in self._identities:  # once per teacher: the backbone digest reads its weights
+            self._identities[name] = fp.Identities(teacher, self.train, self.fold_of)
+        identities = self._identities[name]
+        fit = identities.of(k) if j is None else identities.of(k, j)
+        parts = {**fit.parts, "predict": fp.config_digest(teacher.prediction_settings()),  # e.g. swap_tta_share
+                 "held": identities.rows_digest(np.isin(self.fold_of, held))}  # the rows it predicts
         predict_u = j is None and self.unlabelled is not None
         if predict_u:
             parts["unlabelled"] = fp.frame_digest(self.unlabelled)
@@ -180,13 +212,13 @@ class Teachers:
         """The teacher's own fold-k model, saved by its OOF stage (models/<name>/fold_k), when it is
         the fit _fit would make: its done.json fingerprint is the one run_oof gives fold k of these
         rows and folds under today's config, code and weights, and its valid rows chose nothing
-        (valid_chooses). None otherwise, and under DDP (only rank 0 may read the artifacts there)."""
+        (learns_from_valid). None otherwise, and under DDP (only rank 0 may read the artifacts there)."""
         from ensemble.oof import read_done
 
-        if self.saved is None or teacher.valid_chooses() or dist.is_distributed():
+        if self.saved is None or teacher.learns_from_valid() or dist.is_distributed():
             return None
         folder = self.saved / name / f"fold_{k}"
-        key = fp.combine(fp.fold_parts(self._parts[name], k))
+        key = self._identities[name].of(k).key  # what the teacher's own OOF run gives its fold k
         if read_done(folder).get("fingerprint") != key:
             return None
         return load(folder, cache=self.cache, runtime=self.params.get(name, {}))
@@ -299,12 +331,6 @@ class Teachers:
         extra[list(SOFT_COLUMNS)] = pq
         extra[PSEUDO_COLUMN] = True
         return pd.concat([part, extra], ignore_index=True)
-
-    def fold_digest(self, frame: pd.DataFrame) -> str:
-        """What fold k learned from beyond the training rows: its targets and its pseudo-labelled battles."""
-        pseudo = frame[frame[PSEUDO_COLUMN]]
-        return fp.combine({"targets": fp.array_digest(np.round(frame[list(SOFT_COLUMNS)].to_numpy(), 12)),
-                           "pseudo": fp.frame_digest(pseudo) if len(pseudo) else "none"})
 
     def save_report(self) -> None:
         report = self.pseudo_report()

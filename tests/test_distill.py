@@ -219,7 +219,7 @@ def test_pseudo_labels_come_from_the_fold_model_and_never_train_the_fold_of_thei
 
 def test_pseudo_labels_through_run_oof_retrain_only_when_the_teacher_changes(tmp_path, monkeypatch):
     """A student with a teacher from elsewhere and unlabelled battles: a rerun reuses every fold (no fit
-    runs), a changed teacher file retrains them all (the fold fingerprint holds the targets), and the student
+    runs), a changed teacher file retrains them all (the fold identity holds the teacher's files), and the student
     learns. Breaks if a rerun retrains a finished fold, or if a changed teacher reuses one."""
     frame, clean = noisy_frame(120)
     folds = make_folds(frame, 3, seed=0)

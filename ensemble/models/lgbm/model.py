@@ -22,7 +22,7 @@ from ensemble.core.config import AnyOf, Choice, Range
 from ensemble.core.data import as_turns, swap_ab, unswap_proba
 from ensemble.core.features import feature_names, numeric_features
 from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets, weighted_copies
-from ensemble.models.base import BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
 
 
 @dataclass
@@ -108,7 +108,13 @@ class LGBMModel(BaseModel):
     name = "lgbm"
     Config = LGBMConfig
     fitted_attr = "booster"
-    runtime_keys = ("swap_tta_share",)
+    # n_jobs: LightGBM runs deterministic and row-wise, so the thread count leaves the model unchanged
+    runtime_keys = ("swap_tta_share", "n_jobs")
+    learns_with = (*LEARNS_WITH, "ensemble.models.lgbm", "ensemble.models.lgbm.model", "ensemble.core.features")
+    libraries = (*LIBRARIES, "lightgbm")
+    #: what the similarity features (`embeddings`) add: the sentence encoder's code and libraries
+    EMBEDDING_CODE = ("ensemble.nn.embed", "ensemble.nn.hf", "ensemble.nn.batching")
+    EMBEDDING_LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors")
 
     booster: lgb.Booster | None = None
 
@@ -136,6 +142,15 @@ class LGBMModel(BaseModel):
         b = self.response_vec.transform(_texts(frame, "response_b", vc.max_chars))
         p = self.prompt_vec.transform(_texts(frame, "prompt", vc.max_chars)) if self.prompt_vec is not None else None
         return a, b, p
+
+    def code_modules(self) -> tuple[str, ...]:
+        return (*self.learns_with, *self.EMBEDDING_CODE) if self.config.embeddings else self.learns_with
+
+    def library_names(self) -> tuple[str, ...]:
+        return (*self.libraries, *self.EMBEDDING_LIBRARIES) if self.config.embeddings else self.libraries
+
+    def learns_from_valid(self) -> bool:
+        return bool(self.config.early_stopping_rounds) and self.config.early_stopping == "valid"
 
     def backbone_identity(self) -> str | None:
         """The encoder behind the similarity features (when on): its weights' digest, once per run."""
@@ -208,9 +223,6 @@ class LGBMModel(BaseModel):
             "lambda_l2": c.lambda_l2, "num_threads": c.n_jobs, "seed": c.seed,
             "deterministic": True, "force_row_wise": True, "verbosity": -1,
         }
-
-    def valid_chooses(self) -> bool:
-        return bool(self.config.early_stopping_rounds) and self.config.early_stopping == "valid"
 
     # --- estimator API -----------------------------------------------------------------------
     def _fit(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:

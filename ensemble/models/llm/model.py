@@ -27,7 +27,7 @@ from ensemble.core.data import unswap_proba
 from ensemble.core.fingerprint import backbone_digest
 from ensemble.core.folds import prompt_groups
 from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets
-from ensemble.models.base import BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
 from ensemble.models.llm.backbone import (
     DEFAULT_BASE,
     adapter_state,
@@ -189,6 +189,12 @@ class LLMModel(BaseModel):
     runtime_keys = ("devices", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "cache_max_gib",
                     "swap_tta_share", "merge_folds")
     merger = "ensemble.models.llm.merge:merge_folds"
+    learns_with = (*LEARNS_WITH, "ensemble.models.llm", "ensemble.models.llm.model", "ensemble.models.llm.backbone",
+                   "ensemble.models.llm.battle_text", "ensemble.models.llm.probe", "ensemble.nn.inference",
+                   "ensemble.nn.hf", "ensemble.nn.batching", "ensemble.nn.training",
+                   "ensemble.nn.precision", "ensemble.nn.distributed")
+    libraries = (*LIBRARIES, "torch", "transformers", "tokenizers", "safetensors", "accelerate", "peft",
+                 "bitsandbytes")
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)
