@@ -40,14 +40,16 @@ test: setup
 	python -m pytest -q -n 2 --dist loadfile
 
 # the Kaggle bundle end to end: wheels downloaded (~100 MB), a fresh venv with torch only, pip with no index
+# (the bundle's other tests run in `make test`)
 test-bundle: setup
-	ENSEMBLE_BUNDLE_TEST=1 python -m pytest -q tests/test_bundle.py
+	ENSEMBLE_BUNDLE_TEST=1 python -m pytest -q tests/test_bundle.py -k end_to_end
 
-# GPU-only tests (4-bit on CUDA, bf16, gradient checkpointing, two-GPU sharded inference), not part of
-# `make test`; on a machine without CUDA it prints one line and succeeds.
+# The GPU check (not part of `make test`): the GPU-only tests (4-bit on CUDA, bf16, gradient checkpointing,
+# two-GPU sharded inference), then a scaled-down pipeline on CUDA (bench/gpu_check.py, profiles/gpu-smoke.yaml)
+# printing seconds, tokens/s and peak memory beside the plan's. Without CUDA: one line, success.
 gpu-check: setup
 	@if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
-	  ENSEMBLE_GPU_CHECK=1 python -m pytest -q -s -rs tests/test_gpu.py; \
+	  ENSEMBLE_GPU_CHECK=1 python -m pytest -q -s -rs -p no:xdist tests/test_gpu.py && python bench/gpu_check.py; \
 	else echo "gpu-check: skipped, no CUDA device here (torch.cuda.is_available() is False)"; fi
 
 bench: setup

@@ -1,15 +1,18 @@
 """The plan's CPU times against a finished run's: `python bench/plan_calibrate.py RUN_DIR [--fit dual_tower]`.
 
 RUN_DIR is a bench_real run folder (params.yaml, artifacts/prepared, seconds.json with each stage's wall seconds).
-The share of this CPU's peak is fitted on ONE stage (--fit): share = predicted seconds at 100% of peak / measured
-seconds; the other stages are then predicted with that share and reported as predicted / measured. --share
-predicts every stage with a given share instead (a run the share was not fitted on).
+The share of this CPU's peak is fitted on one stage (--fit dual_tower or llm: share = predicted seconds at 100%
+of peak / measured seconds) or on both (--fit both: the geometric mean of the two stages' shares, which makes
+their predicted/measured ratios reciprocal); the stages are then predicted with that share and reported as
+predicted / measured. --share predicts every stage with a given share instead (a run the share was not fitted
+on). The llm's 4-bit matmuls run in bf16 on CPUs with AVX512-BF16, planned at that instruction set's peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from ensemble.plan_hardware import this_cpu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--fit", default="dual_tower", help="the stage whose measured time fixes the share")
+    parser.add_argument("--fit", default="both", choices=["both", "dual_tower", "llm"],
+                        help="the stage(s) whose measured time fixes the share")
     parser.add_argument("--share", type=float, help="predict with this share instead of fitting one (a held-out check)")
     parser.add_argument("--sample", type=int, default=1000)
     args = parser.parse_args(argv)
@@ -31,12 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     stages, hw, _, _ = plan.build_plan(ns)
     cpu = this_cpu()
     print(f"CPU peak: {cpu.cores} cores x {cpu.ghz:.3f} GHz x {cpu.flops_per_cycle} fp32 FLOPs/cycle "
-          f"({cpu.how}) = {hw.peak_tflops * 1000:.0f} GFLOPS")
+          f"({cpu.how}) = {hw.peak_tflops * 1000:.0f} GFLOPS fp32, {hw.cpu_bf16_tflops * 1000:.0f} bf16")
     at_peak = {st.model: st.seconds["train"] for st in stages}
+    fitted = ["dual_tower", "llm"] if args.fit == "both" else [args.fit]
     if args.share is None:
-        share = at_peak[args.fit] / measured[args.fit]
-        print(f"share fitted on {args.fit}: {at_peak[args.fit]:.1f} s at peak / {measured[args.fit]:.1f} s measured "
-              f"= {share:.3f}")
+        shares = [at_peak[m] / measured[m] for m in fitted]
+        share = math.prod(shares) ** (1 / len(shares))
+        each = ", ".join(f"{m} {at_peak[m]:.1f} s at peak / {measured[m]:.1f} s measured = {s:.3f}"
+                         for m, s in zip(fitted, shares))
+        print(f"share fitted on {args.fit}: {each}; share {share:.3f}")
     else:
         share = args.share
         print(f"share given: {share:.3f}")

@@ -38,6 +38,7 @@ from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import load_params
 from ensemble.core.data import DataError
 from ensemble.core.io import write_json, write_text
+from ensemble.distill import TEACHER_DIR, distill_config
 from ensemble.models import is_registered
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,13 +177,22 @@ def _bundle(out: Path, artifacts: Path, params_path: Path, include, exclude, whe
         raise DataError(f"{artifacts / 'blend.json'}: the blend uses {', '.join(foreign)}, from elsewhere: a bundle "
                         f"can only predict models with fold models here; refit the blend without them")
     cache, folds = RunCache(), {}
-    for name in used:  # checked now (params, data, folds, code, weights): a stale fold is refused here
+    for name in used:  # checked now (the fold identity, part by part): a stale fold is refused here
         folds[name] = fold_dirs(artifacts, name, params, True, cache)
-    local, hub, embedded = model_folders(params, used)
+    # what submit's check of a student's teachers part reads: the teachers' weights and files, its pseudo-labelled rows
+    distills = [distill_config(params.get(name), name) for name in used]
+    teachers = sorted({t for cfg in distills if cfg.on for t in cfg.teachers})
+    local, hub, embedded = model_folders(params, [*used, *(t for t in teachers if is_registered(t))])
     out.mkdir(parents=True, exist_ok=True)
     art = out / "artifacts"
-    for rel in ("blend.json", "folds.parquet", "prepared/train.parquet"):
+    copied = ["blend.json", "folds.parquet", "prepared/train.parquet"]
+    if any(cfg.on and cfg.pseudo for cfg in distills) and (artifacts / "prepared" / "unlabelled.parquet").is_file():
+        copied.append("prepared/unlabelled.parquet")
+    for rel in copied:
         _copy(artifacts / rel, art / rel)
+    for name in teachers:  # a teacher from elsewhere: its files, where submit looks for them
+        if not is_registered(name):
+            _copy(TEACHER_DIR / name, out / TEACHER_DIR / name)
     for name, dirs in folds.items():
         for d in dirs:
             _copy(d, art / "models" / name / d.name)

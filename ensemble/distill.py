@@ -5,7 +5,8 @@ q = (1 - w) * onehot(label) + w * teacher_T (ensemble.core.targets). Where teach
 
 - `nested` (default): for fold k, a training row of fold j != k gets the prediction of a teacher fitted
   on the folds other than j and k, so no label of fold k reaches fold k's student through its teacher.
-  A registered teacher is fitted here, K x (K - 1) times; a teacher from elsewhere brings these
+  A registered teacher is fitted here K x (K - 1) / 2 times (one fit leaving out folds j and k
+  labels fold j for outer fold k and fold k for outer fold j); a teacher from elsewhere brings these
   predictions in teachers/<name>/nested.parquet (columns id, outer_fold, winner_model_a,
   winner_model_b, winner_tie: for each outer fold k, one row per training id outside fold k).
 - `leaky`: the teachers' plain OOF predictions (a registered teacher's K fold fits, or
@@ -19,9 +20,10 @@ fold k); a battle whose prompt also appears in the labelled data belongs to that
 never trains the fold that validates its prompt. A teacher from elsewhere brings them in
 teachers/<name>/unlabelled.parquet (id, fold, three probabilities: fold k's model on every unlabelled id).
 
-Every teacher fit is cached under artifacts/models/<student>/teachers/ by its own fingerprint (the
-teacher's config, code, weights, the rows and folds it saw), and the student fold's fingerprint holds
-the digest of the targets it trained on, so a teacher change retrains the student and nothing else does.
+Every teacher fit is cached under artifacts/models/<student>/teachers/ by its own identity (the
+teacher's FoldIdentity for the folds it was fitted without, and the rows it predicts), and the student
+fold's identity holds its teachers' part (teachers_digest), so a teacher change
+retrains the student and nothing else does.
 """
 
 from __future__ import annotations
@@ -41,12 +43,16 @@ from ensemble.core.formats import listed
 from ensemble.core.io import atomic_path, write_json, write_text
 from ensemble.core.predictions import checked_predictions, read_predictions
 from ensemble.core.targets import PSEUDO_COLUMN, SOFT_COLUMNS, DistillConfig, sharpen
-from ensemble.models import create, is_registered
+from ensemble.models import create, is_registered, load
+from ensemble.models.base import BaseModel
 from ensemble.nn import distributed as dist
 
 TEACHER_DIR = Path("teachers")  # teachers from elsewhere: teachers/<name>/{nested,oof,unlabelled}.parquet
 FILES = {"nested": "nested.parquet", "leaky": "oof.parquet", "pseudo": "unlabelled.parquet"}
 PSEUDO_REPORT = "pseudo_labels.json"
+#: what turns a student's teachers into its targets: part of its teachers part (teachers_digest)
+CODE = ("ensemble.distill", "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights",
+        "ensemble.core.degenerate", "ensemble.core.targets")
 
 
 def distill_config(section: dict | None, student: str) -> DistillConfig:
@@ -73,8 +79,35 @@ def check_teachers(student: str, params: dict, teacher_dir: Path = TEACHER_DIR,
         if missing:
             raise ConfigError(f"{where}: {name!r} is not a registered model and {teacher_dir / name} has no "
                               f"{' / '.join(missing)}; teachers are models of this project or teachers from "
-                              f"elsewhere (README, Distillation)")
+                              f"elsewhere (docs/distillation.md)")
     return cfg
+
+
+def teacher_parts(name: str, params: dict, teacher_dir: Path, cache=None) -> dict[str, str]:
+    """What a student learns through teacher `name`: a registered teacher's model parts and prediction
+    settings, or the files of a teacher from elsewhere (teacher_dir/<name>/)."""
+    if not is_registered(name):
+        folder = Path(teacher_dir) / name
+        return {f: fp.file_digest(folder / f) for f in FILES.values() if (folder / f).is_file()}
+    teacher = create(name, params.get(name, {}), cache=cache)
+    return {**fp.model_parts(teacher), "predict": fp.config_digest(teacher.prediction_settings())}
+
+
+def teachers_digest(model, params: dict, train: pd.DataFrame, unlabelled: pd.DataFrame | None,
+                    teacher_dir: Path, cache=None) -> str:
+    """'none' for a model without teachers; for a student, everything its targets come from beyond its
+    own config and training rows: each teacher's parts, the distillation code, in leaky mode every
+    training row (a teacher's fold j fits on the student's fold k too), and the pseudo-labelled rows."""
+    cfg = getattr(model.config, "distill", None)
+    if cfg is None or not cfg.on:
+        return "none"
+    parts = {f"teacher {name}": fp.combine(teacher_parts(name, params, teacher_dir, cache)) for name in cfg.teachers}
+    parts["code"] = fp.code_digest(CODE)
+    if cfg.mode == "leaky":
+        parts["rows"] = fp.frame_digest(train)
+    if cfg.pseudo and unlabelled is not None and len(unlabelled):
+        parts["unlabelled"] = fp.frame_digest(unlabelled)
+    return fp.combine(parts)
 
 
 class Teachers:
@@ -82,12 +115,13 @@ class Teachers:
 
     def __init__(self, student: str, cfg: DistillConfig, params: dict, train: pd.DataFrame, fold_of: np.ndarray,
                  root: Path, cache=None, unlabelled: pd.DataFrame | None = None, teacher_dir: Path = TEACHER_DIR,
-                 write: bool = True):
+                 write: bool = True, saved: Path | None = None):
         self.student, self.cfg, self.params, self.train, self.fold_of = student, cfg, params, train, fold_of
         self.root, self.cache, self.teacher_dir, self.write = Path(root), cache, Path(teacher_dir), write
+        self.saved = saved  # the models' saved folds (artifacts/models): a teacher's fold k reused
         self.n_folds = int(fold_of.max()) + 1
         self.unlabelled = unlabelled if unlabelled is not None and len(unlabelled) and cfg.pseudo else None
-        self.labels, self._parts = train["label"].to_numpy(dtype=np.int64), {}
+        self.labels, self._identities = train["label"].to_numpy(dtype=np.int64), {}
         # teachers from elsewhere first: their files are checked before any teacher is fitted here
         order = sorted(cfg.teachers, key=is_registered)
         found = {name: self._predictions(name) for name in order}
@@ -108,6 +142,10 @@ class Teachers:
             # (several teachers still need their nested predictions: the blend weights are fitted on them)
             onehot = np.eye(3)[self.labels]
             return [np.where((self.fold_of == k)[:, None], np.nan, onehot) for k in k_all], pseudo
+        # nested: one fit per pair k < j labels fold j for outer fold k and fold k for outer fold j
+        pairs = {}
+        if self.cfg.mode == "nested":
+            pairs = {(k, j): self._fit(name, k, j)[0] for k in k_all for j in k_all if k < j}
         soft = []
         for k in k_all:
             out = np.full((n, 3), np.nan)
@@ -115,20 +153,27 @@ class Teachers:
                 if j == k:
                     continue
                 rows = self.fold_of == j
-                out[rows] = (fold_fits[j][0] if self.cfg.mode == "leaky" else self._fit(name, k, j)[0])
+                if self.cfg.mode == "leaky":
+                    out[rows] = fold_fits[j][0][j]
+                else:
+                    out[rows] = pairs[min(k, j), max(k, j)][j]
             soft.append(out)
         return soft, pseudo
 
-    def _fit(self, name: str, k: int, j: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Teacher `name` fitted on the folds other than k (and j): its predictions of fold j's rows
-        (fold k's when j is None) and, for a fold-k fit, of the unlabelled rows. Cached by fingerprint."""
-        held = self.fold_of == (k if j is None else j)
-        used = (self.fold_of != k) & (self.fold_of != (k if j is None else j))
+    def _fit(self, name: str, k: int,
+             j: int | None) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
+        """Teacher `name` fitted on the folds other than k (and j, k < j): its predictions of fold
+        k's rows (and fold j's), each fold predicted on its own, and, for a fold-k fit, of the
+        unlabelled rows. ({fold: (rows of that fold, 3)}, (u, 3) or None); cached by fingerprint."""
+        held = [k] if j is None else [k, j]
+        used = ~np.isin(self.fold_of, held)
         teacher = create(name, self.params.get(name, {}), cache=self.cache)
-        if name not in self._parts:  # once per teacher: the backbone digest reads its weights
-            self._parts[name] = {**fp.model_parts(teacher, self.train, self.fold_of),
-                                 "predict": fp.config_digest(teacher.prediction_settings())}  # e.g. swap_tta_share
-        parts = {**self._parts[name], "fit": f"without folds {k},{j}"}
+        if name not in self._identities:  # once per teacher: the backbone digest reads its weights
+            self._identities[name] = fp.Identities(teacher, self.train, self.fold_of)
+        identities = self._identities[name]
+        fit = identities.of(k) if j is None else identities.of(k, j)
+        parts = {**fit.parts, "predict": fp.config_digest(teacher.prediction_settings()),  # e.g. swap_tta_share
+                 "held": identities.rows_digest(np.isin(self.fold_of, held))}  # the rows it predicts
         predict_u = j is None and self.unlabelled is not None
         if predict_u:
             parts["unlabelled"] = fp.frame_digest(self.unlabelled)
@@ -138,24 +183,48 @@ class Teachers:
         kept = None
         if dist.is_main() and path.is_file() and meta.is_file() and meta.read_text() == key:
             with np.load(path, allow_pickle=False) as saved:
-                kept = saved["held"], (saved["unlabelled"] if predict_u else None)
+                kept = {f: saved[f"fold_{f}"] for f in held}, (saved["unlabelled"] if predict_u else None)
         kept = dist.from_main(kept)  # rank 0 decides for every process: all of them fit the teacher, or none
         if kept is not None:
             return kept
-        what = f"fold {k} model" if j is None else f"nested fit for fold {k} on rows outside folds {k} and {j}"
-        progress.log(f"[{self.student}] teacher {name}: {what}, {int(used.sum())} training rows")
-        train = self.train[used].reset_index(drop=True)
-        teacher.fit(train)  # no valid rows: nothing the teacher chooses may look at the rows it labels
-        held_pred = np.asarray(teacher.predict_proba(self.train[held].reset_index(drop=True)), dtype=np.float64)
+        reused = self._saved_fold(name, teacher, k) if j is None else None
+        if reused is not None:
+            progress.log(f"[{self.student}] teacher {name}: its saved fold {k} model")
+            teacher = reused
+        else:
+            what = f"fold {k} model" if j is None else f"nested fit without folds {k} and {j}"
+            progress.log(f"[{self.student}] teacher {name}: {what}, {int(used.sum())} training rows")
+            train = self.train[used].reset_index(drop=True)
+            teacher.fit(train)  # no valid rows: nothing it chooses may look at the rows it labels
+        held_pred = {}
+        for f in held:
+            rows = self.train[self.fold_of == f].reset_index(drop=True)
+            held_pred[f] = np.asarray(teacher.predict_proba(rows), dtype=np.float64)
         u_pred = np.asarray(teacher.predict_proba(self.unlabelled), dtype=np.float64) if predict_u else None
         if self.write:
             meta.unlink(missing_ok=True)  # the key goes last: a crash between the two writes leaves no valid pair
-            arrays = {"held": held_pred, **({"unlabelled": u_pred} if predict_u else {})}
+            arrays = {**{f"fold_{f}": p for f, p in held_pred.items()},
+                      **({"unlabelled": u_pred} if predict_u else {})}
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, **arrays)
             write_text(meta, key)
         return held_pred, u_pred
+
+    def _saved_fold(self, name: str, teacher: BaseModel, k: int) -> BaseModel | None:
+        """The teacher's own fold-k model, saved by its OOF stage (models/<name>/fold_k), when it is
+        the fit _fit would make: its done.json fingerprint is the one run_oof gives fold k of these
+        rows and folds under today's config, code and weights, and its valid rows chose nothing
+        (learns_from_valid). None otherwise, and under DDP (only rank 0 may read the artifacts there)."""
+        from ensemble.oof import read_done
+
+        if self.saved is None or teacher.learns_from_valid() or dist.is_distributed():
+            return None
+        folder = self.saved / name / f"fold_{k}"
+        key = self._identities[name].of(k).key  # what the teacher's own OOF run gives its fold k
+        if read_done(folder).get("fingerprint") != key:
+            return None
+        return load(folder, cache=self.cache, runtime=self.params.get(name, {}))
 
     def _from_elsewhere(self, name: str) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """A teacher's files from teachers/<name>/, checked against the training ids and folds."""
@@ -266,12 +335,6 @@ class Teachers:
         extra[PSEUDO_COLUMN] = True
         return pd.concat([part, extra], ignore_index=True)
 
-    def fold_digest(self, frame: pd.DataFrame) -> str:
-        """What fold k learned from beyond the training rows: its targets and its pseudo-labelled battles."""
-        pseudo = frame[frame[PSEUDO_COLUMN]]
-        return fp.combine({"targets": fp.array_digest(np.round(frame[list(SOFT_COLUMNS)].to_numpy(), 12)),
-                           "pseudo": fp.frame_digest(pseudo) if len(pseudo) else "none"})
-
     def save_report(self) -> None:
         report = self.pseudo_report()
         if report and self.write:
@@ -285,7 +348,7 @@ class Teachers:
 def _read_keyed(path: Path, name: str, key: str) -> dict[int, pd.DataFrame]:
     """A teacher file with one block of rows per fold (`key`): {fold: frame indexed by id}."""
     if not path.is_file():
-        raise DataError(f"{path}: not found (teacher {name!r}; README, Distillation)")
+        raise DataError(f"{path}: not found (teacher {name!r}; docs/distillation.md)")
     frame = pd.read_parquet(path)
     missing = [c for c in ("id", key, *TARGETS) if c not in frame]
     if missing:

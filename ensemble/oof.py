@@ -1,10 +1,11 @@
 """Generic out-of-fold runner: one model per fold, OOF and fold-averaged test probabilities.
 
 It never knows which model it holds. A finished fold is kept (resumable after a crash, and a rerun
-after an edit elsewhere costs nothing) as long as its fingerprint still matches: the training rows
-(ids, texts, labels), the folds, the model's config without its run-time keys, the code the model
-imports and the pretrained weights it starts from (ensemble.core.fingerprint). Test predictions are
-kept per fold under that fingerprint plus the test rows' ids and texts.
+after an edit elsewhere costs nothing) as long as its identity still matches: its training rows
+(ids, texts, labels), the folds, the model's config without its run-time keys, the code it declares,
+its libraries' versions, the pretrained weights it starts from and its teachers
+(ensemble.core.fingerprint.FoldIdentity). Its predictions are kept under that identity plus the
+predicted rows' ids and texts: a valid-row edit recomputes that prediction, not the fold.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ensemble.core.predictions import (
     constant_rows,
     proba_frame,
 )
-from ensemble.distill import TEACHER_DIR, Teachers
+from ensemble.distill import TEACHER_DIR, Teachers, teachers_digest
 from ensemble.models import create, load
 from ensemble.models.base import BaseModel
 from ensemble.nn import distributed as dist
@@ -69,13 +70,14 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
                                        (("oof", ".parquet"), ("test", ".parquet"), ("timings", ".json"))))
     first = create(name, config, cache=cache)
     first.check_resources([train] + ([test] if test is not None else []))  # refuse before any fold trains
-    common = fp.model_parts(first, train, fold_of)  # computed once: the backbone digest reads its weights
+    params = {**(params or {}), name: config}
+    teachers_part = teachers_digest(first, params, train, unlabelled, teacher_dir, cache)
+    identities = fp.Identities(first, train, fold_of, teachers_part)
     test_key = fp.frame_digest(test) if test is not None else ""
     teachers, distill = None, getattr(first.config, "distill", None)
     if distill is not None and distill.on:
-        params = {**(params or {}), name: config}
         teachers = Teachers(name, distill, params, train, fold_of, model_root / "teachers", cache,
-                            unlabelled, teacher_dir, write=main)
+                            unlabelled, teacher_dir, write=main, saved=model_root.parent)
         teachers.save_report()
     # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
     predict_settings = first.prediction_settings()
@@ -84,11 +86,9 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         model = create(name, config, cache=cache)  # `first` is never fitted: one fold model alive at a time
-        parts = {**common, "fold": str(k)}
+        identity = identities.of(k)
+        key = identity.key
         fit_frame = teachers.fold_frame(k, tr) if teachers else train.iloc[tr].reset_index(drop=True)
-        if teachers:  # the targets and pseudo-labelled battles this fold learns from
-            parts["teachers"] = teachers.fold_digest(fit_frame)
-        key = fp.combine(parts)
         # rank 0 decides for every process, before it changes the folder
         reuse = dist.from_main(main and read_done(fold_dir).get("fingerprint") == key)
         valid = train.iloc[va].reset_index(drop=True)
@@ -111,10 +111,11 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         # every process predicts (a model may share the rows among them), rank 0 decides what is reused
         fold = LazyFold(model, fold_dir, cache, config)
         pred_key = fp.combine({"fold": key, "predict": fp.config_digest(predict_settings)})
-        valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", pred_key)
+        valid_key = fp.combine({"fold": pred_key, "valid": identities.rows_digest(fold_of == k)})
+        valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", valid_key)
         test_pred = None if test is None else _predict_cached(
             fold, test, fold_dir / "test_pred.npy", fp.combine({"fold": pred_key, "test": test_key}))
-        fold_bias = _position_counts(fold, valid, fold_dir / POSITION_FILE, key)
+        fold_bias = _position_counts(fold, valid, fold_dir / POSITION_FILE, valid_key)
         if main:
             oof[va] = valid_pred
             if constant_rows(valid_pred):  # the calibration gate (or too few rows) left the class prior
@@ -125,7 +126,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             if test_pred is not None:
                 test_sum += test_pred
             bias.append(fold_bias)
-            write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": parts, "valid_rows": len(va)})
+            write_json(fold_dir / DONE_FILE, {"fingerprint": key, "parts": identity.parts, "valid_rows": len(va)})
             if "label" in train:
                 labels = train["label"].to_numpy()[va]
                 prior = prior_proba(train["label"].to_numpy()[tr], len(va))
@@ -140,7 +141,9 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         dist.finish("OOF and test files written")
         return {"folds": n_folds, "fit_seconds": timings}
     if hasattr(first, "input_report"):  # what the model saw of the texts (transformers: truncation at max_len)
-        report_key = fp.combine({k: common[k] for k in ("config", "data", "code", "backbone")})
+        shared = identities.model_parts
+        report_key = fp.combine({**{k: shared[k] for k in ("config", "code", "backbone")},
+                                 "rows": identities.rows_digest(np.ones(len(train), dtype=bool))})
         path = model_root / INPUT_REPORT
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if old.get("key") != report_key:  # it depends on texts, config and tokenizer, not on the folds

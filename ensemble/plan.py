@@ -286,6 +286,7 @@ class Stage:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "train"/"infer" -> seconds (LightGBM: rough)
     on_gpu: bool = True  # a stage whose time follows from FLOPs at a share of the hardware's peak
+    cpu_bf16: bool = False  # on a CPU its matmuls run in bf16 (the 4-bit llm's compute dtype there)
 
     def peak(self, where: str) -> float:
         return sum(self.memory.get(where, {}).values())
@@ -398,6 +399,8 @@ def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hard
         cache = (frozen_train * tr.mean + shape.test_rows * tta * te.mean) * bb.hidden * 4 / GIB
         st.notes.append(f"lora_layers {cfg.lora_layers}: the frozen layers' states of the run take {cache:.2f} GiB "
                         f"of host RAM (fp32)")
+    # the rule of backbone.compute_dtype on a CPU: 4-bit weights compute in bf16 where the cores have it
+    st.cpu_bf16 = cfg.compute_dtype == "bf16" or (cfg.compute_dtype == "auto" and cfg.quantization == "4bit")
     _precision_note(st, hw, ihw, cfg.compute_dtype, "llm.compute_dtype")
     return st
 
@@ -419,8 +422,8 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
 
     if not trained:
         # a frozen encoder: the training towers encoded once for all folds (the heads train on cached vectors);
-        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE frames: each fold adds
-        # its held-out, OOF and two position-check frames, so the test frame is evicted and encoded every fold
+        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE frames (least recently
+        # used out): each fold adds its held-out, OOF and two position-check frames and scores the test frame
         add("encoder once, training towers (frozen)", "train", 2 * shape.train_rows, tr)
         add(f"held-out + OOF frames, {k} folds", "train", k * (cal + shape.fold_valid()) * 2, tr)
         test_passes = k if FRAME_CACHE_SIZE < 5 else 1
@@ -511,7 +514,10 @@ def stage_seconds(st: Stage, hw: Hardware, ihw: Hardware) -> None:
         return
     for where, machine in (("train", hw), ("infer", ihw)):
         flops = sum(p.flops / p.devices for p in st.passes if p.where == where)
-        st.seconds[where] = flops / (machine.peak_tflops * 1e12 * machine.mfu)
+        peak = machine.peak_tflops
+        if not machine.gpu and st.cpu_bf16 and machine.cpu_bf16_tflops:
+            peak = machine.cpu_bf16_tflops
+        st.seconds[where] = flops / (peak * 1e12 * machine.mfu)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -595,7 +601,8 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Stage], Hardware, Hardwar
         stage_seconds(st, hw, ihw)
         if not (hw.gpu and ihw.gpu) and st.on_gpu:
             st.notes.append("cpu: loading, tokenizing and per-fold bookkeeping are in these times only through "
-                            "the share fitted on a whole stage (README, Will it fit?)")
+                            "the share fitted on the demo's stages; on real data's longer texts the llm stage "
+                            "took 1.2-3x its planned time, the dual tower 0.5-2x (docs/gpus.md, Will it fit?)")
         stages.append(st)
     return stages, hw, ihw, shape
 
@@ -616,14 +623,20 @@ def _hours(seconds: float) -> str:
         else f"{seconds:.1f} s"
 
 
+def _cpu_bf16_peak(machine: Hardware) -> str:
+    if machine.gpu or machine.cpu_bf16_tflops <= machine.peak_tflops:
+        return ""
+    return f" ({machine.cpu_bf16_tflops:.3g} bf16: the 4-bit llm's matmuls)"
+
+
 def report(stages: list[Stage], hw: Hardware, ihw: Hardware, shape: Shape, hours: float | None) -> list[str]:
     """The plan's lines; raises PlanError (after they are printed) for the first stage that cannot fit."""
     lines = [f"rows: {shape.train_rows:,} train, {shape.test_rows:,} test battles; K = {shape.k} folds"]
     for where, machine in (("train", hw), ("infer", ihw)):
         lines.append(f"{'training (OOF run)' if where == 'train' else 'submission (test prediction)'} on "
                      f"{machine.name}: {machine.devices} x {machine.label}, {machine.memory_gib:.1f} GiB each, "
-                     f"peak {machine.peak_tflops:.3g} TFLOPS {'fp16/bf16 dense' if machine.gpu else 'fp32'}, "
-                     f"planned at {machine.mfu:.0%} of it")
+                     f"peak {machine.peak_tflops:.3g} TFLOPS {'fp16/bf16 dense' if machine.gpu else 'fp32'}"
+                     f"{_cpu_bf16_peak(machine)}, planned at {machine.mfu:.0%} of it")
     too_big: list[str] = []
     for st in stages:
         lines += ["", f"model@{st.model}: {st.header}"]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 #: share of peak a GPU run is assumed to reach (model FLOPs utilisation); --mfu overrides it
 GPU_MFU = 0.35
-#: share of this CPU's fp32 FMA peak reached end to end by the llm stage of the default (demo) profile on 558
-#: HH battles (bench/out/real/hh/default: 2.99e13 FLOPs in 784 s of a 166 GFLOPS peak; bench/plan_calibrate.py)
-CPU_MFU = 0.23
+#: share of this CPU's peak reached end to end by the demo's dual tower and llm stages (`make repro`'s params
+#: on 1,000 demo battles; bench/out/real/demo/default), fitted on both: the geometric mean of the two
+#: stages' shares (`python bench/plan_calibrate.py RUN_DIR --fit both`; README, Will it fit?)
+CPU_MFU = 0.36
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Hardware:
     mfu: float
     host_cores: int  # CPU cores beside the accelerators (LightGBM)
     gpu: bool = True
+    #: CPU only: the peak of bf16 matmuls where the cores have bf16 dot-product instructions (else fp32's)
+    cpu_bf16_tflops: float = 0.0
 
 
 #: Memory: what torch.cuda.get_device_properties reports on such a card (a little under the nominal GB).
@@ -56,6 +59,7 @@ class CpuInfo:
     flops_per_cycle: int  # fp32 FLOPs per core per cycle at full SIMD FMA throughput
     memory_gib: float
     how: str  # how flops_per_cycle was chosen
+    bf16_per_fp32: float = 1.0  # bf16 matmul FLOPs per fp32 FLOP of the same instructions' width
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -97,14 +101,23 @@ def this_cpu() -> CpuInfo:
     family = int(info.get("cpu family", "0") or 0)
     per_cycle, how = flops_per_cycle(info.get("vendor_id", ""), flags, family)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return CpuInfo(info.get("model name", "unknown CPU"), cores, mhz / 1000, per_cycle, memory, how)
+    return CpuInfo(info.get("model name", "unknown CPU"), cores, mhz / 1000, per_cycle, memory, how,
+                   bf16_rate(flags))
+
+
+def bf16_rate(flags: set[str]) -> float:
+    """bf16 matmul FLOPs per fp32 FMA FLOP: AVX512-BF16's VDPBF16PS multiplies two bf16 pairs per fp32
+    lane and accumulates in fp32 (Intel's instruction set reference), so twice the fp32 FMA rate; AMX
+    tiles reach more, not counted here (the plan stays on the safe side)."""
+    return 2.0 if "avx512_bf16" in flags else 1.0
 
 
 def cpu_hardware(mfu: float = CPU_MFU) -> Hardware:
     cpu = this_cpu()
     peak = cpu.cores * cpu.ghz * 1e9 * cpu.flops_per_cycle / 1e12
     label = f"{cpu.model}, {cpu.cores} cores x {cpu.ghz:.2f} GHz x {cpu.flops_per_cycle} fp32 FLOPs/cycle"
-    return Hardware("cpu", label, 1, cpu.memory_gib, peak, False, mfu, cpu.cores, gpu=False)
+    return Hardware("cpu", label, 1, cpu.memory_gib, peak, cpu.bf16_per_fp32 > 1, mfu, cpu.cores, gpu=False,
+                    cpu_bf16_tflops=peak * cpu.bf16_per_fp32)
 
 
 def hardware(name: str) -> Hardware | None:

@@ -291,8 +291,6 @@ def write_plots(data: ReportInputs, out_dir: Path, bins: int = 10) -> list[Path]
     predicted, observed, count; the cross-fitted blend, every model and the diagonal, so the model names
     live in the data and not in dvc.yaml) and confusion.csv (the cross-fitted blend's actual/predicted)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("calibration_*.csv"):  # the per-file layout of earlier versions
-        stale.unlink()
     rows = []
     for j, outcome in enumerate(CLASS_NAMES):
         rows.append(pd.DataFrame({"model": "perfect calibration", "outcome": outcome, "predicted": [0.0, 1.0],

@@ -3,8 +3,9 @@
 Loads every blended model's saved fold models, predicts the file (fold-averaged), applies the fitted
 blender of artifacts/blend.json (whichever method fitted it) and writes
 id,winner_model_a,winner_model_b,winner_tie in input order. The fold models must be exactly the folds
-of artifacts/folds.parquet, each still matching its fingerprint (params without the run-time keys,
-training rows and texts, folds, the code the model runs, its pretrained weights); the run-time keys
+of artifacts/folds.parquet, each still matching its identity (params without the run-time keys,
+training rows and texts, folds, the code the model declares, its libraries' versions, its pretrained
+weights, its teachers: ensemble.core.fingerprint.FoldIdentity); the run-time keys
 (devices, inference budgets) come from today's params. A model brought from elsewhere is read from
 artifacts/test/<name>.parquet.
 """
@@ -34,23 +35,28 @@ from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import accuracy, log_loss
 from ensemble.core.predictions import proba_frame, read_test_file
+from ensemble.distill import TEACHER_DIR, teachers_digest
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
 from ensemble.models.base import CONFIG_FILE, BaseModel
 from ensemble.oof import read_done
 
-#: what a fingerprint part that changed means, for the message
+#: what an identity part that changed means, for the message
 CHANGED = {"config": "its params changed", "data": "the training rows (ids, texts or labels) changed",
-           "folds": "the folds changed", "code": "the code the model runs changed",
-           "backbone": "its pretrained weights changed"}
+           "folds": "the folds changed", "fold": "the folds changed", "code": "the code the model declares changed",
+           "libraries": "the versions of the libraries it learns with changed",
+           "backbone": "its pretrained weights changed",
+           "teachers": "its teachers changed (their params, code, libraries, weights or files)"}
+#: the parts `check_code=False` (submit --skip-code-check) leaves out
+CODE_PARTS = ("code", "libraries")
 
 
 def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code: bool = True,
               cache: RunCache | None = None) -> list[Path]:
     """fold_0 .. fold_{n-1} for the n folds of artifacts/folds.parquet, each finished and trained for
-    today's params, training rows, folds, code and backbone (the OOF runner's fingerprint, part by
-    part); anything else is a DataError naming the part, never a silent average of stale models.
-    `check_code=False` leaves the code part out."""
+    today's params, training rows, folds, code, libraries, backbone and teachers (the OOF runner's
+    FoldIdentity, part by part); anything else is a DataError naming the part, never a silent average
+    of stale models. `check_code=False` leaves the code and library parts out."""
     root = artifacts / "models" / name
     folds_path, train_path = artifacts / "folds.parquet", artifacts / "prepared" / "train.parquet"
     for path in (folds_path, train_path):
@@ -70,22 +76,33 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
                         f"(left by a run with more folds); delete them or rerun `dvc repro model@{name}`")
     params = load_params() if params is None else params  # params.yaml of the working directory
     model = create(name, params.get(name, {}), cache=cache)
-    today = fp.model_parts(model, train, fold_of)
+    unlabelled_path = artifacts / "prepared" / "unlabelled.parquet"  # a student's pseudo-labelled battles
+    unlabelled = load_battles(unlabelled_path) if unlabelled_path.is_file() and _distils(model) else None
+    teachers = teachers_digest(model, params, train, unlabelled, TEACHER_DIR, cache)
+    identities = fp.Identities(model, train, fold_of, teachers)
     learned = json.loads(json.dumps(model.learned_config(), default=str))  # as saved
     for k in range(n):
         done = read_done(found[k])
         saved = model.learned_view(_saved_config(found[k]))
         changed_keys = sorted(key for key in set(learned) | set(saved) if learned.get(key) != saved.get(key))
-        parts = [p for p in ("config", "data", "folds", "code", "backbone")
-                 if (check_code or p != "code") and done.get("parts", {}).get(p) != today[p]]
+        today, saved_parts = identities.of(k), done.get("parts", {})
+        parts = [p for p in today.changed(saved_parts) if check_code or p not in CODE_PARTS]
         if not changed_keys and not parts:
             continue
         why = (f"params {', '.join(f'{name}.{key}' for key in changed_keys)} changed" if changed_keys
-               else " and ".join(CHANGED[p] for p in parts))
+               else " and ".join(dict.fromkeys(CHANGED.get(p, f"its {p} part changed") for p in parts)))
+        if "libraries" in parts and not changed_keys:
+            why += f" ({saved_parts.get('libraries')} then, {today.parts['libraries']} now)"
+        code_only = not changed_keys and set(parts) <= set(CODE_PARTS)
         raise DataError(f"{root / f'fold_{k}'}: no longer matches its fingerprint: {why} since it was trained; run "
-                        f"`dvc repro model@{name}`" + (" (after a code change only: or submit --skip-code-check)"
-                                                       if parts == ["code"] else ""))
+                        f"`dvc repro model@{name}`" + (" (after a code or library change only: or submit "
+                                                       "--skip-code-check)" if code_only else ""))
     return [found[k] for k in range(n)]
+
+
+def _distils(model: BaseModel) -> bool:
+    distill = getattr(model.config, "distill", None)
+    return distill is not None and distill.on
 
 
 def _saved_config(fold_dir: Path) -> dict:
@@ -235,12 +252,13 @@ def score_lines(labels: np.ndarray, proba: np.ndarray, classes: list[int], n_tra
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ensemble.submit", description=__doc__)
-    ap.add_argument("test_csv", help="test battles: .csv, .jsonl or .parquet in any accepted layout (README)")
+    ap.add_argument("test_csv", help="test battles: .csv, .jsonl or .parquet in any accepted layout (docs/data.md)")
     ap.add_argument("-o", "--output", default="submission.csv")
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--params", default="params.yaml", help="the fold models are checked against its model sections")
     ap.add_argument("--skip-code-check", action="store_true",
-                    help="accept fold models trained by other code (params, data, folds and weights are still checked)")
+                    help="accept fold models trained by other code or library versions (params, data, folds, "
+                         "weights and teachers are still checked)")
     ap.add_argument("--reuse-test-predictions", action="store_true",
                     help="use artifacts/test/<model>.parquet (written by `dvc repro` for data.test) "
                          "instead of predicting")

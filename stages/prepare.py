@@ -38,7 +38,7 @@ def main() -> int:
     if test_report.layout not in ("kaggle", train_report.layout):
         raise DataError(f"{data.test}: layout {test_report.layout!r}, but the training file {data.train} is "
                         f"{train_report.layout!r}; give the test pairs in the kaggle layout (id, prompt, response_a, "
-                        f"response_b) or in the training file's layout (README, Data format)")
+                        f"response_b) or in the training file's layout (docs/data.md)")
     counts = class_counts(train["label"])
     has_ties = counts["tie"] > 0
     floor = 1 / (len(train) + 3)  # the add-one floor of a class the training rows never held

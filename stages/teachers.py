@@ -1,5 +1,5 @@
 """DVC stage: each model's teachers, one small file per model (artifacts/teachers/<name>.json) that the
-model's stage depends on, so a student reruns when its teachers' params, code, weights or files change,
+model's stage depends on, so a student reruns when its teachers' params, code, libraries, weights or files change,
 and a model without teachers never does. It also refuses bad `distill` params (exit 2) before any stage
 trains.
 
@@ -10,23 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ensemble.core import fingerprint as fp
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import load_params
 from ensemble.core.io import write_json
-from ensemble.distill import FILES, TEACHER_DIR, check_teachers
-from ensemble.models import REGISTRY, create, is_registered
-
-
-def teacher_identity(name: str, params: dict, teacher_dir: Path) -> dict:
-    """What a student learns through teacher `name` beyond the training rows."""
-    if not is_registered(name):
-        folder = teacher_dir / name
-        return {f: fp.file_digest(folder / f) for f in FILES.values() if (folder / f).is_file()}
-    teacher = create(name, params.get(name, {}))
-    return {"config": teacher.learned_config(), "predict": teacher.prediction_settings(),
-            "code": fp.code_digest([type(teacher).__module__]),
-            "backbone": teacher.backbone_identity() or "none"}
+from ensemble.distill import TEACHER_DIR, check_teachers, teacher_parts
+from ensemble.models import REGISTRY
 
 
 def main() -> int:
@@ -39,7 +27,7 @@ def main() -> int:
     plans = {}
     for name in REGISTRY:
         cfg = check_teachers(name, params, args.teachers, args.unlabelled.is_file())
-        plans[name] = {"distill": vars(cfg), "teachers": {t: teacher_identity(t, params, args.teachers)
+        plans[name] = {"distill": vars(cfg), "teachers": {t: teacher_parts(t, params, args.teachers)
                                                           for t in cfg.teachers}}
     for name, plan in plans.items():
         write_json(args.out / f"{name}.json", plan)

@@ -186,6 +186,49 @@ def test_crossfit_and_the_nested_choice_never_see_the_held_out_fold(monkeypatch)
     assert sorted(outer_folds) == [0, 0, 1, 1, 2, 2]  # per outer fold: one fit per inner fold
 
 
+def test_shared_fits_fit_each_training_set_once_and_change_no_number(monkeypatch):
+    """select (prior, stack) and stack cross-fitted over 5 folds: 30 stacker fits alone; within shared_fits 15
+    (one per pair of left-out folds, one per left-out fold), with predictions equal to the last bit. A
+    stacker of another config on the same rows fits anew. Breaks if a fit serves other rows, labels or
+    config, or if nothing is shared."""
+    from ensemble.blend.stack import StackBlender, shared_fits
+
+    probas, labels = good_and_useless(300)
+    fold_of = (np.arange(300) // 3) % 5
+    frame = frame_of(300, lengths=np.random.default_rng(0).integers(1, 40, 300))
+    two_c = from_dict(BlendConfig, {"stack": {"c_grid": [0.1, 1.0]}}, "blend")
+    calls: list[int] = []
+    real = StackBlender._fit_numbers
+    monkeypatch.setattr(StackBlender, "_fit_numbers", lambda self, *a: calls.append(1) or real(self, *a))
+
+    def cross_fitted(config: BlendConfig) -> list[np.ndarray]:
+        return [crossfit(lambda name=name: create_blender(name, ["m0", "m1"], config), probas, labels, fold_of,
+                         frame) for name in ("select", "stack")]
+
+    plain = cross_fitted(two_c)
+    assert len(calls) == 30
+    calls.clear()
+    with shared_fits():
+        shared = cross_fitted(two_c)
+        assert len(calls) == 15
+        cross_fitted(from_dict(BlendConfig, {"stack": {"c_grid": [0.5, 2.0]}}, "blend"))
+        assert len(calls) == 30
+    for a, b in zip(plain, shared, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_prompt_groups_from_the_group_column_equal_the_prompts_own_on_any_subset():
+    """The blend stage numbers the prompts once (GROUP_COLUMN); a subset of its rows in another order then
+    gets the very groups, numbered the same, that its prompts give. Breaks if the column's numbers are
+    used as they are (GroupKFold's split depends on them)."""
+    from ensemble.core.folds import GROUP_COLUMN, prompt_groups
+
+    frame = frame_of(90, per_prompt=3).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    frame[GROUP_COLUMN] = prompt_groups(frame)
+    sub = frame.iloc[np.random.default_rng(1).permutation(90)[:50]].reset_index(drop=True)
+    np.testing.assert_array_equal(prompt_groups(sub), prompt_groups(sub.drop(columns=GROUP_COLUMN)))
+
+
 # ------------------------------------------------------------------------ one interface for all
 
 @pytest.mark.parametrize("name", list(BLENDERS))
@@ -275,6 +318,8 @@ def test_run_writes_the_cross_fitted_blend_and_its_intervals(tmp_path):
     assert lo < hi  # 300 prompts in 3 folds: a real interval, not the degenerate [x, x] of one group
     head = json.loads((tmp_path / "headline.json").read_text())
     assert head["blend"]["log_loss_crossfit"] == b["log_loss"] and "accuracy_crossfit" in head["blend"]
+    scalars = [k for k, v in pd.json_normalize(head).iloc[0].items() if not isinstance(v, list)]
+    assert len(scalars) <= 10, scalars  # dvc metrics show: these and the Path column
     run(params, tmp_path, metrics_path=tmp_path / "again.json")
     assert (tmp_path / "again.json").read_text() == (tmp_path / "headline.json").read_text()  # seeded: reruns agree
     assert "log_loss" in metrics["fixed_blend"] and set(b["winner_tie"]) == {"precision", "recall", "f1", "support"}

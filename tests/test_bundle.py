@@ -142,3 +142,37 @@ def test_bundle_end_to_end_fresh_venv_with_only_torch_and_no_index(run_dir, tmp_
     expected = _submit(root, test_csv, tmp_path / "expected.csv")
     got = pd.read_csv(tmp_path / "sub.csv")
     np.testing.assert_allclose(got[TARGETS].to_numpy(), expected[TARGETS].to_numpy(), atol=1e-9)
+
+
+def test_a_bundled_student_carries_what_its_teachers_part_reads(tmp_path):
+    """A student of a teacher from elsewhere, with pseudo-labelled battles: the bundle carries the teacher's files
+    and the unlabelled battles, so predict.py (submit's check of every part, teachers included) runs from the
+    folder alone. Breaks if the bundle leaves either out."""
+    root, art = tmp_path / "project", tmp_path / "project" / "artifacts"
+    frame = battle_frame(150, seed=3)
+    train = frame.iloc[:120].reset_index(drop=True)
+    unlabelled = battle_frame(30, seed=4).drop(columns="label").assign(id=lambda f: "u" + f["id"])
+    save_battles(art / "prepared" / "train.parquet", train)
+    save_battles(art / "prepared" / "unlabelled.parquet", unlabelled)
+    folds = make_folds(train, 3, seed=0)
+    folds.to_parquet(art / "folds.parquet")
+    teacher = root / "teachers" / "oracle"
+    teacher.mkdir(parents=True)
+    uniform = dict.fromkeys(TARGETS, 1 / 3)
+    pd.DataFrame({"id": train["id"], **uniform}).to_parquet(teacher / "oof.parquet")
+    pd.concat([pd.DataFrame({"id": unlabelled["id"], "fold": k, **uniform}) for k in range(3)]).to_parquet(
+        teacher / "unlabelled.parquet")
+    student = {**LGBM, "distill": {"teachers": ["oracle"], "mode": "leaky", "weight": 0.5}}
+    params = {"lgbm": student, "blend": {"models": ["lgbm"], "bootstrap": 0}}
+    (root / "params.yaml").write_text(json.dumps(params))
+    run_oof("lgbm", student, train, folds, art, unlabelled=unlabelled, teacher_dir=root / "teachers")
+    run_blend(params, art, metrics_path=root / "metrics.json")
+    test_csv = raw_csv(frame.iloc[120:].reset_index(drop=True), tmp_path / "test.csv", labels=False)
+    out = tmp_path / "bundle"
+    _bundle(root, out, "--no-wheels")
+    assert (out / "teachers" / "oracle" / "oof.parquet").is_file()
+    assert (out / "artifacts" / "prepared" / "unlabelled.parquet").is_file()
+    shutil.move(str(root), str(tmp_path / "moved"))  # the bundle must not need the project
+    proc = _predict(out, test_csv, tmp_path / "sub.csv", sys.executable, "--no-install")
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(tmp_path / "sub.csv")) == 30

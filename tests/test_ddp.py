@@ -1,5 +1,5 @@
-"""DDP proven without GPUs: `accelerate launch --multi_gpu --num_processes 2 stages/oof.py <model>`, the README's
-command, on CPU (gloo) for the dual tower (fine-tuning a tiny DebertaV2) and the LLM (tiny Llama, 4-bit NF4 +
+"""DDP proven without GPUs: `accelerate launch --multi_gpu --num_processes 2 stages/oof.py <model>`, the command
+of docs/gpus.md, on CPU (gloo) for the dual tower (fine-tuning a tiny DebertaV2) and the LLM (tiny Llama, 4-bit NF4 +
 LoRA). Both ranks end each fold with identical trainable weights after training on disjoint batches, only
 rank 0 writes artifacts while rank 1 waits, the OOF file is valid, and a rerun reuses every fold.
 
@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 def launch(work, name: str, trace, via_env: bool = False) -> str:
-    """The README's command; via_env: `python stages/oof.py <name>` (dvc.yaml's command) with
+    """docs/gpus.md's command; via_env: `python stages/oof.py <name>` (dvc.yaml's command) with
     ENSEMBLE_LAUNCH_<NAME> set, which relaunches itself under the same accelerate command."""
     launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]

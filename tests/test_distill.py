@@ -107,6 +107,74 @@ def test_distill_nested_soft_labels_never_see_the_folds_own_valid_labels(tmp_pat
             assert not same_k, "the leaky control should see fold k's labels"
 
 
+def test_nested_teacher_fits_once_per_pair_of_folds_and_labels_as_one_fit_per_ordered_pair(tmp_path, monkeypatch):
+    """5 folds: the nested teacher is fitted 10 times (one per unordered pair of left-out folds), not 20, and
+    every soft label equals the one a fit of its own gives: for outer fold k, fold j's rows predicted by a
+    teacher fitted on the rows outside folds k and j. Breaks if a pair's fit labels the wrong fold, or if
+    each ordered pair is fitted again."""
+    from ensemble.models import create
+
+    frame, _ = noisy_frame(150)
+    fold_of = attach_folds(frame, make_folds(frame, 5, seed=0))
+    fits: list[int] = []
+    real_fit = BaseModel.fit
+
+    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
+        fits.append(len(train))
+        return real_fit(self, train, valid)
+
+    monkeypatch.setattr(BaseModel, "fit", counting_fit)
+    teachers = Teachers("student", DistillConfig(teachers=["lgbm"]), {"lgbm": FAST}, frame, fold_of, tmp_path)
+    assert len(fits) == 10
+    for k in range(5):
+        for j in range(5):
+            if j == k:
+                continue
+            outside = frame[(fold_of != k) & (fold_of != j)].reset_index(drop=True)
+            own = create("lgbm", FAST).fit(outside).predict_proba(frame[fold_of == j].reset_index(drop=True))
+            np.testing.assert_array_equal(teachers.soft[k][fold_of == j], own)
+
+
+def test_a_students_teacher_reuses_the_teachers_saved_folds_only_when_they_match(tmp_path, monkeypatch):
+    """Leaky mode: after the teacher's own OOF run, the student's teacher fits nothing and its soft labels
+    are the teacher's OOF predictions; a fold whose saved fingerprint does not match is refitted, alone; a
+    teacher whose valid rows chose its rounds (early_stopping: valid) is refitted on every fold. Breaks if
+    saved folds are never reused, reused without their fingerprint, or reused when the valid rows chose."""
+    import json
+
+    frame, _ = noisy_frame(150)
+    folds = make_folds(frame, 3, seed=0)
+    fold_of = attach_folds(frame, folds)
+    fits: list[int] = []
+    real_fit = BaseModel.fit
+
+    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
+        fits.append(len(train))
+        return real_fit(self, train, valid)
+
+    monkeypatch.setattr(BaseModel, "fit", counting_fit)
+
+    def student(config: dict, artifacts: Path, root: str) -> Teachers:
+        fits.clear()
+        return Teachers("student", DistillConfig(teachers=["lgbm"], mode="leaky"), {"lgbm": config}, frame,
+                        fold_of, tmp_path / root, saved=artifacts / "models")
+
+    run_oof("lgbm", FAST, frame, folds, tmp_path / "a")
+    reused = student(FAST, tmp_path / "a", "s1")
+    assert fits == []
+    oof = oof_of(tmp_path / "a", "lgbm", frame)
+    for k in range(3):
+        np.testing.assert_array_equal(reused.soft[k][fold_of != k], oof[fold_of != k])
+    done = tmp_path / "a" / "models" / "lgbm" / "fold_1" / "done.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "fingerprint": "another fit"}))
+    student(FAST, tmp_path / "a", "s2")
+    assert fits == [int((fold_of != 1).sum())]
+    peeking = {**FAST, "early_stopping": "valid"}
+    run_oof("lgbm", peeking, frame, folds, tmp_path / "b")
+    student(peeking, tmp_path / "b", "s3")
+    assert len(fits) == 3
+
+
 def test_pseudo_labels_come_from_the_fold_model_and_never_train_the_fold_of_their_prompt(tmp_path):
     """Unlabelled battles: those whose prompt the labelled data holds join every fold but that prompt's fold;
     the others join all folds; fold k's pseudo-labels come from the teacher fitted without fold k (poisoning
@@ -151,7 +219,7 @@ def test_pseudo_labels_come_from_the_fold_model_and_never_train_the_fold_of_thei
 
 def test_pseudo_labels_through_run_oof_retrain_only_when_the_teacher_changes(tmp_path, monkeypatch):
     """A student with a teacher from elsewhere and unlabelled battles: a rerun reuses every fold (no fit
-    runs), a changed teacher file retrains them all (the fold fingerprint holds the targets), and the student
+    runs), a changed teacher file retrains them all (the fold identity holds the teacher's files), and the student
     learns. Breaks if a rerun retrains a finished fold, or if a changed teacher reuses one."""
     frame, clean = noisy_frame(120)
     folds = make_folds(frame, 3, seed=0)
@@ -305,6 +373,33 @@ def test_pseudo_rows_never_calibrate_and_those_asking_a_held_out_prompt_do_not_t
     asks_held = both["prompt"].map(tuple).isin(held_prompts).to_numpy()
     assert not both["pseudo"].to_numpy()[cal].any()
     assert set(fit) == set(np.flatnonzero(~asks_held)) and (asks_held & both["pseudo"].to_numpy()).any()
+
+
+def test_the_probes_c_is_chosen_on_labelled_rows_only(monkeypatch):
+    """The LLM probe's inner CV holds out and scores the labelled rows only: its held-out rows are
+    exactly them, and its CV log loss is the chosen C's on them. Breaks if pseudo rows are held out or
+    scored."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    import ensemble.core.folds as folds
+    from ensemble.core.calibration import proba3
+    from ensemble.models.llm.probe import fit_linear_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4))
+    y = np.where(x[:, 0] > 0.3, 0, np.where(x[:, 0] < -0.3, 1, 2))
+    groups, labelled = np.arange(120) // 2, np.arange(120) % 4 != 0  # a quarter pseudo-labelled
+    seen: list = []
+    real = folds.labelled_splits
+    monkeypatch.setattr(folds, "labelled_splits", lambda *args: seen.append(real(*args)) or seen[-1])
+    probe = fit_linear_probe(x, y, groups, [0.01, 0.1, 1.0], labelled=labelled)
+    held = np.concatenate([b for _, b in seen[0]])
+    np.testing.assert_array_equal(np.sort(held), np.flatnonzero(labelled))
+    z, pred = StandardScaler().fit_transform(x), np.zeros((120, 3))
+    for fit, out in seen[0]:
+        pred[out] = proba3(LogisticRegression(C=probe.C, max_iter=1000).fit(z[fit], y[fit]), z[out])
+    assert probe.cv_log_loss == pytest.approx(log_loss(y[labelled], pred[labelled]), rel=1e-9)
 
 
 def _prepare(tmp_path, unlabelled):

@@ -470,3 +470,28 @@ def test_training_twins_are_the_swapped_battles_and_a_broken_mapping_is_caught(t
     assert twins_match()
     monkeypatch.setattr(targets, "SWAP_INDEX", [0, 1, 2])  # the twins' labels (swap_targets)
     assert not twins_match()
+
+
+def test_the_frozen_frame_cache_keeps_the_test_frame_over_every_fold():
+    """A frozen encoder's OOF run scores five frames a fold (held-out, OOF, test, the position check's
+    two): the test frame is encoded once for the run, not once a fold (least recently used eviction)."""
+    from types import SimpleNamespace
+
+    from ensemble.core.cache import RunCache
+    from ensemble.models.dual_tower.cache import TowerPooler
+
+    pooler = TowerPooler(torch.nn.Linear(1, 1), None, SimpleNamespace(pad_to_max_len=False), True, RunCache())
+    pooler._fp = "frozen-encoder"
+    encoded = []
+    pooler.pair_pooled = lambda enc, pad_to: encoded.append(enc["name"]) or (None, None)
+
+    def frame(name: str, seed: int) -> dict:
+        return {"name": name, "a": [[seed, 1]], "b": [[seed, 2]]}
+
+    test = frame("test", 0)
+    for k in range(5):
+        for enc in (frame(f"held-out {k}", 10 + k), frame(f"oof {k}", 20 + k), test,
+                    frame(f"swap a {k}", 30 + k), frame(f"swap b {k}", 40 + k)):
+            pooler.frame_pooled(enc)
+    assert encoded.count("test") == 1
+    assert len(encoded) == 1 + 4 * 5

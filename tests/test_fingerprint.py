@@ -17,7 +17,7 @@ from conftest import battle_frame, finished_llm_run
 
 from ensemble.core import fingerprint as fp
 from ensemble.core.data import TEXT_COLUMNS, DataError
-from ensemble.core.folds import make_folds, prompt_groups, prompt_key
+from ensemble.core.folds import attach_folds, make_folds, prompt_groups, prompt_key
 from ensemble.oof import read_done, run_oof
 
 LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1, "min_child_samples": 5,
@@ -90,27 +90,56 @@ def test_frame_digest_sees_every_text_of_every_turn():
     assert fp.frame_digest(frame.assign(prompt=[["ab"]] * 6)) != fp.frame_digest(frame.assign(prompt=[["a", "b"]] * 6))
 
 
-def test_a_training_text_edit_retrains_every_fold_and_an_unchanged_rerun_reuses_them(
+def test_a_text_edit_retrains_the_folds_training_on_it_and_repredicts_the_fold_validating_it(
         tmp_path, capsys, pinned_code, monkeypatch):
+    """A fold's data part is its training rows: an edited battle retrains the folds that train on it, while the
+    fold that validates it is reused and predicts that battle again (its other predictions kept)."""
+    from ensemble.models import load
+
     train, _, folds = lgbm_data()
-    log, oof, _ = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "a")
+    fold_of, row = attach_folds(train, folds), 7
+    k = int(fold_of[row])
+    others = [j for j in range(3) if j != k]
+    art = tmp_path / "a"
+    log, oof, _ = run(capsys, "lgbm", LGBM, train, folds, art)
     assert trained(log, 3) == [0, 1, 2]
-    log, again, _ = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "a")
+    log, again, _ = run(capsys, "lgbm", LGBM, train, folds, art)
     assert reused(log, 3) == [0, 1, 2] and trained(log, 3) == [] and np.array_equal(again, oof)
-    before = read_done(tmp_path / "a" / "models" / "lgbm" / "fold_0")["parts"]
+    before = {j: read_done(art / "models" / "lgbm" / f"fold_{j}")["parts"] for j in range(3)}
 
-    edited = edit_text(train, 7)
-    log, changed, _ = run(capsys, "lgbm", LGBM, edited, folds, tmp_path / "a")
-    assert reused(log, 3) == [] and trained(log, 3) == [0, 1, 2], log
-    assert not np.array_equal(changed, oof)
-    after = read_done(tmp_path / "a" / "models" / "lgbm" / "fold_0")["parts"]
-    assert [p for p in before if before[p] != after[p]] == ["data"]
+    edited = edit_text(train, row)
+    log, changed, _ = run(capsys, "lgbm", LGBM, edited, folds, art)
+    assert reused(log, 3) == [k] and trained(log, 3) == others, log
+    after = {j: read_done(art / "models" / "lgbm" / f"fold_{j}")["parts"] for j in range(3)}
+    assert after[k] == before[k]
+    assert all([p for p in before[j] if before[j][p] != after[j][p]] == ["data"] for j in others)
+    fold_model = load(art / "models" / "lgbm" / f"fold_{k}")
+    np.testing.assert_allclose(changed[row], fold_model.predict_proba(edited.iloc[[row]])[0], atol=1e-12)
+    assert not np.allclose(changed[row], oof[row])
+    kept = (fold_of == k) & (np.arange(len(train)) != row)
+    assert np.array_equal(changed[kept], oof[kept])
 
-    # negative control: a digest blind to the texts would keep every stale fold (the check above fails)
-    monkeypatch.setattr(fp, "frame_digest", texts_blind_frame_digest)
+    # negative control: digests blind to the texts would keep every stale fold and prediction
+    monkeypatch.setattr(fp, "text_digests", lambda frame: [""] * len(frame))
     run(capsys, "lgbm", LGBM, train, folds, tmp_path / "blind")
     log, stale, _ = run(capsys, "lgbm", LGBM, edited, folds, tmp_path / "blind")
     assert reused(log, 3) == [0, 1, 2] and np.array_equal(stale, oof)
+
+
+def test_a_fold_that_chooses_on_its_valid_rows_holds_them_in_its_data_part():
+    """LightGBM's early stopping on the fold's valid rows (early_stopping: valid) makes them part of what the
+    fold learned from: an edit of one of them changes that fold's identity, which the default does not."""
+    from ensemble.models import create
+
+    train, _, folds = lgbm_data()
+    fold_of, row = attach_folds(train, folds), 7
+    k = int(fold_of[row])
+    edited = edit_text(train, row)
+    for early_stopping, changes in (("inner", False), ("valid", True)):
+        model = create("lgbm", {**LGBM, "early_stopping_rounds": 5, "early_stopping": early_stopping})
+        assert model.learns_from_valid() is changes
+        before, after = fp.Identities(model, train, fold_of).of(k), fp.Identities(model, edited, fold_of).of(k)
+        assert after.changed(before.parts) == (["data"] if changes else []), early_stopping
 
 
 def test_a_test_text_edit_recomputes_that_test_prediction_while_the_folds_are_reused(
@@ -226,70 +255,177 @@ def _touch(root: Path, rel: str) -> None:
     path.write_text(path.read_text(encoding="utf-8") + "\n# edited by test_fingerprint\n", encoding="utf-8")
 
 
-def test_code_digest_follows_the_files_a_model_imports_and_nothing_else(tmp_path, monkeypatch):
-    """code_digest over a copy of the package (PACKAGE_ROOT and import_closure pointed at it; the real
-    files are never edited): an edit of a file no model imports (the report) leaves every model's
-    digest unchanged; an edit of a file a model imports changes that model's digest, and only its."""
-    from ensemble.models import REGISTRY, model_class
+def package_models() -> dict:
+    """One instance of each of the package's models (not a model a test registered), LightGBM with its
+    similarity features on (they bring the sentence encoder's code and libraries)."""
+    from ensemble.models import REGISTRY, create
 
-    modules = {name: model_class(name).__module__ for name, target in REGISTRY.items()  # what model_parts hashes
-               if target.startswith("ensemble.")}  # the package's own (not a toy registered by a test)
-    assert set(modules) >= {"lgbm", "dual_tower", "llm"}
-    real = {name: fp.code_digest([m]) for name, m in modules.items()}
+    names = [name for name, target in REGISTRY.items() if target.startswith("ensemble.")]
+    assert set(names) >= {"lgbm", "dual_tower", "llm"}
+    return {name: create(name, {"embeddings": "embedded:minilm"} if name == "lgbm" else {}) for name in names}
+
+
+def test_each_model_declares_every_module_it_imports_that_is_not_plumbing():
+    """A model's code part is the modules it declares (BaseModel.learns_with): a module it imports, at any depth,
+    is declared or plumbing, so a new import forces a decision. Breaks if a declaration misses a module."""
+    from ensemble import distill
+    from ensemble.models.base import LEARNS_WITH
+
+    for name, model in package_models().items():
+        declared = model.code_modules()
+        assert all(fp.module_file(m) is not None for m in declared), name  # no stale or misspelt name
+        assert fp.undeclared_imports(declared) == [], name
+        assert not set(declared) & set(fp.PLUMBING), name
+        # negative control: leaving out one module the model imports is caught
+        for left_out in ("ensemble.core.targets", declared[-1]):
+            assert left_out in fp.undeclared_imports([m for m in declared if m != left_out]), (name, left_out)
+    assert fp.undeclared_imports((*distill.CODE, *LEARNS_WITH)) == []  # a student's teachers part
+    assert fp.undeclared_imports(("ensemble.distill", *LEARNS_WITH)) == ["ensemble.blend", "ensemble.blend.base",
+                                                                         "ensemble.blend.weights",
+                                                                         "ensemble.core.degenerate"]
+
+
+def test_code_digest_follows_the_declared_modules_and_nothing_else(tmp_path, monkeypatch):
+    """code_digest over a copy of the package (PACKAGE_ROOT pointed at it; the real files are never edited):
+    an edit of plumbing (a progress message, the GGUF converter) or of a file no model declares (the report)
+    leaves every model's digest unchanged; an edit of a declared file changes the digest of exactly the models
+    that declare it."""
+    models = package_models()
+    real = {name: fp.code_digest(m.code_modules()) for name, m in models.items()}
     root = _package_copy(tmp_path)
-    closure = fp.import_closure
     monkeypatch.setattr(fp, "PACKAGE_ROOT", root)
-    monkeypatch.setattr(fp, "import_closure", lambda mods, root=root: closure(mods, root))
 
     def digests() -> dict[str, str]:
-        return {name: fp.code_digest([m]) for name, m in modules.items()}
+        return {name: fp.code_digest(m.code_modules()) for name, m in models.items()}
 
     base = digests()
     assert base == real  # the copy hashes as the package does: the edits below are the only difference
-    files = {name: {p.relative_to(root).as_posix() for p in fp.import_closure([m])} for name, m in modules.items()}
-    assert all("ensemble/report_html.py" not in f and "ensemble/report.py" not in f for f in files.values())
-    assert all("ensemble/core/data.py" in f and "ensemble/__init__.py" in f for f in files.values())
-    assert "ensemble/core/features.py" in files["lgbm"] and "ensemble/nn/batching.py" in files["llm"]
-    assert "ensemble/models/dual_tower/ranking.py" in files["dual_tower"]
-
     package = fp.folder_digest(root / "ensemble")
-    for unrelated in ("ensemble/report_html.py", "ensemble/report.py", "ensemble/demo.py"):
+    for unrelated in ("ensemble/core/progress.py", "ensemble/core/io.py", "ensemble/nn/convert.py",
+                      "ensemble/report_html.py", "ensemble/judge.py"):
         _touch(root, unrelated)
     assert digests() == base
-    # negative control: the edits are real; a digest of the whole package would have retrained every fold
+    # negative control: the edits are real, and the import closure the code part used to be would see them
     assert fp.folder_digest(root / "ensemble") != package
+    assert "ensemble/core/progress.py" in {f.relative_to(root).as_posix() for f in fp.import_closure(
+        [type(models["lgbm"]).__module__], root)}
 
-    # an edit changes exactly the digests of the models whose closure holds the file: a model's own
-    # file only its own, a shared one (the data contract) every model's
-    edits = ["ensemble/models/lgbm/model.py", "ensemble/models/dual_tower/ranking.py", "ensemble/models/llm/probe.py",
-             "ensemble/nn/inference.py", "ensemble/core/data.py"]
-    expected = {rel: sorted(m for m in modules if rel in files[m]) for rel in edits}
-    assert expected["ensemble/models/lgbm/model.py"] == ["lgbm"] and expected["ensemble/models/llm/probe.py"] == ["llm"]
-    assert expected["ensemble/models/dual_tower/ranking.py"] == ["dual_tower"]
-    assert expected["ensemble/core/data.py"] == sorted(modules)
+    edits = {"ensemble/models/lgbm/model.py": ["lgbm"], "ensemble/models/dual_tower/ranking.py": ["dual_tower"],
+             "ensemble/models/llm/probe.py": ["llm"], "ensemble/nn/inference.py": ["llm"],
+             "ensemble/nn/training.py": ["dual_tower", "llm"], "ensemble/nn/hf.py": sorted(models),
+             "ensemble/core/features.py": ["dual_tower", "lgbm"], "ensemble/core/data.py": sorted(models)}
     before = base
-    for rel in edits:
+    for rel, expected in edits.items():
         _touch(root, rel)
         after = digests()
-        assert sorted(m for m in modules if after[m] != before[m]) == expected[rel], rel
+        assert sorted(m for m in models if after[m] != before[m]) == expected, rel
         before = after
+    # LightGBM without its similarity features declares no network code
+    plain = type(models["lgbm"])({})
+    assert "ensemble.nn.hf" not in plain.code_modules() and "torch" not in plain.library_names()
 
 
-def test_an_unrelated_file_edit_reuses_the_folds_and_an_imported_one_retrains(tmp_path, capsys, monkeypatch):
-    """The same, end to end through run_oof (its code digest read from a package copy)."""
+def test_a_plumbing_edit_reuses_the_folds_and_a_declared_one_retrains(tmp_path, capsys, monkeypatch):
+    """The same, end to end through run_oof (its code digest read from a package copy): a progress message
+    edited retrains nothing."""
     root = _package_copy(tmp_path)
-    closure = fp.import_closure
     monkeypatch.setattr(fp, "PACKAGE_ROOT", root)
-    monkeypatch.setattr(fp, "import_closure", lambda mods, root=root: closure(mods, root))
     train, _, folds = lgbm_data()
     art = tmp_path / "artifacts"
     assert trained(run(capsys, "lgbm", LGBM, train, folds, art)[0], 3) == [0, 1, 2]
-    _touch(root, "ensemble/report_html.py")
+    progress = root / "ensemble/core/progress.py"
+    progress.write_text(progress.read_text(encoding="utf-8").replace("def log(", "def log(  ", 1), encoding="utf-8")
+    _touch(root, "ensemble/nn/convert.py")
     _touch(root, "ensemble/models/llm/model.py")  # another model's file
     assert reused(run(capsys, "lgbm", LGBM, train, folds, art)[0], 3) == [0, 1, 2]
     _touch(root, "ensemble/core/features.py")  # LightGBM's length features
     log = run(capsys, "lgbm", LGBM, train, folds, art)[0]
     assert reused(log, 3) == [] and trained(log, 3) == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- the libraries part
+
+def test_a_library_version_change_retrains_the_models_that_declare_it_only(tmp_path, capsys, monkeypatch):
+    """A patched lightgbm version retrains LightGBM's folds and changes no other model's identity; a patched
+    torch version leaves LightGBM (without its similarity features) reused."""
+    import importlib.metadata
+
+    models = {**package_models(), "lgbm": type(package_models()["lgbm"])({})}
+    real_version = importlib.metadata.version
+
+    def versions() -> dict[str, str]:
+        return {name: fp.library_versions(m.library_names()) for name, m in models.items()}
+
+    def patched(library: str):
+        return lambda name: "99.0" if name == library else real_version(name)
+
+    before = versions()
+    train, _, folds = lgbm_data()
+    art = tmp_path / "artifacts"
+    run(capsys, "lgbm", LGBM, train, folds, art)
+    for library, changed in (("lightgbm", ["lgbm"]), ("torch", ["dual_tower", "llm"]), ("peft", ["llm"])):
+        monkeypatch.setattr(importlib.metadata, "version", patched(library))
+        after = versions()
+        assert sorted(m for m in models if after[m] != before[m]) == changed, library
+        assert f"{library}==99.0" in after[changed[0]]
+        log = run(capsys, "lgbm", LGBM, train, folds, art)[0]
+        assert trained(log, 3) == ([0, 1, 2] if library == "lightgbm" else []), library
+        if library == "lightgbm":
+            saved = read_done(art / "models" / "lgbm" / "fold_0")["parts"]
+            assert "lightgbm==99.0" in saved["libraries"]
+        monkeypatch.setattr(importlib.metadata, "version", real_version)
+        assert trained(run(capsys, "lgbm", LGBM, train, folds, art)[0], 3) == ([0, 1, 2] if library == "lightgbm"
+                                                                              else [])
+
+
+def test_lgbm_n_jobs_is_a_run_time_key(tmp_path, capsys):
+    """LightGBM runs deterministic and row-wise: the thread count changes neither the model nor its identity."""
+    train, test, folds = lgbm_data()
+    _, oof, pred = run(capsys, "lgbm", LGBM, train, folds, tmp_path / "a", test)
+    log, again, pred_again = run(capsys, "lgbm", {**LGBM, "n_jobs": 2}, train, folds, tmp_path / "a", test)
+    assert reused(log, 3) == [0, 1, 2]
+    _, fresh, fresh_pred = run(capsys, "lgbm", {**LGBM, "n_jobs": 2}, train, folds, tmp_path / "b", test)
+    assert np.array_equal(fresh, oof) and np.array_equal(fresh_pred, pred)
+
+
+# ----------------------------------------------------------------------------- the teachers part
+
+@pytest.fixture
+def lgbm_teacher():
+    """A second name for LightGBM, so that LightGBM can be its student."""
+    from ensemble.models import REGISTRY, register
+
+    register("lgbm_teacher", "ensemble.models.lgbm:LGBMModel")
+    yield "lgbm_teacher"
+    REGISTRY.pop("lgbm_teacher")
+
+
+def test_a_teacher_edit_makes_submit_refuse_the_student_naming_its_teachers(tmp_path, capsys, pinned_code,
+                                                                           lgbm_teacher):
+    """The reviewer's case: a student trained on an old teacher is refused by submit (and so by the bundle and
+    the Judge, which check through it), naming its teachers, and its stage retrains it."""
+    from ensemble.core.data import save_battles
+    from ensemble.submit import fold_dirs
+
+    train, _, folds = lgbm_data()
+    art = tmp_path / "artifacts"
+    save_battles(art / "prepared" / "train.parquet", train)
+    folds.to_parquet(art / "folds.parquet")
+    student = {**LGBM, "distill": {"teachers": [lgbm_teacher], "weight": 0.5}}
+    params = {"lgbm": student, lgbm_teacher: {**LGBM, "num_leaves": 7}}
+    run_oof("lgbm", student, train, folds, art, params=params)
+    assert len(fold_dirs(art, "lgbm", params)) == 3
+    edited = {**params, lgbm_teacher: {**LGBM, "num_leaves": 9}}
+    with pytest.raises(DataError, match=r"fold_0: no longer matches its fingerprint: its teachers changed") as err:
+        fold_dirs(art, "lgbm", edited)
+    assert "\n" not in str(err.value) and "--skip-code-check" not in str(err.value)
+    capsys.readouterr()
+    run_oof("lgbm", student, train, folds, art, params=edited)
+    assert trained(capsys.readouterr().err, 3) == [0, 1, 2]
+    assert len(fold_dirs(art, "lgbm", edited)) == 3
+    # a run-time key of the teacher changes nothing
+    run_oof("lgbm", student, train, folds, art, params={**edited, lgbm_teacher: {**edited[lgbm_teacher], "n_jobs": 2}})
+    assert reused(capsys.readouterr().err, 3) == [0, 1, 2]
 
 
 # ----------------------------------------------------------------------------- the grouping key

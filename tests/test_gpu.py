@@ -2,7 +2,7 @@
 without ENSEMBLE_GPU_CHECK=1, the module is skipped with one line). 4-bit NF4 + LoRA on CUDA, bf16 autocast,
 gradient checkpointing, and inference sharded over two GPUs with the embedded models; prints tokens/s.
 
-None of this has run in this project yet: no GPU was lent to it (see the README's "Training on GPUs")."""
+None of this has run in this project yet: no GPU was lent to it (see docs/gpus.md, "Training on GPUs")."""
 
 import importlib.util
 import os

@@ -139,7 +139,7 @@ def test_stale_unfinished_or_foreign_runs_are_refused(art, tmp_path, fixed_code_
     _refused(art, {**params, "lgbm": {**LGBM, "n_estimators": 16}},
              "fold_0: no longer matches its fingerprint: params lgbm.n_estimators changed")
     fixed_code_digest.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-v2")
-    _refused(art, params, "fold_0: no longer matches its fingerprint: the code the model runs changed")
+    _refused(art, params, "fold_0: no longer matches its fingerprint: the code the model declares changed")
     assert Judge.load(art, params, check_code=False).predict("q", "a", "b")  # submit --skip-code-check
     fixed_code_digest.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-v1")
     folds = art / "models" / "lgbm"

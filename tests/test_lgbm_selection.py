@@ -1,6 +1,7 @@
 """LightGBM's early stopping looks at the training part only: the fold's valid (OOF) rows choose nothing."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import battle_frame
 
@@ -61,3 +62,34 @@ def test_a_fit_that_learns_nothing_predicts_the_prior():
     np.testing.assert_allclose(p, np.tile(model.calibration.prior, (60, 1)), atol=1e-9)
     informed = create("lgbm", SMALL).fit(battle_frame(300, seed=2).iloc[:240].reset_index(drop=True))
     assert informed.calibration.shrink < 0.5  # the planted length signal: kept
+
+
+@pytest.mark.parametrize("folds", [3, 0])
+def test_pseudo_rows_train_the_inner_fits_but_never_choose_the_rounds(folds):
+    """Pseudo-labelled rows (copies of a third of the battles, so some ask held-out prompts): the plan
+    holds out labelled rows only (with inner folds, every labelled row once), and a pseudo row asking a
+    held-out prompt is in no fit part; an all-False pseudo column gives the plain plan (control)."""
+    from ensemble.core.targets import PSEUDO_COLUMN
+
+    frame = battle_frame(240, seed=1)
+    model = create("lgbm", {**SMALL, "early_stopping_folds": folds})
+
+    def splits(train: pd.DataFrame) -> list:
+        plan = model._inner_plan(train)
+        return plan[1] if plan[0] == "folds" else [(plan[1], plan[2])]
+
+    for (a, b), (x, y) in zip(splits(frame), splits(frame.assign(**{PSEUDO_COLUMN: False})), strict=True):
+        np.testing.assert_array_equal(a, x)
+        np.testing.assert_array_equal(b, y)
+    extra = frame.iloc[::3].assign(**{PSEUDO_COLUMN: True, "id": lambda f: "p" + f["id"]})
+    both = pd.concat([frame.assign(**{PSEUDO_COLUMN: False}), extra], ignore_index=True)
+    inner = splits(both)
+    pseudo, prompts = both[PSEUDO_COLUMN].to_numpy(), both["prompt"].str[0].to_numpy()
+    held = np.concatenate([b for _, b in inner])
+    assert not pseudo[held].any()
+    if folds:
+        np.testing.assert_array_equal(np.sort(held), np.flatnonzero(~pseudo))
+    for fit, out in inner:
+        asks_held = np.isin(prompts, prompts[out])
+        np.testing.assert_array_equal(fit, np.flatnonzero(~asks_held))
+        assert (asks_held & pseudo).any()  # some pseudo rows ask a held-out prompt: none of them fit

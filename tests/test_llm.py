@@ -272,6 +272,20 @@ def test_max_train_rows_subsamples_deterministically(tiny_llm):
     np.testing.assert_array_equal(a.predict_proba(frame.iloc[:10]), b.predict_proba(frame.iloc[:10]))
 
 
+def test_the_probe_is_told_which_rows_are_pseudo_labelled(tiny_llm, monkeypatch):
+    """Every fit row and its swapped twin reach the probe with its labelled flag: only labelled rows choose
+    its C (tests/test_distill.py checks the probe). Breaks if the flags are not passed or misaligned."""
+    import ensemble.models.llm.model as llm
+
+    seen: dict = {}
+    real = llm.fit_linear_probe
+    monkeypatch.setattr(llm, "fit_linear_probe", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    frame = battle_frame(60).assign(pseudo=np.arange(60) % 4 == 0)
+    LLMModel(tiny_config(tiny_llm, quantization="none", max_train_rows=16)).fit(frame, None)
+    labelled = ~frame["pseudo"].to_numpy()  # calib_frac 0: every row fits; swap_augment: then the twins
+    np.testing.assert_array_equal(seen["labelled"], np.concatenate([labelled, labelled]))
+
+
 # ----------------------------------------------------------------------------- it learns
 
 def _learning_config(base: str, **overrides) -> dict:

@@ -9,16 +9,18 @@ import time
 import pytest
 import yaml
 from conftest import ROOT
-from test_pipeline import TINY, deep_update, run
+from test_pipeline import TINY, deep_update, env, run
 
 pytestmark = pytest.mark.slow  # two small projects through dvc: ~1 min
 
+# holds the repository lock until a line arrives on stdin (or 120 s pass): released once parallel_stages
+# has met it, so the test waits no longer than that takes
 HOLD_LOCK = """
-import sys, time
+import select, sys
 from dvc.repo import Repo
 with Repo(".") as repo, repo.lock:
     print("locked", flush=True)
-    time.sleep(float(sys.argv[1]))
+    select.select([sys.stdin], [], [], 120)
 """
 
 
@@ -55,18 +57,30 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
     run(["dvc", "repro", "model@lgbm", "model@dual_tower"], sequential)
     seq_s = time.perf_counter() - start
 
-    # held 20 s: parallel_stages must reach its first dvc call inside the window, on a loaded 2-core CI box too
-    # (8 s was missed once beside another test worker)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, "20"], cwd=parallel, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK], cwd=parallel, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    proc = None
     try:
         assert holder.stdout.readline().strip() == "locked"  # another DVC process holds the lock
         start = time.perf_counter()
-        proc = run([sys.executable, "-m", "ensemble.parallel_stages", "lgbm", "dual_tower"], parallel)
+        proc = subprocess.Popen([sys.executable, "-m", "ensemble.parallel_stages", "lgbm", "dual_tower"],
+                                cwd=parallel, env=env(parallel), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:  # until it has met the lock and waits for it
+            lines.append(line)
+            if "retrying" in line:
+                break
+        holder.communicate("release\n", timeout=60)
+        lines += proc.stdout.readlines()
+        assert proc.wait() == 0, "".join(lines[-40:])
         par_s = time.perf_counter() - start
     finally:
         holder.kill()
         holder.wait()
-    out = proc.stdout + proc.stderr
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
     assert "locked by another DVC process; retrying" in out
     assert "Running stage 'model@lgbm'" in out and "Running stage 'model@dual_tower'" in out
 
@@ -81,4 +95,4 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
 
     again = run([sys.executable, "-m", "ensemble.parallel_stages", "lgbm", "dual_tower"], parallel).stdout
     assert "Stage 'model@lgbm' didn't change, skipping" in again and "Running stage" not in again
-    print(f"\nsequential dvc repro {seq_s:.1f} s, parallel_stages (up to 20 s waiting for the lock) {par_s:.1f} s")
+    print(f"\nsequential dvc repro {seq_s:.1f} s, parallel_stages (waiting for the lock first) {par_s:.1f} s")

@@ -26,10 +26,14 @@ TINY = {
 }
 
 
+def env(cwd) -> dict:
+    """The environment of a command run in a copy of the project: its code, this venv, no hub."""
+    return {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+            "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+
+
 def run(cmd, cwd, check=True):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-           "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}  # the copy's code
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    proc = subprocess.run(cmd, cwd=cwd, env=env(cwd), capture_output=True, text=True, shell=isinstance(cmd, str))
     if check and proc.returncode:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

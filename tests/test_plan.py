@@ -9,7 +9,7 @@ import pytest
 
 from ensemble import plan
 from ensemble.core.cli import fail_cleanly
-from ensemble.plan_hardware import GPUS, HARDWARE_NAMES, cpu_hardware, flops_per_cycle
+from ensemble.plan_hardware import GPUS, HARDWARE_NAMES, bf16_rate, cpu_hardware, flops_per_cycle
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -167,6 +167,24 @@ def test_cpu_peak_from_flags():
     hw = cpu_hardware()
     assert hw.peak_tflops > 0
     assert dataclasses.replace(hw, mfu=0.5).mfu == 0.5
+    assert bf16_rate({"avx512f", "avx512_bf16"}) == 2.0
+    assert bf16_rate({"avx512f"}) == 1.0
+
+
+def test_the_4bit_llm_is_planned_at_a_bf16_cpus_bf16_peak():
+    """On a CPU with bf16 dot products the 4-bit llm computes in bf16 (backbone.compute_dtype): twice the
+    fp32 peak; an fp32 llm and the dual tower stay at the fp32 peak."""
+    fp32_only = dataclasses.replace(cpu_hardware(), cpu_bf16_tflops=0.0)
+    with_bf16 = dataclasses.replace(fp32_only, cpu_bf16_tflops=2 * fp32_only.peak_tflops)
+    shape = plan.Shape(1000, 200, 5)
+
+    def seconds(hw, *sets: str) -> float:
+        st = plan.plan_llm(configs(*sets)["llm"], TOY, shape, lengths(200), lengths(200), hw, hw)
+        plan.stage_seconds(st, hw, hw)
+        return st.seconds["train"]
+
+    assert seconds(with_bf16) == pytest.approx(seconds(fp32_only) / 2)
+    assert seconds(with_bf16, "llm.quantization=none") == pytest.approx(seconds(fp32_only, "llm.quantization=none"))
 
 
 def test_lengths_without_a_tokenizer_are_chars_over_4_and_say_so(tmp_path):

@@ -140,12 +140,14 @@ def stage_in_process(work: Path, name: str) -> None:
         assert stage["main"]() == 0
 
 
-def test_lgbm_stage_rerun_after_a_training_text_edit_reuses_no_fold(tmp_path, capsys):
+def test_lgbm_stage_rerun_after_a_training_text_edit_reuses_only_the_fold_validating_it(tmp_path, capsys):
     """A run that crashed after fold 1 (folds 0 and 1 finished), then one training text edited in
     artifacts/prepared/train.parquet (same ids, labels and folds): the rerun of the stage must retrain the
-    finished folds too, not only the missing ones, and end with exactly what an uninterrupted run on the
-    edited data writes. (test_fingerprint checks the same with a negative control, in process.)"""
+    finished fold that trains on that battle too, not only the missing ones, reuse the one that validates it
+    (predicting it again), and end with exactly what an uninterrupted run on the edited data writes.
+    (test_fingerprint checks the same with a negative control, in process.)"""
     from ensemble.core.data import load_battles, save_battles
+    from ensemble.core.folds import attach_folds
 
     params = {"lgbm": {"n_estimators": 40, "early_stopping_rounds": 0, "num_leaves": 15, "n_jobs": 1,
                        "vectorizer": {"max_features": 300}}}
@@ -161,16 +163,19 @@ def test_lgbm_stage_rerun_after_a_training_text_edit_reuses_no_fold(tmp_path, ca
 
     train_path = crashed / "artifacts" / "prepared" / "train.parquet"
     edited = load_battles(train_path)
-    edited.at[100, "response_a"] = [edited.at[100, "response_a"][0] + " with a new ending" * 20]
+    a, b = edited.at[100, "response_a"][0], edited.at[100, "response_b"][0]  # the longer answer made the shorter
+    edited.at[100, "response_a"] = ["word"] if len(a) > len(b) else [a + " with a new ending" * 30]
     save_battles(train_path, edited)
     capsys.readouterr()
     stage_in_process(crashed, "lgbm")
     out = capsys.readouterr().err
-    assert "already done" not in out, out[-3000:]
+    validating = int(attach_folds(edited, pd.read_parquet(crashed / "artifacts" / "folds.parquet"))[100])
+    assert validating in (0, 1)  # a finished fold: the case this test is about
     for k in range(N_SPLITS):
-        assert f"fold {k}: training on" in out
-    for k in (0, 1):  # the finished folds were rewritten
-        assert (models / f"fold_{k}" / "booster.txt").stat().st_mtime_ns != stamps[k]
+        assert (f"fold {k}: training on" in out) is (k != validating), out[-3000:]
+        assert (f"fold {k}: already done" in out) is (k == validating), out[-3000:]
+    for k in (0, 1):  # the finished fold that trains on the battle was rewritten, the other kept
+        assert ((models / f"fold_{k}" / "booster.txt").stat().st_mtime_ns != stamps[k]) is (k != validating)
 
     clean = make_project(tmp_path / "clean", params, edited, test)
     stage_in_process(clean, "lgbm")

@@ -106,8 +106,9 @@ def test_missing_extra_or_stale_fold_models_are_refused(art, tmp_path, fixed_cod
     stale = {**params, "lgbm": {**LGBM, "n_estimators": 16}}
     _fails(art, test, stale, "fold_0: no longer matches its fingerprint: params lgbm.n_estimators changed", tmp_path)
     fixed_code_digest.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-v2")
-    _fails(art, test, params, "fold_0: no longer matches its fingerprint: the code the model runs changed since it "
-           "was trained; run `dvc repro model@lgbm` (after a code change only: or submit --skip-code-check)", tmp_path)
+    _fails(art, test, params, "fold_0: no longer matches its fingerprint: the code the model declares changed since "
+           "it was trained; run `dvc repro model@lgbm` (after a code or library change only: or submit "
+           "--skip-code-check)", tmp_path)
     assert len(make_submission(test, art, params=params, check_code=False)) == len(test)  # --skip-code-check
     fixed_code_digest.setattr("ensemble.core.fingerprint.code_digest", lambda modules: "code-v1")
     assert len(make_submission(test, art, params=params)) == len(test)

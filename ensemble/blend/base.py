@@ -31,7 +31,7 @@ class Blender(ABC):
     name: ClassVar[str]
     #: dataclass of its `blend.<name>` params subsection
     Config: ClassVar[type]
-    #: one line for the README's and the CLI's list of methods
+    #: one line for the CLI's list of methods
     about: ClassVar[str] = ""
     #: whether it fits and applies the degenerate-battle rule (blend.degenerate)
     degenerate_rule: ClassVar[bool] = True

@@ -23,7 +23,7 @@ BlendConfig = dataclasses.make_dataclass(
      ("method", str, "select"),  # a blender of ensemble.blend.BLENDERS
      ("bootstrap", int, 1000),  # prompt-level bootstrap resamples for the 95% intervals (0 = none)
      ("seed", int, 0),
-     # the seeds' hand-set blend, reported beside the fitted one
+     # the classic hand-set blend (0.2 LightGBM / 0.8 LLM), reported beside the fitted one
      ("fixed_weights", dict[str, float], field(default_factory=lambda: {"lgbm": 0.2, "llm": 0.8})),
      # identical / empty answers predicted from the training rows' own frequencies (ensemble.core.degenerate)
      ("degenerate", DegenerateConfig, field(default_factory=DegenerateConfig))]

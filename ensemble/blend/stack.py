@@ -18,6 +18,11 @@ What keeps a weak signal weak:
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -26,12 +31,14 @@ import pandas as pd
 
 from ensemble.blend.base import Blender
 from ensemble.core.calibration import logistic_coef3, proba3
-from ensemble.core.config import Each, Range
+from ensemble.core.config import Each, Range, to_dict
 from ensemble.core.data import as_turns
 from ensemble.core.metrics import log_loss
 
 #: meta-features the stacker may add: log-length difference A - B (characters) and prompt turns
 META_FEATURES = ("len_diff", "turns")
+#: frame columns holding meta_features(): the blend stage adds them once for every stacker it fits
+META_COLUMNS = tuple(f"meta_{name}" for name in META_FEATURES)
 LOG_FLOOR = 1e-6  # log-probability features are clipped here: a 1e-15 would be an outlier of -34
 
 
@@ -45,7 +52,11 @@ class StackConfig:
 
 
 def meta_features(frame: pd.DataFrame) -> np.ndarray:
-    """(n, 2): log(1 + chars of A) - log(1 + chars of B), and log(number of prompt turns)."""
+    """(n, 2): log(1 + chars of A) - log(1 + chars of B), and log(number of prompt turns)
+    (from META_COLUMNS when the frame carries them)."""
+    if all(col in frame for col in META_COLUMNS):
+        return frame[list(META_COLUMNS)].to_numpy(dtype=float)
+
     def chars(col: str) -> np.ndarray:
         return np.array([sum(len(t) for t in as_turns(cell)) for cell in frame[col]], dtype=float)
 
@@ -78,6 +89,36 @@ def varying_columns(x: np.ndarray, folds: np.ndarray) -> np.ndarray:
     return np.flatnonzero(spread > CONSTANT_SPREAD)
 
 
+#: what a fit sets: the numbers shared_fits() keeps
+FITTED = ("columns", "mean", "scale", "c", "coef", "intercept", "inner_log_loss")
+#: the fits shared_fits() keeps: fit key -> the fitted numbers (None outside the block)
+_SHARED_FITS: ContextVar[dict | None] = ContextVar("stack_fits", default=None)
+
+
+@contextmanager
+def shared_fits() -> Iterator[None]:
+    """Within the block, a stacker fitted on the same features, labels, folds, prompt groups and
+    config as an earlier one takes that fit's numbers instead of fitting again (the same inputs give
+    the same numbers). The blend stage fits the same training folds many times: the stacker
+    cross-fitted, again inside select's nested choice (the fit without folds j and k serves outer
+    fold j and outer fold k), and again by the degenerate report."""
+    token = _SHARED_FITS.set({})
+    try:
+        yield
+    finally:
+        _SHARED_FITS.reset(token)
+
+
+def _fit_key(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, groups: np.ndarray,
+             config) -> str:
+    h = hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode())
+    ints = (labels, folds, groups)
+    for part in (x, *(np.asarray(v, dtype=np.int64) for v in ints)):
+        h.update(str(part.shape).encode())
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()
+
+
 def _logistic(c: float):
     from sklearn.linear_model import LogisticRegression
 
@@ -104,14 +145,29 @@ class StackBlender(Blender):
         return mean, scale
 
     def _fit(self, probas, labels, frame: pd.DataFrame) -> None:
-        """C from c_grid by a prompt-grouped inner CV (lowest log loss), then a fit on every row."""
-        from sklearn.model_selection import GroupKFold
-
+        """C from c_grid by a prompt-grouped inner CV (lowest log loss), then a fit on every row (or
+        the numbers of the same fit made earlier within shared_fits())."""
         from ensemble.core.folds import prompt_groups
 
         cfg = self.config
         x = stack_features(probas, frame, cfg.meta_features)
         folds = frame["fold"].to_numpy() if "fold" in frame else np.zeros(len(labels))
+        groups = prompt_groups(frame)
+        shared = _SHARED_FITS.get()
+        key = _fit_key(x, labels, folds, groups, cfg) if shared is not None else None
+        if key is not None and key in shared:
+            for name, value in shared[key].items():
+                setattr(self, name, value)
+            return
+        self._fit_numbers(x, labels, folds, groups)
+        if key is not None:
+            shared[key] = {name: getattr(self, name) for name in FITTED}
+
+    def _fit_numbers(self, x: np.ndarray, labels: np.ndarray, folds: np.ndarray,
+                     groups: np.ndarray) -> None:
+        from sklearn.model_selection import GroupKFold
+
+        cfg = self.config
         self.columns = varying_columns(x, folds)
         if not (self.columns < 3 * len(self.models)).any():
             # no model's predictions vary: nothing to blend, and the meta-features alone would be a second
@@ -119,7 +175,6 @@ class StackBlender(Blender):
             self.columns = self.columns[:0]
         self.mean, self.scale = self._scaling(x, self.columns)
         z = (x[:, self.columns] - self.mean) / self.scale
-        groups = prompt_groups(frame)
         k = min(cfg.inner_splits, len(np.unique(groups)))
         scores = {}
         if len(cfg.c_grid) > 1 and k >= 2 and len(self.columns):

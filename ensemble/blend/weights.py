@@ -1,5 +1,5 @@
 """The classic blend: non-negative weights summing to 1 that minimise log loss of the linear pool of
-the models' probabilities, then a temperature on top (the seeds' hand-set 0.2 LightGBM / 0.8 LLM is
+the models' probabilities, then a temperature on top (the classic hand-set 0.2 LightGBM / 0.8 LLM is
 one point of this family)."""
 
 from __future__ import annotations

@@ -64,19 +64,16 @@ def calibration_split(frame, frac: float, seed: int) -> tuple[np.ndarray, np.nda
     (and any checkpoint choice) sees prompts the model did not train on. No split under 10 prompts."""
     from sklearn.model_selection import GroupShuffleSplit
 
-    from ensemble.core.folds import prompt_groups
+    from ensemble.core.folds import labelled_splits, prompt_groups
     from ensemble.core.targets import labelled_rows
 
     # pseudo-labelled rows never calibrate; one asking a held-out prompt neither calibrates nor trains (its
     # teacher saw that prompt's labels, so training on it would flatter the held-out score)
-    groups = prompt_groups(frame)
-    labelled = np.flatnonzero(labelled_rows(frame))
+    groups, labelled = prompt_groups(frame), labelled_rows(frame)
     if frac <= 0 or len(np.unique(groups[labelled])) < 10:
         return np.arange(len(frame)), np.arange(0)
     split = GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
-    _, held = next(split.split(np.zeros(len(labelled)), groups=groups[labelled]))
-    held_out = np.isin(groups, groups[labelled][held])
-    return np.flatnonzero(~held_out), np.flatnonzero(held_out & labelled_rows(frame))
+    return labelled_splits(groups, labelled, lambda g: split.split(np.zeros(len(g)), groups=g))[0]
 
 
 def class_prior(labels: np.ndarray, symmetric: bool) -> tuple[float, float, float]:

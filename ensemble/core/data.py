@@ -39,7 +39,7 @@ class DataConfig:
     test: str = "artifacts/demo/demo_test.csv"  # the same; labels optional (prepare drops them)
     side_seed: int = 0  # preference files (chosen/rejected): seed of the per-id coin putting chosen on side A or B
     # unlabelled battles (any layout without labels, e.g. kaggle columns without winner_*): a distilling
-    # student's pseudo-labels (README, Distillation); "" = none
+    # student's pseudo-labels (docs/distillation.md); "" = none
     unlabelled: str = ""
 
 

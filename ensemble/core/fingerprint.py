@@ -1,18 +1,25 @@
-"""Identities of what a fold learned from, as digests: the training rows (ids, texts, labels), the
-folds, the config, the code the model runs and the pretrained weights it starts from. A finished fold
-is reused only while every part still matches, and submit names the part that does not.
+"""What a fold learned from, as one FoldIdentity of named digests: its learned config, its training
+rows (ids, texts, labels; not the rows it validates on), the folds, the code the model declares it
+learns with, the versions of the libraries that change its numbers, the pretrained weights it starts
+from and, for a student, its teachers. A finished fold is reused only while every part still
+matches, and submit names the part that does not. `Identities` builds them, for the OOF runner, the
+teacher cache, submit, the bundle and the Judge alike (a student's teachers part:
+ensemble.distill.teachers_digest).
 
-What does not change what a model learns (devices, inference batch budgets) is not part of it: each
-model lists those keys as `runtime_keys` (ensemble.models.base).
+What does not change what a model learns (devices, inference batch budgets, log messages) is not
+part of it: each model lists those keys as `runtime_keys` (ensemble.models.base), and the modules
+that only move bytes or report are PLUMBING.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,25 @@ from ensemble.core.data import TEXT_COLUMNS
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `ensemble` package
 #: hub cache blobs are named by their content's sha256 (git-lfs), so a snapshot's weights need no hashing
 _BLOB_DIR = "blobs"
+
+#: project modules a model imports that never change what it learns, and why: a model's declared code
+#: (BaseModel.learns_with) plus these must cover every module it imports (tests/test_fingerprint.py)
+PLUMBING = {
+    "ensemble.core": "package marker",
+    "ensemble.nn": "package marker",
+    "ensemble.models": "the registry: finds a model's class",
+    "ensemble.core.cache": "the run's in-memory stores",
+    "ensemble.core.cli": "exit codes and error lines",
+    "ensemble.core.errors": "error types",
+    "ensemble.core.io": "atomic writes",
+    "ensemble.core.progress": "log lines",
+    "ensemble.core.predictions": "checks and files of predictions",
+    "ensemble.core.config": "the params parser: what it yields is the config part",
+    "ensemble.core.formats": "file readers: what they yield is the data part",
+    "ensemble.core.preference": "file readers: what they yield is the data part",
+    "ensemble.core.fingerprint": "these digests",
+    "ensemble.nn.convert": "the GGUF converter: what it writes is the backbone part",
+}
 
 
 def _sha256(data: bytes) -> str:
@@ -68,32 +94,63 @@ def file_imports(path: Path, root: Path = PACKAGE_ROOT, package_prefix: str = "e
     return found
 
 
-def file_closure(files: Iterable[Path], root: Path = PACKAGE_ROOT) -> list[Path]:
-    """`files` and every project file they import, transitively, sorted."""
+def module_name(path: Path, root: Path = PACKAGE_ROOT) -> str:
+    """ensemble/core/data.py -> ensemble.core.data; a package's __init__.py -> the package."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def file_closure(files: Iterable[Path], root: Path = PACKAGE_ROOT, opaque: Iterable[str] = ()) -> list[Path]:
+    """`files` and every project file they import, transitively, sorted; the imports of the `opaque`
+    modules are not followed."""
+    opaque = set(opaque)
     todo, seen = list(files), set()
     while todo:
         f = todo.pop()
         if f in seen:
             continue
         seen.add(f)
-        todo.extend(file_imports(f, root) - seen)
+        if module_name(f, root) not in opaque:
+            todo.extend(file_imports(f, root) - seen)
     return sorted(seen)
 
 
-def import_closure(modules: Iterable[str], root: Path = PACKAGE_ROOT) -> list[Path]:
-    """Every project file that importing `modules` runs: the code a model's fit depends on."""
-    return file_closure([f for m in modules if (f := module_file(m, root)) is not None], root)
+def import_closure(modules: Iterable[str], root: Path = PACKAGE_ROOT, opaque: Iterable[str] = ()) -> list[Path]:
+    """Every project file that importing `modules` runs (not following the imports of `opaque` ones)."""
+    return file_closure([f for m in modules if (f := module_file(m, root)) is not None], root, opaque)
+
+
+def undeclared_imports(modules: Iterable[str], root: Path = PACKAGE_ROOT) -> list[str]:
+    """Project modules that `modules` import, at any depth, that are neither among `modules` nor
+    PLUMBING (whose own imports are its business): a model's declared code must leave none, so a new
+    import forces a decision."""
+    found = {module_name(f, root) for f in import_closure(modules, root, opaque=PLUMBING)}
+    return sorted(found - set(modules) - set(PLUMBING))
 
 
 def code_digest(modules: Iterable[str]) -> str:
-    """sha256 over the paths and bytes of the files `modules` import: editing the report or another model
-    leaves it unchanged; editing anything the model runs changes it."""
+    """sha256 over the paths and bytes of the files of `modules` (a model's declared code): editing
+    any other file (a log message, the report, another model) leaves it unchanged."""
     h = hashlib.sha256()
-    for path in import_closure(modules):
+    for name in sorted(set(modules)):
+        path = module_file(name, PACKAGE_ROOT)
+        if path is None:  # a module outside the package (a model living in a test folder)
+            continue
         h.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
         h.update(b"\0")
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def library_versions(names: Iterable[str]) -> str:
+    """'name==version' of each installed distribution, sorted ('name absent' when not installed)."""
+    found = []
+    for name in sorted(set(names)):
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} absent")
+    return ", ".join(found)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -112,17 +169,23 @@ def frame_digest(frame: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def row_digests(frame: pd.DataFrame) -> dict[str, str]:
-    """id -> a short digest of that battle's texts: kept with cached test predictions, so predictions made
-    for other texts under the same ids are never reused."""
-    out = {}
-    for i, *cells in zip(frame["id"].astype(str), *(frame[c] for c in TEXT_COLUMNS)):
+def text_digests(frame: pd.DataFrame) -> list[str]:
+    """A short digest of each battle's texts (every turn), in row order."""
+    out = []
+    for cells in zip(*(frame[c] for c in TEXT_COLUMNS)):
         h = hashlib.blake2b(digest_size=8)
         for cell in cells:
             turns = [cell] if isinstance(cell, str) else list(cell)
-            h.update("\x1f".join("" if t is None else str(t) for t in turns).encode("utf-8", "surrogatepass") + b"\x1e")
-        out[i] = h.hexdigest()
+            joined = "\x1f".join("" if t is None else str(t) for t in turns)
+            h.update(joined.encode("utf-8", "surrogatepass") + b"\x1e")
+        out.append(h.hexdigest())
     return out
+
+
+def row_digests(frame: pd.DataFrame) -> dict[str, str]:
+    """id -> a short digest of that battle's texts: kept with cached test predictions, so predictions made
+    for other texts under the same ids are never reused."""
+    return dict(zip(frame["id"].astype(str), text_digests(frame)))
 
 
 def config_digest(config: dict) -> str:
@@ -188,10 +251,55 @@ def tensor_digest(named, head: str = "") -> str:
     return h.hexdigest()
 
 
-def model_parts(model, train: pd.DataFrame, fold_of: np.ndarray) -> dict[str, str]:
-    """The named digests every fold's fingerprint combines (with the fold's number) for a base model
-    (ensemble.models.base) trained on `train` with the folds `fold_of`; submit compares them one by one
-    to say which changed."""
+# ------------------------------------------------------------------------------------------- identity
+
+def model_parts(model) -> dict[str, str]:
+    """What a model (ensemble.models.base) learns from apart from its rows: its learned config, the code
+    it declares, the versions of the libraries that change its numbers and its pretrained weights."""
     return {"config": config_digest({"model": model.name, "config": model.learned_config()}),
-            "data": frame_digest(train), "folds": array_digest(np.asarray(fold_of, dtype=np.int64)),
-            "code": code_digest([type(model).__module__]), "backbone": model.backbone_identity() or "none"}
+            "code": code_digest(model.code_modules()),
+            "libraries": library_versions(model.library_names()),
+            "backbone": model.backbone_identity() or "none"}
+
+
+@dataclass(frozen=True)
+class FoldIdentity:
+    """What one fit learned from, as named digests: config, code, libraries, backbone (the model's),
+    data (its training rows), folds, fold (the folds it was fitted without) and teachers."""
+
+    parts: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return combine(self.parts)
+
+    def changed(self, saved: dict) -> list[str]:
+        """The names of the parts that differ from `saved` (a finished fold's parts), in order."""
+        return [name for name, value in self.parts.items() if saved.get(name) != value]
+
+
+class Identities:
+    """The FoldIdentity of every fit of one model on one training frame with one fold assignment. What all
+    fits share is computed once: the model's parts (the backbone digest reads its weights) and a digest
+    per row (id, texts, label), so a fit's rows cost a join, not a pass over the texts."""
+
+    def __init__(self, model, train: pd.DataFrame, fold_of: np.ndarray, teachers: str = "none"):
+        self.model_parts = model_parts(model)
+        self.fold_of = np.asarray(fold_of, dtype=np.int64)
+        self.folds = array_digest(self.fold_of)
+        self.teachers = teachers
+        self.with_valid = model.learns_from_valid()  # e.g. LightGBM's early stopping on the fold's valid rows
+        labels = train["label"].astype(str) if "label" in train else pd.Series([""] * len(train))
+        self.rows = np.array([f"{i}\x1f{t}\x1f{y}" for i, t, y in
+                              zip(train["id"].astype(str), text_digests(train), labels)], dtype=object)
+
+    def rows_digest(self, mask: np.ndarray) -> str:
+        """The ids, texts and labels of the rows `mask` selects, in row order."""
+        return _sha256("\x1e".join(self.rows[mask]).encode("utf-8", "surrogatepass"))
+
+    def of(self, *held: int) -> FoldIdentity:
+        """The fit on the rows outside the folds `held`: fold k's model is of(k), a nested teacher fit of(k, j).
+        Its data part is those rows, and the held-out rows too where the model chooses on them."""
+        training = np.ones(len(self.fold_of), dtype=bool) if self.with_valid else ~np.isin(self.fold_of, held)
+        return FoldIdentity({**self.model_parts, "data": self.rows_digest(training), "folds": self.folds,
+                             "fold": ",".join(str(k) for k in held), "teachers": self.teachers})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,10 +23,35 @@ def prompt_key(turns) -> str:
     return " ".join(unicodedata.normalize("NFKC", first).casefold().split())
 
 
+#: a frame column holding prompt_groups() of the frame it was computed on: the blend stage adds it
+#: once, and every subset of its rows then numbers those integers instead of normalising the prompts
+GROUP_COLUMN = "prompt_group"
+
+
 def prompt_groups(frame: pd.DataFrame) -> np.ndarray:
     """One group id per distinct prompt key: the arena repeats prompts, so they must not straddle train
-    and valid. The same groups set the folds, the bootstrap unit, the calibration split and every inner CV."""
+    and valid. The same groups set the folds, the bootstrap unit, the calibration split and every inner CV.
+    Numbered in order of first appearance in `frame` (from GROUP_COLUMN when the frame has it)."""
+    if GROUP_COLUMN in frame:
+        return pd.factorize(frame[GROUP_COLUMN])[0]
     return pd.factorize(frame["prompt"].map(prompt_key))[0]
+
+
+def labelled_splits(groups: np.ndarray, labelled: np.ndarray,
+                    split: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]]
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner (fit rows, held-out rows) splits in which only labelled rows are held out, so a
+    pseudo-labelled row trains but never chooses (rounds, C, a calibration). `split` splits the
+    labelled rows by their `groups` (it gets groups[labelled], yields index pairs into them).
+    Each split fits on every row whose prompt is not held out: a pseudo-labelled row asking a
+    held-out prompt neither trains nor chooses (its teacher saw that prompt's labels). With every
+    row labelled, these are `split(groups)`'s own splits."""
+    rows = np.flatnonzero(labelled)
+    out = []
+    for _, held in split(groups[rows]):
+        held = rows[np.sort(held)]
+        out.append((np.flatnonzero(~np.isin(groups, groups[held])), held))
+    return out
 
 
 @dataclass

@@ -75,7 +75,7 @@ def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *T
     if not path.is_file():
         raise DataError(f"{path}: no prediction file for model {name!r}; run its stage first (dvc repro "
                         f"model@{name}), or for a model from elsewhere write this file "
-                        f"(README, 'Models from elsewhere')")
+                        f"(docs/blending.md, 'Models from elsewhere')")
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem

@@ -33,6 +33,12 @@ from ensemble.core.data import (
 from ensemble.core.io import write_json
 
 CONFIG_FILE = "model.json"
+#: the project modules every model learns with: this interface, the data contract, the calibration,
+#: the metrics and inner splits it uses, the targets and the swap passes
+LEARNS_WITH = ("ensemble", "ensemble.models.base", "ensemble.core.data", "ensemble.core.calibration",
+               "ensemble.core.metrics", "ensemble.core.folds", "ensemble.core.targets", "ensemble.core.position")
+#: the libraries whose versions change every model's numbers (the calibration's)
+LIBRARIES = ("numpy", "scipy", "scikit-learn")
 
 
 class BaseModel(ABC):
@@ -51,6 +57,11 @@ class BaseModel(ABC):
     #: run-time keys that change the predictions though not the model (swap TTA's share): not in the
     #: fingerprint, but in the keys of the OOF runner's cached predictions
     prediction_keys: ClassVar[tuple[str, ...]] = ("swap_tta_share",)
+    #: the project modules whose code decides what this model learns (its fingerprint's code part); every
+    #: project module it imports is listed here or is plumbing (ensemble.core.fingerprint.PLUMBING)
+    learns_with: ClassVar[tuple[str, ...]] = LEARNS_WITH
+    #: the installed distributions whose versions change its numbers (its fingerprint's libraries part)
+    libraries: ClassVar[tuple[str, ...]] = LIBRARIES
     #: "module:function" merging the K fold models into one for a single inference pass (None: not supported)
     merger: ClassVar[str | None] = None
 
@@ -132,6 +143,19 @@ class BaseModel(ABC):
     def prediction_settings(self) -> dict:
         """This model's prediction keys and their values: what a cached prediction is keyed by, beside the fold."""
         return {k: getattr(self.config, k) for k in self.prediction_keys if hasattr(self.config, k)}
+
+    def code_modules(self) -> tuple[str, ...]:
+        """The modules this model's fits learn with (`learns_with`; a model adds those an option brings in)."""
+        return self.learns_with
+
+    def library_names(self) -> tuple[str, ...]:
+        """The distributions whose versions change this model's numbers (`libraries`, plus an option's)."""
+        return self.libraries
+
+    def learns_from_valid(self) -> bool:
+        """Whether a fit chooses anything on the `valid` rows it is shown (then they are part of what a
+        fold learned from; by default they are not)."""
+        return False
 
     def backbone_identity(self) -> str | None:
         """Digest of the pretrained weights a fit starts from (None: no backbone)."""

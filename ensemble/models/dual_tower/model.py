@@ -26,7 +26,7 @@ from ensemble.core.data import SWAP_INDEX
 from ensemble.core.fingerprint import backbone_digest, tensor_digest
 from ensemble.core.metrics import log_loss
 from ensemble.core.targets import DistillConfig, labelled_rows, training_targets
-from ensemble.models.base import BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
 from ensemble.models.dual_tower.cache import TowerPooler
 from ensemble.models.dual_tower.features import TowerFeatures
 from ensemble.models.dual_tower.ranking import band_proba, fit_band
@@ -172,6 +172,12 @@ class DualTowerModel(BaseModel):
     Config = DualTowerConfig
     fitted_attr = "net"
     runtime_keys = ("device", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "swap_tta_share")
+    learns_with = (*LEARNS_WITH, "ensemble.models.dual_tower", "ensemble.models.dual_tower.model",
+                   "ensemble.models.dual_tower.cache", "ensemble.models.dual_tower.features",
+                   "ensemble.models.dual_tower.ranking", "ensemble.models.dual_tower.text", "ensemble.core.features",
+                   "ensemble.nn.hf", "ensemble.nn.batching", "ensemble.nn.training",
+                   "ensemble.nn.precision", "ensemble.nn.distributed")
+    libraries = (*LIBRARIES, "torch", "transformers", "tokenizers", "safetensors", "accelerate")
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)

@@ -1,4 +1,4 @@
-"""CountVectorizer + length-feature LightGBM (the seeds' 0.2 of the 0.2/0.8 blend).
+"""CountVectorizer + length-feature LightGBM (the 0.2 of the classic 0.2 / 0.8 blend).
 
 One vocabulary serves both responses, so swapping A and B swaps whole feature blocks: the swap
 augmentation and swap test-time averaging then make the model position-unbiased.
@@ -22,7 +22,7 @@ from ensemble.core.config import AnyOf, Choice, Range
 from ensemble.core.data import as_turns, swap_ab, unswap_proba
 from ensemble.core.features import feature_names, numeric_features
 from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets, weighted_copies
-from ensemble.models.base import BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
 
 
 @dataclass
@@ -108,7 +108,13 @@ class LGBMModel(BaseModel):
     name = "lgbm"
     Config = LGBMConfig
     fitted_attr = "booster"
-    runtime_keys = ("swap_tta_share",)
+    # n_jobs: LightGBM runs deterministic and row-wise, so the thread count leaves the model unchanged
+    runtime_keys = ("swap_tta_share", "n_jobs")
+    learns_with = (*LEARNS_WITH, "ensemble.models.lgbm", "ensemble.models.lgbm.model", "ensemble.core.features")
+    libraries = (*LIBRARIES, "lightgbm")
+    #: what the similarity features (`embeddings`) add: the sentence encoder's code and libraries
+    EMBEDDING_CODE = ("ensemble.nn.embed", "ensemble.nn.hf", "ensemble.nn.batching")
+    EMBEDDING_LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors")
 
     booster: lgb.Booster | None = None
 
@@ -136,6 +142,15 @@ class LGBMModel(BaseModel):
         b = self.response_vec.transform(_texts(frame, "response_b", vc.max_chars))
         p = self.prompt_vec.transform(_texts(frame, "prompt", vc.max_chars)) if self.prompt_vec is not None else None
         return a, b, p
+
+    def code_modules(self) -> tuple[str, ...]:
+        return (*self.learns_with, *self.EMBEDDING_CODE) if self.config.embeddings else self.learns_with
+
+    def library_names(self) -> tuple[str, ...]:
+        return (*self.libraries, *self.EMBEDDING_LIBRARIES) if self.config.embeddings else self.libraries
+
+    def learns_from_valid(self) -> bool:
+        return bool(self.config.early_stopping_rounds) and self.config.early_stopping == "valid"
 
     def backbone_identity(self) -> str | None:
         """The encoder behind the similarity features (when on): its weights' digest, once per run."""
@@ -265,27 +280,32 @@ class LGBMModel(BaseModel):
         self.calibration = fit_calibration(held_out[seen], y[seen], self.calibration.prior)
 
     def _inner_plan(self, train: pd.DataFrame):
-        """Where early stopping and the calibration look, on the training part's prompts only (the fold's
-        valid rows never choose anything): ("folds", [(fit, held-out)...]) for k prompt-grouped folds,
-        ("holdout", fit, held-out) for one share of the prompts, None under 10 prompts. `auto`: folds
-        while the training part has fewer than AUTO_HOLDOUT_PROMPTS prompts, one share beyond (where 20%
-        of the prompts are thousands, and k fits would cost k times one)."""
+        """Where early stopping and the calibration look, on the training part's prompts only (the
+        fold's valid rows never choose anything), and on labelled rows only (a pseudo-labelled row
+        trains the inner fits but is never held out): ("folds", [(fit, held-out)...]) for k
+        prompt-grouped folds, ("holdout", fit, held-out) for one share of the prompts, None under 10
+        labelled prompts.
+        `auto`: folds while the training part has fewer than AUTO_HOLDOUT_PROMPTS prompts, one share
+        beyond (where 20% of the prompts are thousands, and k fits would cost k times one)."""
         from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
-        from ensemble.core.folds import prompt_groups
+        from ensemble.core.folds import labelled_splits, prompt_groups
 
-        c, groups = self.config, prompt_groups(train)
-        n_groups = len(np.unique(groups))
+        c, groups, labelled = self.config, prompt_groups(train), labelled_rows(train)
+        n_groups = len(np.unique(groups[labelled]))
         if n_groups < 10:
             return None
         k = c.early_stopping_folds
         if k == "auto":
             k = 3 if n_groups < AUTO_HOLDOUT_PROMPTS else 0
         if k:
-            return "folds", list(GroupKFold(min(k, n_groups)).split(np.zeros(len(train)), groups=groups))
-        split = GroupShuffleSplit(n_splits=1, test_size=c.early_stopping_frac, random_state=c.seed)
-        fit_rows, stop_rows = next(split.split(np.zeros(len(train)), groups=groups))
-        return "holdout", np.sort(fit_rows), np.sort(stop_rows)
+            splitter = GroupKFold(min(k, n_groups))
+        else:
+            splitter = GroupShuffleSplit(n_splits=1, test_size=c.early_stopping_frac,
+                                         random_state=c.seed)
+        splits = labelled_splits(groups, labelled,
+                                 lambda g: splitter.split(np.zeros(len(g)), groups=g))
+        return ("folds", splits) if k else ("holdout", *splits[0])
 
     def _raw(self, booster, x, x_swapped=None, rounds: int | None = None) -> np.ndarray:
         """Uncalibrated probabilities, averaged with the un-swapped prediction of the swapped battles."""

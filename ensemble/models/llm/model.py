@@ -29,7 +29,7 @@ from ensemble.core.data import unswap_proba
 from ensemble.core.fingerprint import backbone_digest
 from ensemble.core.folds import prompt_groups
 from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets
-from ensemble.models.base import BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
 from ensemble.models.llm.backbone import (
     DEFAULT_BASE,
     adapter_state,
@@ -200,6 +200,12 @@ class LLMModel(BaseModel):
     runtime_keys = ("devices", "cpu_fallback", "infer_max_tokens", "infer_max_rows", "pad_to_max_len", "cache_max_gib",
                     "swap_tta_share", "merge_folds")
     merger = "ensemble.models.llm.merge:merge_folds"
+    learns_with = (*LEARNS_WITH, "ensemble.models.llm", "ensemble.models.llm.model", "ensemble.models.llm.backbone",
+                   "ensemble.models.llm.battle_text", "ensemble.models.llm.probe", "ensemble.nn.inference",
+                   "ensemble.nn.hf", "ensemble.nn.batching", "ensemble.nn.training",
+                   "ensemble.nn.precision", "ensemble.nn.distributed")
+    libraries = (*LIBRARIES, "torch", "transformers", "tokenizers", "safetensors", "accelerate", "peft",
+                 "bitsandbytes")
 
     def __init__(self, config=None, cache=None, **overrides):
         super().__init__(config, cache, **overrides)
@@ -362,6 +368,8 @@ class LLMModel(BaseModel):
         ids, tags = enc.ids + (enc.swap_ids or []), enc.tags + (enc.swap_tags or [])
         y = np.concatenate([labels, swap_targets(labels)]) if enc.swap_ids is not None else labels
         g = np.concatenate([groups, groups]) if enc.swap_ids is not None else groups
+        labelled = labelled_rows(fit)  # only they choose the probe's C
+        labelled = np.concatenate([labelled, labelled]) if enc.swap_ids is not None else labelled
         net = self._build_replica(device, training=True)
         if net.base.is_activation_checkpointing and not cfg.train.gradient_checkpointing:
             net.base.activation_checkpointing_disable()  # the shared decoder keeps what another model asked for
@@ -370,7 +378,8 @@ class LLMModel(BaseModel):
         # 1. linear probe on the frozen model's pooled features (LP)
         cache = frozen_pass(cfg, net, ids, tags, self.tokenizer.pad_token_id, device, self._frozen_store(device))
         keys = [sequence_key(i, t) for i, t in zip(ids, tags)]
-        probe = fit_linear_probe(cache.pooled(keys), y, g, as_list(cfg.probe_c), cfg.train.seed)
+        probe = fit_linear_probe(cache.pooled(keys), y, g, as_list(cfg.probe_c), cfg.train.seed,
+                                 labelled=labelled)
         with torch.no_grad():
             net.score.weight.copy_(torch.as_tensor(probe.weight, dtype=torch.float32))
             net.score.bias.copy_(torch.as_tensor(probe.bias, dtype=torch.float32))

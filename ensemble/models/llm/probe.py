@@ -24,14 +24,17 @@ class LinearProbe:
 
 
 def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, seed: int = 0,
-                     n_splits: int = 3) -> LinearProbe:
+                     n_splits: int = 3, labelled: np.ndarray | None = None) -> LinearProbe:
     """Standardise, then L2 logistic regression with C chosen by prompt-grouped inner CV (log loss).
     `y`: (n,) labels, or (n, 3) soft targets (distillation), fitted as three weighted copies of each row
-    (ensemble.core.targets.weighted_copies) and scored by their cross-entropy."""
+    (ensemble.core.targets.weighted_copies) and scored by their cross-entropy. `labelled`: the rows
+    with a real label (None: all); only they are held out and scored, pseudo-labelled rows train the
+    inner fits but never choose C (ensemble.core.folds.labelled_splits)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
     from sklearn.preprocessing import StandardScaler
 
+    from ensemble.core.folds import labelled_splits
     from ensemble.core.targets import weighted_copies
 
     x = np.asarray(x, dtype=np.float64)
@@ -48,15 +51,19 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, seed:
         return LogisticRegression(C=c, max_iter=1000).fit(z[rows][copy], labels, sample_weight=weights)
 
     Cs = [float(c) for c in Cs]
-    n_groups = len(np.unique(groups))
+    labelled = np.ones(n, dtype=bool) if labelled is None else np.asarray(labelled, dtype=bool)
+    n_groups = len(np.unique(groups[labelled]))
     best_c, best = Cs[0], np.inf
     if len(Cs) > 1 and n_groups >= n_splits:
-        splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(z, groups=groups))
+        folds = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = labelled_splits(groups, labelled,
+                                 lambda g: folds.split(np.zeros(len(g)), groups=g))
         for c in Cs:
             proba = np.zeros((n, 3))
             for tr, va in splits:
                 proba[va] = proba3(fit(c, tr), z[va])
-            score = soft_log_loss(y, proba) if soft else log_loss(y, proba)
+            yl, pl = y[labelled], proba[labelled]
+            score = soft_log_loss(yl, pl) if soft else log_loss(yl, pl)
             if score < best:
                 best_c, best = c, score
     clf = fit(best_c, np.arange(n))
