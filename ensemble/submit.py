@@ -116,7 +116,7 @@ def fold_models(artifacts: Path, name: str, params: dict | None = None, check_co
     cache = cache if cache is not None else RunCache()
     dirs = fold_dirs(artifacts, name, params, check_code, cache)
     runtime = params.get(name, {})
-    if runtime.get("merge_folds") and len(dirs) > 1:  # one model from the K folds, one inference pass (e.g. llm.merge_folds)
+    if runtime.get("merge_folds") and len(dirs) > 1:  # the folds merged: one inference pass
         module, func = model_class(name).merger.split(":")
         merged = getattr(importlib.import_module(module), func)([load_model(d, cache=cache, runtime=runtime)
                                                                 for d in dirs])
