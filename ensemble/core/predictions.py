@@ -97,7 +97,7 @@ def checked_predictions(frame: pd.DataFrame, path, columns: tuple[str, ...] = ("
     dup = frame["id"][frame["id"].duplicated()]
     if len(dup):
         raise DataError(f"{path}: {len(dup)} duplicate id(s): {listed(dup.unique())}; one row per id")
-    values = frame[list(TARGETS)].to_numpy(dtype=float)
+    values = frame[list(TARGETS)].to_numpy(dtype=float, copy=True)
     blank = np.isnan(values).all(axis=1) if uncovered else np.zeros(len(frame), dtype=bool)
     values[blank] = 1 / 3  # checked as a valid row; the caller reads the NaN
     bad = ~np.isfinite(values).all(axis=1)
