@@ -16,11 +16,13 @@ from test_new_model import length_battles
 
 from ensemble.blend.run import crossfit_folds
 from ensemble.blend.run import run as run_blend
+from ensemble.bundle import _bundle
 from ensemble.core.config import ConfigError
 from ensemble.core.data import DataError, save_battles
 from ensemble.core.folds import make_folds, prompt_groups
 from ensemble.core.metrics import log_loss, prior_proba
 from ensemble.core.predictions import proba_frame
+from ensemble.judge import Judge
 from ensemble.models import REGISTRY, load, register
 from ensemble.models.base import REFIT_DIR
 from ensemble.oof import run_oof
@@ -29,6 +31,8 @@ from ensemble.submit import fold_dirs, make_submission
 
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
 N_SPLITS = 3
+#: the blend stage cross-fits every blender; small grids keep that in seconds
+FAST = {"bootstrap": 0, "stack": {"c_grid": [1.0], "inner_splits": 2}, "select": {"candidates": ["prior", "weights"]}}
 
 
 @pytest.fixture
@@ -115,8 +119,8 @@ def test_check_params_holds_folds_to_folds_n_splits():
     check_params({"folds": {"n_splits": 3}, "lgbm": {"folds": [2]}})
     with pytest.raises(ConfigError, match=r"params lgbm.folds: \[3\] names fold\(s\) \[3\]"):
         check_params({"folds": {"n_splits": 3}, "lgbm": {"folds": [3]}})
-    with pytest.raises(ConfigError, match=r"params llm.folds: \[5\]"):  # the default folds.n_splits: 5
-        check_params({"llm": {"folds": [5]}})
+    with pytest.raises(ConfigError, match=r"params lgbm.folds: \[5\]"):  # the default folds.n_splits: 5
+        check_params({"lgbm": {"folds": [5]}})
 
 
 def stage_project(tmp_path, params: dict) -> None:
@@ -138,11 +142,12 @@ def test_the_model_stage_refuses_a_missing_fold_in_one_line(tmp_path):
     assert "lgbm.folds: [0, 4] names fold(s) [4] that do not exist; the run has 3 folds" in one_error(proc)
 
 
-def test_refit_full_with_distillation_is_refused(tmp_path):
-    stage_project(tmp_path, {"lgbm": {"refit_full": True, "distill": {"teachers": ["dual_tower"]}}})
-    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "oof.py"), "lgbm", "--folds", "folds.parquet"],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert "params lgbm.refit_full: true with lgbm.distill.teachers" in one_error(proc)
+def test_refit_full_with_distillation_is_refused(toy, project):
+    art, train, test, folds = project
+    config = {"refit_full": True, "distill": {"teachers": ["dual_tower"]}}
+    with pytest.raises(ConfigError, match="params lgbm.refit_full: true with lgbm.distill.teachers"):
+        run_oof("lgbm", config, train, folds, art, test=test)
+    assert not (art / "models" / "lgbm").exists()
 
 
 def external_oof(art, train: pd.DataFrame, folds: pd.DataFrame, covered: list[int], name: str = "ext") -> None:
@@ -160,7 +165,7 @@ def test_the_blend_is_fitted_and_scored_on_the_rows_every_model_covers(toy, proj
     art, train, test, folds = project
     run_oof("toy", {}, train, folds, art, test=test)
     external_oof(art, train, folds, covered=[0, 2])
-    params = {"blend": {"models": ["toy", "ext"], "bootstrap": 20, "method": "weights"}}
+    params = {"blend": {"models": ["toy", "ext"], **FAST, "method": "weights"}}
     metrics = run_blend(params, art, metrics_path=tmp_path / "m.json")
     fold_of = folds["fold"].to_numpy()
     assert metrics["covered_rows"] == metrics["rows"] == int(np.isin(fold_of, [0, 2]).sum())
@@ -182,7 +187,7 @@ def test_the_blend_is_fitted_and_scored_on_the_rows_every_model_covers(toy, proj
 def test_one_covered_fold_is_cross_fitted_on_prompt_grouped_folds_within_it(toy, project, tmp_path):
     art, train, test, folds = project
     run_oof("toy", {"folds": [1]}, train, folds, art, test=test)
-    metrics = run_blend({"blend": {"models": ["toy"], "bootstrap": 0}}, art, metrics_path=tmp_path / "m.json")
+    metrics = run_blend({"blend": {"models": ["toy"], **FAST}}, art, metrics_path=tmp_path / "m.json")
     assert metrics["covered_rows"] == int((folds["fold"] == 1).sum())
     assert metrics["crossfit_folds"] == f"{N_SPLITS} prompt-grouped folds within project fold 1"
     rows = train[(folds.set_index("id").loc[train["id"], "fold"] == 1).to_numpy()].reset_index(drop=True)
@@ -198,14 +203,14 @@ def test_a_blend_whose_models_cover_no_common_rows_is_refused(toy, project, tmp_
     run_oof("toy", {"folds": [0]}, train, folds, art, test=test)
     external_oof(art, train, folds, covered=[1, 2])
     with pytest.raises(DataError, match=r"cover no common rows \(rows covered: toy \d+, ext \d+ of 240\)"):
-        run_blend({"blend": {"models": ["toy", "ext"], "bootstrap": 0}}, art, metrics_path=tmp_path / "m.json")
+        run_blend({"blend": {"models": ["toy", "ext"], **FAST}}, art, metrics_path=tmp_path / "m.json")
 
 
 def test_refit_full_for_a_model_from_elsewhere_is_refused(toy, project, tmp_path):
     art, train, test, folds = project
     run_oof("toy", {}, train, folds, art, test=test)
     external_oof(art, train, folds, covered=[0, 1, 2])
-    params = {"blend": {"models": ["toy", "ext"], "bootstrap": 0}, "ext": {"refit_full": True}}
+    params = {"blend": {"models": ["toy", "ext"], **FAST}, "ext": {"refit_full": True}}
     with pytest.raises(ConfigError, match="params ext.refit_full: ext is a model from elsewhere"):
         run_blend(params, art, metrics_path=tmp_path / "m.json")
     assert not (art / "blend.json").exists()
@@ -213,7 +218,7 @@ def test_refit_full_for_a_model_from_elsewhere_is_refused(toy, project, tmp_path
 
 def test_submit_averages_the_trained_folds_or_uses_the_refit(toy, project, tmp_path):
     art, train, test, folds = project
-    params = {"toy": {"folds": [0, 2]}, "blend": {"models": ["toy"], "bootstrap": 0, "method": "best"}}
+    params = {"toy": {"folds": [0, 2]}, "blend": {"models": ["toy"], **FAST, "method": "best"}}
     run_oof("toy", params["toy"], train, folds, art, test=test)
     run_blend(params, art, metrics_path=tmp_path / "m.json")
     dirs = fold_dirs(art, "toy", params)
@@ -234,6 +239,12 @@ def test_submit_averages_the_trained_folds_or_uses_the_refit(toy, project, tmp_p
     np.testing.assert_allclose(make_submission(test, art, reuse_cached=True, params=params)[TARGETS].to_numpy(),
                                refit, atol=1e-12)
     assert not np.allclose(refit, average)
+    judge = Judge.load(art, params=params, warm=False)  # the Judge and the bundle hold the refit alone
+    np.testing.assert_allclose(judge.predict_frame(test)[TARGETS].to_numpy(), refit, atol=1e-12)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    manifest = _bundle(tmp_path / "bundle", art, tmp_path / "params.yaml", [], [], False, [])
+    assert manifest["models"] == {"toy": 1}
+    assert {f.split("/")[3] for f in manifest["files"] if f.startswith("artifacts/models/")} == {REFIT_DIR}
 
     params["toy"] = {"folds": [0, 1]}  # fold 1 was never trained: refused, not silently averaged without it
     with pytest.raises(DataError, match="fold_1 missing or unfinished for the folds \\[0, 1\\]"):
