@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT
-from test_new_model import length_battles
+from test_new_model import length_battles, toy_registered  # noqa: F401  (a fixture)
 
 from ensemble.blend.run import crossfit_folds
 from ensemble.blend.run import run as run_blend
@@ -23,7 +23,7 @@ from ensemble.core.folds import make_folds, prompt_groups
 from ensemble.core.metrics import log_loss, prior_proba
 from ensemble.core.predictions import proba_frame
 from ensemble.judge import Judge
-from ensemble.models import REGISTRY, load, register
+from ensemble.models import load
 from ensemble.models.base import REFIT_DIR
 from ensemble.oof import run_oof
 from ensemble.sections import check_params
@@ -36,10 +36,8 @@ FAST = {"bootstrap": 0, "stack": {"c_grid": [1.0], "inner_splits": 2}, "select":
 
 
 @pytest.fixture
-def toy():
-    register("toy", "toy_model:ToyModel")
-    yield
-    REGISTRY.pop("toy")
+def toy(toy_registered):  # noqa: F811  (the imported fixture, requested)
+    """The toy model registered (test_new_model's fixture: that file alone names its class)."""
 
 
 @pytest.fixture
