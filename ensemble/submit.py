@@ -70,7 +70,8 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
     else:
         found = {int(m.group(1)): d for d in root.glob("fold_*") if (m := re.fullmatch(r"fold_(\d+)", d.name))}
         trained = model.trained_folds(n)
-        what = f"the folds {trained} of {folds_path} it trains ({name}.folds)"
+        what = (f"the {n} folds of {folds_path}" if len(trained) == n
+                else f"the folds {trained} of {folds_path} it trains ({name}.folds)")
     missing = [k for k in trained if k not in found or not read_done(found[k])]
     if missing and model.refits():
         raise DataError(f"{root / REFIT_DIR}: missing or unfinished, {what}; run `dvc repro model@{name}`")
