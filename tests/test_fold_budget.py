@@ -188,6 +188,7 @@ def test_one_covered_fold_is_cross_fitted_on_prompt_grouped_folds_within_it(toy,
     metrics = run_blend({"blend": {"models": ["toy"], **FAST}}, art, metrics_path=tmp_path / "m.json")
     assert metrics["covered_rows"] == int((folds["fold"] == 1).sum())
     assert metrics["crossfit_folds"] == f"{N_SPLITS} prompt-grouped folds within project fold 1"
+    assert any("covers one fold only" in line for line in metrics["advice"])  # its score is optimistic: said
     rows = train[(folds.set_index("id").loc[train["id"], "fold"] == 1).to_numpy()].reset_index(drop=True)
     rows.attrs["n_splits"] = N_SPLITS
     inner, _ = crossfit_folds(np.ones(len(rows), dtype=np.int64), rows, seed=0)

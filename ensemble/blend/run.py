@@ -8,6 +8,9 @@ cross-fitted and scored on the rows every blended model covers (`covered_rows` i
 they span one fold only, the cross-fit cannot hold out whole project folds: those rows are split again
 into prompt-grouped, label-stratified folds (ensemble.core.folds.make_folds, folds.n_splits of them):
 each base prediction there is out-of-fold already, and each blender is scored on prompts it never saw.
+That cross-fit is honest about the rows, not about the models: all its rows were predicted by the same
+fold model of each base model, so it cannot see how a blend fitted there transfers to the other fold
+models or to submit's average; the stage says so in its advice.
 
 `python -m ensemble.blend` runs it in seconds from the existing OOF files; it retrains nothing.
 """
@@ -230,6 +233,12 @@ def advice(metrics: dict) -> list[str]:
     """Lines for what a reader of the table should not miss: models that learned nothing on some folds, and
     a chosen blend that does worse than the best single model, with what to try."""
     lines = []
+    if "within project fold" in metrics["crossfit_folds"]:
+        lines.append(f"note: every blended model covers one fold only ({metrics['covered_rows']} rows): each model's "
+                     f"predictions there come from one fold model, so this cross-fit cannot see how the blend "
+                     f"transfers to other fold models or to their average at submit; its score is optimistic "
+                     f"(PandaLM: 0.774 here, 1.119 on the other folds' rows). Prefer --method best or weights, "
+                     f"or give the models a second common fold")
     for m, r in metrics["models"].items():
         if r.get("prior_folds"):
             lines.append(f"note: {m} predicts the class prior on {r['prior_folds']} of its {r['folds']} folds: there "
