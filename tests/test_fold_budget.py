@@ -26,6 +26,7 @@ from ensemble.judge import Judge
 from ensemble.models import load
 from ensemble.models.base import REFIT_DIR
 from ensemble.oof import run_oof
+from ensemble.report import load_inputs
 from ensemble.sections import check_params
 from ensemble.submit import fold_dirs, make_submission
 
@@ -171,6 +172,9 @@ def test_the_blend_is_fitted_and_scored_on_the_rows_every_model_covers(toy, proj
     blended = pd.read_parquet(art / "blend_oof.parquet").set_index("id").loc[train["id"]]
     covered = np.isin(blended["fold"].to_numpy(), [0, 2])
     assert blended.loc[covered, TARGETS].notna().all().all() and blended.loc[~covered, TARGETS].isna().all().all()
+    report = load_inputs(art / "prepared" / "train.parquet", art / "oof", art / "blend_oof.parquet",
+                         art / "blend.json", art / "metrics.json", art / "models")
+    assert len(report.ids) == metrics["covered_rows"]  # the report reads the covered rows too
     # the same blend on the covered rows alone (the uncovered rows dropped from every file) scores the same
     keep = train["id"][np.isin(folds.set_index("id").loc[train["id"], "fold"], [0, 2])]
     for name in ("toy", "ext"):
