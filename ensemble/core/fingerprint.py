@@ -303,3 +303,9 @@ class Identities:
         training = np.ones(len(self.fold_of), dtype=bool) if self.with_valid else ~np.isin(self.fold_of, held)
         return FoldIdentity({**self.model_parts, "data": self.rows_digest(training), "folds": self.folds,
                              "fold": ",".join(str(k) for k in held), "teachers": self.teachers})
+
+    def full(self) -> FoldIdentity:
+        """The fit on every training row (`refit_full`): no folds held out, so none in its identity (a
+        new draw of the folds keeps it)."""
+        return FoldIdentity({**self.model_parts, "data": self.rows_digest(np.ones(len(self.fold_of), dtype=bool)),
+                             "fold": "full", "teachers": self.teachers})
