@@ -26,6 +26,7 @@ from ensemble.core import fingerprint as fp
 from ensemble.core import position, progress
 from ensemble.core.cache import RunCache
 from ensemble.core.config import ConfigError
+from ensemble.core.fingerprint import DONE_FILE, read_done
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import atomic_path, remove_stale_tmp, write_json, write_parquet, write_text
 from ensemble.core.metrics import accuracy, log_loss, prior_proba
@@ -42,17 +43,7 @@ from ensemble.models import create, load
 from ensemble.models.base import REFIT_DIR, BaseModel
 from ensemble.nn import distributed as dist
 
-DONE_FILE = "done.json"
 POSITION_FILE = "position_bias.json"  # the fold's single-pass position-bias counts on its valid rows
-
-
-def read_done(fold_dir: Path) -> dict:
-    """A finished fold's done.json ({} when absent or unreadable: the fold is not finished)."""
-    try:
-        done = json.loads((fold_dir / DONE_FILE).read_text(encoding="utf-8"))
-        return done if isinstance(done, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, artifacts: str | Path,

@@ -32,6 +32,7 @@ from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import from_dict, load_params
 from ensemble.core.data import LABEL_NAMES, DataConfig, DataError, load_battles, read_battles
+from ensemble.core.fingerprint import read_done
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import accuracy, log_loss
@@ -40,7 +41,6 @@ from ensemble.distill import TEACHER_DIR, teachers_digest
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
 from ensemble.models.base import CONFIG_FILE, REFIT_DIR, BaseModel
-from ensemble.oof import read_done
 
 #: what an identity part that changed means, for the message
 CHANGED = {"config": "its params changed", "data": "the training rows (ids, texts or labels) changed",
