@@ -52,7 +52,7 @@ FILES = {"nested": "nested.parquet", "leaky": "oof.parquet", "pseudo": "unlabell
 PSEUDO_REPORT = "pseudo_labels.json"
 #: what turns a student's teachers into its targets: part of its teachers part (teachers_digest)
 CODE = ("ensemble.distill", "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights",
-        "ensemble.core.degenerate", "ensemble.core.targets")
+        "ensemble.core.degenerate", "ensemble.core.targets", "ensemble.nn.distributed")
 
 
 def distill_config(section: dict | None, student: str) -> DistillConfig:
@@ -216,13 +216,11 @@ class Teachers:
         the fit _fit would make: its done.json fingerprint is the one run_oof gives fold k of these
         rows and folds under today's config, code and weights, and its valid rows chose nothing
         (learns_from_valid). None otherwise, and under DDP (only rank 0 may read the artifacts there)."""
-        from ensemble.oof import read_done
-
         if self.saved is None or teacher.learns_from_valid() or dist.is_distributed():
             return None
         folder = self.saved / name / f"fold_{k}"
         key = self._identities[name].of(k).key  # what the teacher's own OOF run gives its fold k
-        if read_done(folder).get("fingerprint") != key:
+        if fp.read_done(folder).get("fingerprint") != key:
             return None
         return load(folder, cache=self.cache, runtime=self.params.get(name, {}))
 

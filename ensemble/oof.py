@@ -1,5 +1,9 @@
 """Generic out-of-fold runner: one model per fold, OOF and fold-averaged test probabilities.
 
+`<model>.folds` lists the folds it trains (the others' OOF rows are NaN, their test predictions left
+out of the average); `<model>.refit_full` fits one more model on every training row (models/<name>/full,
+fingerprinted without the folds), whose test predictions replace the fold average.
+
 It never knows which model it holds. A finished fold is kept (resumable after a crash, and a rerun
 after an edit elsewhere costs nothing) as long as its identity still matches: its training rows
 (ids, texts, labels), the folds, the model's config without its run-time keys, the code it declares,
@@ -21,6 +25,8 @@ import pandas as pd
 from ensemble.core import fingerprint as fp
 from ensemble.core import position, progress
 from ensemble.core.cache import RunCache
+from ensemble.core.config import ConfigError
+from ensemble.core.fingerprint import DONE_FILE, read_done
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import atomic_path, remove_stale_tmp, write_json, write_parquet, write_text
 from ensemble.core.metrics import accuracy, log_loss, prior_proba
@@ -34,20 +40,10 @@ from ensemble.core.predictions import (
 )
 from ensemble.distill import TEACHER_DIR, Teachers, teachers_digest
 from ensemble.models import create, load
-from ensemble.models.base import BaseModel
+from ensemble.models.base import REFIT_DIR, BaseModel
 from ensemble.nn import distributed as dist
 
-DONE_FILE = "done.json"
 POSITION_FILE = "position_bias.json"  # the fold's single-pass position-bias counts on its valid rows
-
-
-def read_done(fold_dir: Path) -> dict:
-    """A finished fold's done.json ({} when absent or unreadable: the fold is not finished)."""
-    try:
-        done = json.loads((fold_dir / DONE_FILE).read_text(encoding="utf-8"))
-        return done if isinstance(done, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, artifacts: str | Path,
@@ -61,7 +57,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     fold_of = attach_folds(train, folds)
     model_root = artifacts / "models" / name
     n_folds = int(fold_of.max()) + 1
-    oof = np.full((len(train), 3), np.nan)
+    oof = np.full((len(train), 3), np.nan)  # rows of the folds it does not train stay NaN
     test_sum = np.zeros((len(test), 3)) if test is not None else None
     timings = {}
     main = dist.is_main()  # under DDP every process trains, only rank 0 touches the artifacts
@@ -69,6 +65,8 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         remove_stale_tmp(model_root, *(artifacts / d / f"{name}{ext}" for d, ext in
                                        (("oof", ".parquet"), ("test", ".parquet"), ("timings", ".json"))))
     first = create(name, config, cache=cache)
+    trained = first.trained_folds(n_folds)  # its `folds` key: refused here when it names a missing fold
+    check_refit(first)
     first.check_resources([train] + ([test] if test is not None else []))  # refuse before any fold trains
     params = {**(params or {}), name: config}
     teachers_part = teachers_digest(first, params, train, unlabelled, teacher_dir, cache)
@@ -82,7 +80,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
     # run-time keys that change predictions (not the model): a cached prediction is keyed by them too
     predict_settings = first.prediction_settings()
     last_dir, bias, prior_folds = None, [], []
-    for k in range(n_folds):
+    for k in trained:
         fold_dir = model_root / f"fold_{k}"
         tr, va = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         model = create(name, config, cache=cache)  # `first` is never fitted: one fold model alive at a time
@@ -113,7 +111,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         pred_key = fp.combine({"fold": key, "predict": fp.config_digest(predict_settings)})
         valid_key = fp.combine({"fold": pred_key, "valid": identities.rows_digest(fold_of == k)})
         valid_pred = _predict_cached(fold, valid, fold_dir / "valid_pred.npy", valid_key)
-        test_pred = None if test is None else _predict_cached(
+        test_pred = None if test is None or first.refits() else _predict_cached(
             fold, test, fold_dir / "test_pred.npy", fp.combine({"fold": pred_key, "test": test_key}))
         fold_bias = _position_counts(fold, valid, fold_dir / POSITION_FILE, valid_key)
         if main:
@@ -137,9 +135,17 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             last_dir = fold_dir
         model = fold = None  # fold k's model (an LLM: its adapter on the shared base) goes before k + 1 trains
         dist.barrier(f"fold {k} saved and predicted")
+    refit_pred = None
+    if first.refits():  # one more model on every training row: the test predictions are its own
+        refit, timings[REFIT_DIR] = run_refit(name, config, train, model_root, identities.full(), cache, main)
+        if test is not None:  # every process predicts, as for the folds
+            refit_key = fp.combine({"fold": identities.full().key, "predict": fp.config_digest(predict_settings),
+                                    "test": test_key})
+            refit_pred = _predict_cached(refit, test, refit.folder / "test_pred.npy", refit_key)
+        refit = None
     if not main:
         dist.finish("OOF and test files written")
-        return {"folds": n_folds, "fit_seconds": timings}
+        return {"folds": n_folds, "trained": trained, "fit_seconds": timings}
     if hasattr(first, "input_report"):  # what the model saw of the texts (transformers: truncation at max_len)
         shared = identities.model_parts
         report_key = fp.combine({**{k: shared[k] for k in ("config", "code", "backbone")},
@@ -149,17 +155,66 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
         if old.get("key") != report_key:  # it depends on texts, config and tokenizer, not on the folds
             report = LazyFold(None, last_dir, cache, config).get().input_report(train)
             write_json(path, {**report, "key": report_key})
+    if len(trained) < n_folds:
+        covered = int(np.isfinite(oof[:, 0]).sum())
+        progress.log(f"[{name}] trained folds {trained} of {n_folds}: its OOF covers {covered} of {len(train)} "
+                     f"rows (the others are NaN)")
     oof_frame = proba_frame(train["id"], oof, fold_of)
     oof_frame.attrs[position.ATTR] = position.summarise(bias)  # read by the blend stage into metrics.json
     oof_frame.attrs[PRIOR_FOLDS_ATTR] = prior_folds
     write_parquet(artifacts / "oof" / f"{name}.parquet", oof_frame)
     if test is not None:
-        predicted = proba_frame(test["id"], test_sum / n_folds)
+        if refit_pred is not None:
+            test_pred = refit_pred
+        else:
+            test_pred = test_sum / len(trained)  # the average of the folds it trained
+        predicted = proba_frame(test["id"], test_pred)
         predicted.attrs[TEXTS_ATTR] = fp.row_digests(test)  # submit --reuse-test-predictions checks the texts
         write_parquet(artifacts / "test" / f"{name}.parquet", predicted)
     write_json(artifacts / "timings" / f"{name}.json", {"fit_seconds": timings})  # untracked: differs per run
     dist.finish()
-    return {"folds": n_folds, "fit_seconds": timings}
+    return {"folds": n_folds, "trained": trained, "fit_seconds": timings}
+
+
+def check_refit(model: BaseModel) -> None:
+    """`refit_full` with what it cannot do, refused before any fold trains: a student's targets come from
+    teachers fitted per fold (ensemble.distill), and no teacher fit covers every training row."""
+    distill = getattr(model.config, "distill", None)
+    if model.refits() and distill is not None and distill.on:
+        raise ConfigError(f"params {model.name}.refit_full: true with {model.name}.distill.teachers "
+                          f"{distill.teachers}: a refit on every training row has no honest teacher labels "
+                          f"(they are fitted per fold); set refit_full: false or distill.teachers: []")
+
+
+def run_refit(name: str, config: dict, train: pd.DataFrame, model_root: Path, identity: fp.FoldIdentity,
+              cache: RunCache, main: bool) -> tuple[LazyFold, float]:
+    """Fit one model on every training row into models/<name>/full (reused while its identity matches:
+    fingerprint.Identities.full),
+    with no held-out rows: nothing of its own can be scored, its folds' OOF stands for it. Returns it
+    and its fit seconds (0 when reused)."""
+    folder = model_root / REFIT_DIR
+    key = identity.key
+    model, seconds = None, 0.0
+    if dist.from_main(main and read_done(folder).get("fingerprint") == key):
+        progress.log(f"[{name}] refit on every training row: already done, reusing {folder}")
+    else:
+        if main and folder.exists():
+            shutil.rmtree(folder)
+        progress.log(f"[{name}] refit: training on all {len(train)} rows")
+        model = create(name, config, cache=cache)
+        start = time.perf_counter()
+        model.fit(train.reset_index(drop=True), None)
+        seconds = time.perf_counter() - start
+        progress.log(f"[{name}] refit: fit {seconds:.1f} s")
+        if main:
+            tmp_dir = folder.with_name(folder.name + ".tmp")
+            if tmp_dir.exists():
+                shutil.rmtree(tmp_dir)
+            model.save(tmp_dir)
+            tmp_dir.rename(folder)
+            write_json(folder / DONE_FILE, {"fingerprint": key, "parts": identity.parts, "train_rows": len(train)})
+    dist.barrier("refit saved")
+    return LazyFold(model, folder, cache, config), seconds
 
 
 class LazyFold:

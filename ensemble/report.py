@@ -90,8 +90,9 @@ def _read_proba(path: Path, ids: pd.Index, what: str) -> pd.DataFrame:
                         f"{len(ids)} ids (e.g. {', '.join(map(str, missing[:5]))}); rerun its stage")
     frame = frame.loc[ids]
     values = frame[list(TARGETS)].to_numpy(dtype=float)
-    if not np.isfinite(values).all():
-        bad = ids[~np.isfinite(values).all(axis=1)]
+    blank = np.isnan(values).all(axis=1)  # a row of a fold the model did not train (`<model>.folds`)
+    if not np.isfinite(values[~blank]).all():
+        bad = ids[~blank][~np.isfinite(values[~blank]).all(axis=1)]
         raise DataError(f"{path}: columns {', '.join(TARGETS)} hold NaN/inf in rows with id "
                         f"{', '.join(map(str, bad[:10]))}")
     return frame
@@ -113,16 +114,22 @@ def load_inputs(train: Path, oof_dir: Path, blend_oof: Path, blend_json: Path, m
     models = blend.get("models")
     if not isinstance(models, list) or not models or not isinstance(blend.get("method"), str):
         raise DataError(f"{blend_json}: needs a non-empty 'models' list and a 'method'; rerun the blend stage")
-    probas, folds = {}, 0
+    frames, folds = {}, 0
     for name in models:
-        frame = _read_proba(oof_dir / f"{name}.parquet", ids, f"model {name!r}")
-        probas[name] = clip_normalize(frame[list(TARGETS)].to_numpy(dtype=float))
-        if "fold" in frame:
-            folds = max(folds, int(frame["fold"].nunique()))
+        frames[name] = _read_proba(oof_dir / f"{name}.parquet", ids, f"model {name!r}")
+        if "fold" in frames[name]:
+            folds = max(folds, int(frames[name]["fold"].nunique()))
     frame = _read_proba(blend_oof, ids, "the cross-fitted blend")
     if "label" in frame and not np.array_equal(frame["label"].to_numpy(dtype=int), battles["label"].to_numpy(int)):
         raise DataError(f"{blend_oof}: labels differ from {train}; the blend is stale, rerun it (dvc repro blend)")
-    probas[BLEND] = clip_normalize(frame[list(TARGETS)].to_numpy(dtype=float))
+    frames[BLEND] = frame
+    # the rows every model and the blend cover (all, unless a model trained some folds only)
+    covered = np.logical_and.reduce([np.isfinite(f[list(TARGETS)].to_numpy(dtype=float)).all(axis=1)
+                                     for f in frames.values()])
+    if not covered.any():
+        raise DataError(f"{blend_oof}: no training row is covered by every model and the blend; rerun the blend")
+    battles, ids = battles[covered], ids[covered]
+    probas = {name: clip_normalize(f[list(TARGETS)].to_numpy(dtype=float)[covered]) for name, f in frames.items()}
     inputs = {m: _read_json(models_dir / m / "input.json", required=False) for m in models}
     return ReportInputs(ids=ids.to_numpy(), labels=battles["label"].to_numpy(dtype=int), probas=probas,
                         texts=battles[["prompt", "response_a", "response_b"]], blend=blend,

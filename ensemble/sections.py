@@ -42,5 +42,10 @@ def check_params(params: dict[str, Any], source: str = "params.yaml") -> dict[st
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {name} is {values!r}; expected a mapping of keys")
     # a model section through its model, which also checks what one key cannot (e.g. llm.infer_max_tokens >= max_len)
-    return {name: model_class(name)(values).config if name in REGISTRY else from_dict(section_class(name), values, name)
-            for name, values in params.items()}
+    models = {name: model_class(name)(values) for name, values in params.items() if name in REGISTRY}
+    built = {name: models[name].config if name in models else from_dict(section_class(name), values, name)
+             for name, values in params.items()}
+    n_splits = built["folds"].n_splits if "folds" in built else from_dict(section_class("folds"), {}).n_splits
+    for model in models.values():  # `<model>.folds` against the folds the run will have
+        model.trained_folds(n_splits)
+    return built

@@ -1,6 +1,7 @@
 """Kaggle submission: `python -m ensemble.submit test.csv [-o submission.csv]`.
 
-Loads every blended model's saved fold models, predicts the file (fold-averaged), applies the fitted
+Loads every blended model's saved fold models, predicts the file (averaged over the folds it trained,
+or its one refit on every training row where `<model>.refit_full` is on), applies the fitted
 blender of artifacts/blend.json (whichever method fitted it) and writes
 id,winner_model_a,winner_model_b,winner_tie in input order. The fold models must be exactly the folds
 of artifacts/folds.parquet, each still matching its identity (params without the run-time keys,
@@ -31,6 +32,7 @@ from ensemble.core.cache import RunCache
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import from_dict, load_params
 from ensemble.core.data import LABEL_NAMES, DataConfig, DataError, load_battles, read_battles
+from ensemble.core.fingerprint import read_done
 from ensemble.core.folds import attach_folds
 from ensemble.core.io import write_csv
 from ensemble.core.metrics import accuracy, log_loss
@@ -38,8 +40,7 @@ from ensemble.core.predictions import proba_frame, read_test_file
 from ensemble.distill import TEACHER_DIR, teachers_digest
 from ensemble.models import create, is_registered, model_class
 from ensemble.models import load as load_model
-from ensemble.models.base import CONFIG_FILE, BaseModel
-from ensemble.oof import read_done
+from ensemble.models.base import CONFIG_FILE, REFIT_DIR, BaseModel
 
 #: what an identity part that changed means, for the message
 CHANGED = {"config": "its params changed", "data": "the training rows (ids, texts or labels) changed",
@@ -53,10 +54,12 @@ CODE_PARTS = ("code", "libraries")
 
 def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code: bool = True,
               cache: RunCache | None = None) -> list[Path]:
-    """fold_0 .. fold_{n-1} for the n folds of artifacts/folds.parquet, each finished and trained for
-    today's params, training rows, folds, code, libraries, backbone and teachers (the OOF runner's
-    FoldIdentity, part by part); anything else is a DataError naming the part, never a silent average
-    of stale models. `check_code=False` leaves the code and library parts out."""
+    """The model folders submit averages: fold_k for each fold of artifacts/folds.parquet that
+    `<name>.folds` trains, or the one folder `full` where `<name>.refit_full` is on; each finished and
+    trained for today's params, training rows, folds (not for the refit: it learned from every row),
+    code, libraries, backbone and teachers (the OOF runner's FoldIdentity, part by part); anything else
+    is a DataError naming the part, never a silent average of stale models. `check_code=False` leaves
+    the code and library parts out."""
     root = artifacts / "models" / name
     folds_path, train_path = artifacts / "folds.parquet", artifacts / "prepared" / "train.parquet"
     for path in (folds_path, train_path):
@@ -65,27 +68,38 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
     train = load_battles(train_path)
     fold_of = attach_folds(train, pd.read_parquet(folds_path))
     n = int(fold_of.max()) + 1
-    found = {int(m.group(1)): d for d in root.glob("fold_*") if (m := re.fullmatch(r"fold_(\d+)", d.name))}
-    missing = [k for k in range(n) if k not in found or not read_done(found[k])]
+    params = load_params() if params is None else params  # params.yaml of the working directory
+    model = create(name, params.get(name, {}), cache=cache)
+    if model.refits():
+        found = {REFIT_DIR: root / REFIT_DIR}
+        trained: list = [REFIT_DIR]
+        what = f"the refit on every training row ({name}.refit_full)"
+    else:
+        found = {int(m.group(1)): d for d in root.glob("fold_*") if (m := re.fullmatch(r"fold_(\d+)", d.name))}
+        trained = model.trained_folds(n)
+        what = (f"the {n} folds of {folds_path}" if len(trained) == n
+                else f"the folds {trained} of {folds_path} it trains ({name}.folds)")
+    missing = [k for k in trained if k not in found or not read_done(found[k])]
+    if missing and model.refits():
+        raise DataError(f"{root / REFIT_DIR}: missing or unfinished, {what}; run `dvc repro model@{name}`")
     if missing:
         raise DataError(f"{root}: fold model(s) {', '.join(f'fold_{k}' for k in missing)} missing or unfinished for "
-                        f"the {n} folds of {folds_path}; run `dvc repro model@{name}`")
-    extra = sorted(k for k in found if k >= n)
+                        f"{what}; run `dvc repro model@{name}`")
+    extra = sorted(k for k in found if k != REFIT_DIR and k >= n)
     if extra:
         raise DataError(f"{root}: {', '.join(f'fold_{k}' for k in extra)} beyond the {n} folds of {folds_path} "
                         f"(left by a run with more folds); delete them or rerun `dvc repro model@{name}`")
-    params = load_params() if params is None else params  # params.yaml of the working directory
-    model = create(name, params.get(name, {}), cache=cache)
     unlabelled_path = artifacts / "prepared" / "unlabelled.parquet"  # a student's pseudo-labelled battles
     unlabelled = load_battles(unlabelled_path) if unlabelled_path.is_file() and _distils(model) else None
     teachers = teachers_digest(model, params, train, unlabelled, TEACHER_DIR, cache)
     identities = fp.Identities(model, train, fold_of, teachers)
     learned = json.loads(json.dumps(model.learned_config(), default=str))  # as saved
-    for k in range(n):
+    for k in trained:
         done = read_done(found[k])
         saved = model.learned_view(_saved_config(found[k]))
         changed_keys = sorted(key for key in set(learned) | set(saved) if learned.get(key) != saved.get(key))
-        today, saved_parts = identities.of(k), done.get("parts", {})
+        today = identities.full() if k == REFIT_DIR else identities.of(k)
+        saved_parts = done.get("parts", {})
         parts = [p for p in today.changed(saved_parts) if check_code or p not in CODE_PARTS]
         if not changed_keys and not parts:
             continue
@@ -94,10 +108,10 @@ def fold_dirs(artifacts: Path, name: str, params: dict | None = None, check_code
         if "libraries" in parts and not changed_keys:
             why += f" ({saved_parts.get('libraries')} then, {today.parts['libraries']} now)"
         code_only = not changed_keys and set(parts) <= set(CODE_PARTS)
-        raise DataError(f"{root / f'fold_{k}'}: no longer matches its fingerprint: {why} since it was trained; run "
+        raise DataError(f"{found[k]}: no longer matches its fingerprint: {why} since it was trained; run "
                         f"`dvc repro model@{name}`" + (" (after a code or library change only: or submit "
                                                        "--skip-code-check)" if code_only else ""))
-    return [found[k] for k in range(n)]
+    return [found[k] for k in trained]
 
 
 def _distils(model: BaseModel) -> bool:
@@ -121,7 +135,7 @@ def fold_models(artifacts: Path, name: str, params: dict | None = None, check_co
     cache = cache if cache is not None else RunCache()
     dirs = fold_dirs(artifacts, name, params, check_code, cache)
     runtime = params.get(name, {})
-    if runtime.get("merge_folds"):  # one model from the K folds, one inference pass (e.g. llm.merge_folds)
+    if runtime.get("merge_folds") and len(dirs) > 1:  # the folds merged: one inference pass
         module, func = model_class(name).merger.split(":")
         merged = getattr(importlib.import_module(module), func)([load_model(d, cache=cache, runtime=runtime)
                                                                 for d in dirs])

@@ -17,7 +17,7 @@ from ensemble.core.data import load_battles
 from ensemble.distill import TEACHER_DIR, check_teachers
 from ensemble.models import create
 from ensemble.nn.distributed import relaunch
-from ensemble.oof import run_oof
+from ensemble.oof import check_refit, run_oof
 
 
 def main() -> int:
@@ -33,7 +33,9 @@ def main() -> int:
     args = ap.parse_args()
     params = load_params()
     section = params.get(args.model, {})
-    create(args.model, section)  # params checked before any data or weights are read
+    model = create(args.model, section)  # params checked before any data or weights are read
+    model.trained_folds(int(pd.read_parquet(args.folds, columns=["fold"])["fold"].max()) + 1)
+    check_refit(model)
     unlabelled = Path(args.unlabelled)
     unlabelled = load_battles(unlabelled) if unlabelled.is_file() else None
     check_teachers(args.model, params, Path(args.teachers), unlabelled is not None)  # before any training

@@ -15,12 +15,13 @@ from conftest import ROOT, marker_frame, raw_csv
 from ensemble import TARGETS
 from ensemble.core.config import ConfigError, from_dict
 from ensemble.core.errors import DataError
+from ensemble.core.fingerprint import read_done
 from ensemble.core.folds import attach_folds, make_folds
 from ensemble.core.metrics import log_loss
 from ensemble.core.targets import SOFT_COLUMNS, DistillConfig, sharpen, weighted_copies
 from ensemble.distill import FILES, Teachers, check_teachers
 from ensemble.models.base import BaseModel
-from ensemble.oof import read_done, run_oof
+from ensemble.oof import run_oof
 
 WORDS = "the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code".split()
 FAST = {"n_estimators": 60, "learning_rate": 0.1, "early_stopping_rounds": 10, "n_jobs": 1, "min_child_samples": 5,

@@ -17,8 +17,9 @@ from conftest import battle_frame, finished_llm_run
 
 from ensemble.core import fingerprint as fp
 from ensemble.core.data import TEXT_COLUMNS, DataError
+from ensemble.core.fingerprint import read_done
 from ensemble.core.folds import attach_folds, make_folds, prompt_groups, prompt_key
-from ensemble.oof import read_done, run_oof
+from ensemble.oof import run_oof
 
 LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1, "min_child_samples": 5,
         "vectorizer": {"max_features": 50, "min_df": 1}}
@@ -282,7 +283,8 @@ def test_each_model_declares_every_module_it_imports_that_is_not_plumbing():
     assert fp.undeclared_imports((*distill.CODE, *LEARNS_WITH)) == []  # a student's teachers part
     assert fp.undeclared_imports(("ensemble.distill", *LEARNS_WITH)) == ["ensemble.blend", "ensemble.blend.base",
                                                                          "ensemble.blend.weights",
-                                                                         "ensemble.core.degenerate"]
+                                                                         "ensemble.core.degenerate",
+                                                                         "ensemble.nn.distributed"]
 
 
 def test_code_digest_follows_the_declared_modules_and_nothing_else(tmp_path, monkeypatch):

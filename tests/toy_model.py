@@ -9,11 +9,11 @@ import numpy as np
 
 from ensemble.core.config import Range
 from ensemble.core.io import write_json
-from ensemble.models.base import BaseModel
+from ensemble.models.base import BaseModel, FoldBudget
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(FoldBudget):
     bins: int = 5  # quantile bins of the log-length difference A - B
     smoothing: float = 1.0  # add-k counts per bin and class
 

@@ -3,6 +3,15 @@ registered blender cross-fitted (each fold blended by a fit on the other folds),
 bootstrap intervals, and write blend.json, blend_oof.parquet (the cross-fitted blend: its log loss is
 blend.log_loss_crossfit), artifacts/metrics.json (details) and the headline metrics.json.
 
+A model that trained some folds only (`<model>.folds`) has NaN OOF rows elsewhere: the blend is fitted,
+cross-fitted and scored on the rows every blended model covers (`covered_rows` in metrics.json). Where
+they span one fold only, the cross-fit cannot hold out whole project folds: those rows are split again
+into prompt-grouped, label-stratified folds (ensemble.core.folds.make_folds, folds.n_splits of them):
+each base prediction there is out-of-fold already, and each blender is scored on prompts it never saw.
+That cross-fit is honest about the rows, not about the models: all its rows were predicted by the same
+fold model of each base model, so it cannot see how a blend fitted there transfers to the other fold
+models or to submit's average; the stage says so in its advice.
+
 `python -m ensemble.blend` runs it in seconds from the existing OOF files; it retrains nothing.
 """
 
@@ -23,10 +32,11 @@ from ensemble.blend.config import BlendConfig
 from ensemble.blend.crossfit import crossfit
 from ensemble.blend.stack import META_COLUMNS, meta_features, shared_fits
 from ensemble.blend.weights import apply_blend
+from ensemble.core import progress
 from ensemble.core.config import ConfigError, from_dict
 from ensemble.core.data import DataError, load_battles
 from ensemble.core.degenerate import KIND_COLUMN, kinds, masks
-from ensemble.core.folds import GROUP_COLUMN, attach_folds, prompt_groups
+from ensemble.core.folds import GROUP_COLUMN, attach_folds, make_folds, prompt_groups
 from ensemble.core.io import write_json, write_parquet
 from ensemble.core.metrics import accuracy, log_loss, report, row_log_loss
 from ensemble.core.position import read as read_position_bias
@@ -74,6 +84,37 @@ def check_external_tests(artifacts: Path, models: list[str]) -> None:
                            "write its predictions for every test id")
 
 
+def check_refit_sections(params: dict, models: list[str]) -> None:
+    """`refit_full` for a model from elsewhere (its prediction files only) has nothing to refit: refused."""
+    for name in models:
+        section = params.get(name)
+        if not is_registered(name) and isinstance(section, dict) and "refit_full" in section:
+            raise ConfigError(f"params {name}.refit_full: {name} is a model from elsewhere (blend.models reads its "
+                              f"prediction files only), there is no training here to refit; remove the key and "
+                              f"write its artifacts/test/{name}.parquet from the model you want submitted")
+
+
+def covered_rows(probas: list[np.ndarray], models: list[str], oof_dir: Path) -> np.ndarray:
+    """Rows every model's OOF covers (finite); none in common is a DataError naming each model's share."""
+    covered = np.logical_and.reduce([np.isfinite(p).all(axis=1) for p in probas])
+    if not covered.any():
+        shares = ", ".join(f"{m} {int(np.isfinite(p).all(axis=1).sum())}" for m, p in zip(models, probas))
+        raise DataError(f"{oof_dir}: the OOF files of blend.models cover no common rows (rows covered: {shares} "
+                        f"of {len(covered)}); give the models at least one common fold in <model>.folds")
+    return covered
+
+
+def crossfit_folds(fold_of: np.ndarray, frame: pd.DataFrame, seed: int) -> tuple[np.ndarray, str]:
+    """The folds the blend is cross-fitted on, for the covered rows: the project's folds where they span
+    two or more, else those rows split again into as many prompt-grouped folds (see the module docstring)."""
+    present = np.unique(fold_of)
+    if len(present) >= 2:
+        return fold_of, "project folds"
+    n_splits = int(frame.attrs.get("n_splits", 5))
+    inner = make_folds(frame, n_splits, seed)["fold"].to_numpy()
+    return inner, f"{n_splits} prompt-grouped folds within project fold {int(present[0])}"
+
+
 def scores(labels: np.ndarray, proba: np.ndarray) -> dict:
     return {"log_loss": round(log_loss(labels, proba), 6),
             "accuracy": round(accuracy(labels, proba), 6)}
@@ -90,15 +131,26 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
         raise DataError("blend.models is empty: list at least one model")
     if len(set(models)) < len(models):
         raise ConfigError(f"params blend.models: {models!r} names a model twice")
+    check_refit_sections(params, models)
     start = time.perf_counter()
     train = load_battles(artifacts / "prepared" / "train.parquet").set_index("id")
-    labels = train["label"].to_numpy(dtype=np.int64)
     probas, fold_of = read_oof_folds(artifacts, models, train, read_folds(artifacts, train))
     if len(np.unique(fold_of)) < 2:
         raise DataError(f"{artifacts / 'oof' / (models[0] + '.parquet')}: {len(np.unique(fold_of))} fold(s); "
                         f"cross-fitting the blend needs at least 2 (folds.n_splits)")
+    n_splits = len(np.unique(fold_of))
+    covered = covered_rows(probas, models, artifacts / "oof")
     check_external_tests(artifacts, models)
-    frame = train.reset_index().assign(fold=fold_of)
+    all_ids, all_labels, project_folds = train.index, train["label"].to_numpy(dtype=np.int64), fold_of
+    train, fold_of = train[covered], fold_of[covered]  # from here on: the rows every model covers
+    probas = [p[covered] for p in probas]
+    labels = train["label"].to_numpy(dtype=np.int64)
+    frame = train.reset_index()
+    frame.attrs["n_splits"] = n_splits
+    fold_of, crossfit_on = crossfit_folds(fold_of, frame, cfg.seed)
+    frame = frame.assign(fold=fold_of)
+    progress.log(f"blend: {len(labels)} of {len(all_ids)} training rows covered by every model "
+                 f"({', '.join(models)}); cross-fitted on {crossfit_on}")
     # once, for every blender fitted below and every fold and inner fold it sees: the degenerate
     # kinds (ensemble.core.degenerate), the prompt groups and the stacker's meta-features
     frame[KIND_COLUMN] = kinds(frame)
@@ -121,7 +173,7 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
         degenerate = degenerate_scores(cfg, method, models, probas, labels, fold_of, frame, honest)
 
     # one set of prompt resamples for every interval below
-    boot = PairedBootstrap(prompt_groups(frame), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
+    boot = PairedBootstrap(frame[GROUP_COLUMN].to_numpy(), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
 
     def ci(a, b):
         return boot.ci(a, b) if boot is not None else None
@@ -134,7 +186,8 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
     def compared(proba: np.ndarray) -> dict:
         loss = row_log_loss(labels, proba)
         return {"diff_vs_prior_ci": ci(loss, prior_loss), "diff_vs_best_ci": ci(loss, losses[best])}
-    metrics = {"rows": int(len(labels)), "method": method,
+    metrics = {"rows": int(len(labels)), "covered_rows": int(len(labels)), "training_rows": int(len(all_ids)),
+               "crossfit_folds": crossfit_on, "method": method,
                "prior": {**scores(labels, prior), "class_counts": np.bincount(labels, minlength=3).tolist()},
                "models": {m: {**report(labels, p), "diff_vs_prior_ci": ci(losses[m], row_log_loss(labels, prior))}
                           for m, p in zip(models, probas)},
@@ -175,8 +228,10 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
     write_json(artifacts / "metrics.json", metrics)
     if metrics_path is not None:
         write_json(metrics_path, headline(metrics))
-    oof_frame = pd.DataFrame(honest, columns=list(TARGETS)).assign(id=train.index.to_numpy(), label=labels,
-                                                                   fold=fold_of)
+    blended = np.full((len(all_ids), 3), np.nan)  # one row per training id, as the OOF files: NaN where not covered
+    blended[covered] = honest
+    oof_frame = pd.DataFrame(blended, columns=list(TARGETS)).assign(id=all_ids.to_numpy(), label=all_labels,
+                                                                    fold=project_folds)
     write_parquet(artifacts / BLEND_OOF, oof_frame[["id", "label", "fold", *TARGETS]])
     print(format_table(metrics))
     for line in metrics["advice"]:
@@ -189,6 +244,12 @@ def advice(metrics: dict) -> list[str]:
     """Lines for what a reader of the table should not miss: models that learned nothing on some folds, and
     a chosen blend that does worse than the best single model, with what to try."""
     lines = []
+    if "within project fold" in metrics["crossfit_folds"]:
+        lines.append(f"note: every blended model covers one fold only ({metrics['covered_rows']} rows): each model's "
+                     f"predictions there come from one fold model, so this cross-fit cannot see how the blend "
+                     f"transfers to other fold models or to their average at submit; its score is optimistic "
+                     f"(PandaLM: 0.774 here, 1.119 on the other folds' rows). Prefer --method best or weights, "
+                     f"or give the models a second common fold")
     for m, r in metrics["models"].items():
         if r.get("prior_folds"):
             lines.append(f"note: {m} predicts the class prior on {r['prior_folds']} of its {r['folds']} folds: there "

@@ -163,7 +163,8 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
         raise ConfigError(f"params {where}: unknown key(s) {', '.join(unknown)}; "
                           f"known: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    constraints = getattr(cls, "constraints", {})
+    # each class of the MRO may declare its own fields' rules (a shared base such as FoldBudget)
+    constraints = {k: v for c in reversed(cls.__mro__) for k, v in vars(c).get("constraints", {}).items()}
     kwargs = {}
     for name, value in values.items():
         hint, key = hints.get(name), f"{where}.{name}"

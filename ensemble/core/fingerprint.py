@@ -253,6 +253,20 @@ def tensor_digest(named, head: str = "") -> str:
 
 # ------------------------------------------------------------------------------------------- identity
 
+#: a finished fold's record in its folder: its identity's key ("fingerprint") and parts, written last
+DONE_FILE = "done.json"
+
+
+def read_done(fold_dir: Path) -> dict:
+    """A finished fold's done.json ({} when absent or unreadable: the fold is not finished)."""
+    try:
+        done = json.loads((fold_dir / DONE_FILE).read_text(encoding="utf-8"))
+        return done if isinstance(done, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+
 def model_parts(model) -> dict[str, str]:
     """What a model (ensemble.models.base) learns from apart from its rows: its learned config, the code
     it declares, the versions of the libraries that change its numbers and its pretrained weights."""
@@ -303,3 +317,9 @@ class Identities:
         training = np.ones(len(self.fold_of), dtype=bool) if self.with_valid else ~np.isin(self.fold_of, held)
         return FoldIdentity({**self.model_parts, "data": self.rows_digest(training), "folds": self.folds,
                              "fold": ",".join(str(k) for k in held), "teachers": self.teachers})
+
+    def full(self) -> FoldIdentity:
+        """The fit on every training row (`refit_full`): no folds held out, so none in its identity (a
+        new draw of the folds keeps it)."""
+        return FoldIdentity({**self.model_parts, "data": self.rows_digest(np.ones(len(self.fold_of), dtype=bool)),
+                             "fold": "full", "teachers": self.teachers})

@@ -7,7 +7,9 @@ files, so they are its whole contract:
     artifacts/test/<name>.parquet  id, winner_model_a, winner_model_b, winner_tie
                                    (at least every id of the test file predicted)
 
-Probabilities finite, within [0, 1], rows summing to 1 (within SUM_TOL); ids unique.
+Probabilities finite, within [0, 1], rows summing to 1 (within SUM_TOL); ids unique. In an OOF file a
+row of a fold the model did not train (`<model>.folds`) holds NaN in all three columns: the blend is
+fitted on the rows every blended model covers.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def check_proba(proba: np.ndarray, n: int, name: str) -> None:
         raise RuntimeError(f"model {name} returned rows that do not sum to 1")
 
 
-def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *TARGETS)) -> pd.DataFrame:
+def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *TARGETS),
+                     uncovered: bool = False) -> pd.DataFrame:
     """Read a prediction file and check what holds whatever rows it is compared with."""
     if not path.is_file():
         raise DataError(f"{path}: no prediction file for model {name!r}; run its stage first (dvc repro "
@@ -80,11 +83,13 @@ def read_predictions(path: Path, name: str, columns: tuple[str, ...] = ("id", *T
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem
         raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
-    return checked_predictions(frame, path, columns)
+    return checked_predictions(frame, path, columns, uncovered)
 
 
-def checked_predictions(frame: pd.DataFrame, path, columns: tuple[str, ...] = ("id", *TARGETS)) -> pd.DataFrame:
-    """A prediction frame read from `path` (or a block of it), checked, indexed by id."""
+def checked_predictions(frame: pd.DataFrame, path, columns: tuple[str, ...] = ("id", *TARGETS),
+                        uncovered: bool = False) -> pd.DataFrame:
+    """A prediction frame read from `path` (or a block of it), checked, indexed by id. `uncovered`: rows
+    all NaN are allowed (an OOF file's rows of folds the model did not train)."""
     missing = [c for c in columns if c not in frame]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
@@ -92,7 +97,9 @@ def checked_predictions(frame: pd.DataFrame, path, columns: tuple[str, ...] = ("
     dup = frame["id"][frame["id"].duplicated()]
     if len(dup):
         raise DataError(f"{path}: {len(dup)} duplicate id(s): {listed(dup.unique())}; one row per id")
-    values = frame[list(TARGETS)].to_numpy(dtype=float)
+    values = frame[list(TARGETS)].to_numpy(dtype=float, copy=True)
+    blank = np.isnan(values).all(axis=1) if uncovered else np.zeros(len(frame), dtype=bool)
+    values[blank] = 1 / 3  # checked as a valid row; the caller reads the NaN
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         raise DataError(f"{path}: columns {', '.join(TARGETS)} hold NaN/inf in rows with id {listed(frame['id'][bad])}")
@@ -108,8 +115,9 @@ def checked_predictions(frame: pd.DataFrame, path, columns: tuple[str, ...] = ("
 def read_oof_file(path: Path, name: str, ids: pd.Index, fold_of: np.ndarray | None,
                   folds_source: str = "artifacts/folds.parquet") -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, folds) aligned with the training `ids`; the ids must be exactly the training
-    ids and, when `fold_of` is given, the fold column must equal it."""
-    frame = read_predictions(path, name, ("id", "fold", *TARGETS))
+    ids and, when `fold_of` is given, the fold column must equal it. Rows of folds the model did not
+    train are NaN."""
+    frame = read_predictions(path, name, ("id", "fold", *TARGETS), uncovered=True)
     missing = ids.difference(frame.index)
     if len(missing):
         raise DataError(f"{path}: no OOF rows for {len(missing)} training ids (e.g. {listed(missing, 5)}); "

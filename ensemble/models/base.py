@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from sklearn.exceptions import NotFittedError
 
 from ensemble.core.cache import RunCache
 from ensemble.core.calibration import floor_absent_classes
-from ensemble.core.config import from_dict, to_dict
+from ensemble.core.config import AnyOf, Choice, ConfigError, Each, Range, from_dict, to_dict
 from ensemble.core.data import (
     SWAP_INDEX,
     DataError,
@@ -39,6 +40,22 @@ LEARNS_WITH = ("ensemble", "ensemble.models.base", "ensemble.core.data", "ensemb
                "ensemble.core.metrics", "ensemble.core.folds", "ensemble.core.targets", "ensemble.core.position")
 #: the libraries whose versions change every model's numbers (the calibration's)
 LIBRARIES = ("numpy", "scipy", "scikit-learn")
+#: the folder, beside fold_0 .. fold_{K-1}, of the model `refit_full` fits on every training row
+REFIT_DIR = "full"
+
+
+@dataclass
+class FoldBudget:
+    """The keys every model's params section has (its Config subclasses this): which of the K folds
+    it trains (`all`, or a list such as [0]: its OOF then covers those folds' rows only) and whether
+    one more model is fitted on every training row (`refit_full`: AutoGluon's name), which test
+    predictions, submit, the bundle and the Judge then use instead of the fold average. Neither
+    changes what fold k learns, so neither is in a fold's fingerprint (BaseModel.budget_keys)."""
+
+    folds: str | list[int] = "all"
+    refit_full: bool = False
+
+    constraints: ClassVar[dict] = {"folds": AnyOf(Choice("all"), Each(Range(0), min_len=1))}
 
 
 class BaseModel(ABC):
@@ -62,6 +79,9 @@ class BaseModel(ABC):
     learns_with: ClassVar[tuple[str, ...]] = LEARNS_WITH
     #: the installed distributions whose versions change its numbers (its fingerprint's libraries part)
     libraries: ClassVar[tuple[str, ...]] = LIBRARIES
+    #: keys of the fold budget (FoldBudget): which folds train and whether a refit follows; not what
+    #: a fold learns, so not in its fingerprint
+    budget_keys: ClassVar[tuple[str, ...]] = ("folds", "refit_full")
     #: "module:function" merging the K fold models into one for a single inference pass (None: not supported)
     merger: ClassVar[str | None] = None
 
@@ -135,7 +155,7 @@ class BaseModel(ABC):
     def learned_view(self, config: dict) -> dict:
         """A config mapping (this model's, or one saved with a fold) as the fingerprint sees it: no run-time
         keys, and no unused `distill` subsection (no teachers: it changes nothing the model learns)."""
-        config = {k: v for k, v in config.items() if k not in self.runtime_keys}
+        config = {k: v for k, v in config.items() if k not in self.runtime_keys + self.budget_keys}
         if not (config.get("distill") or {}).get("teachers"):
             config.pop("distill", None)
         return config
@@ -156,6 +176,21 @@ class BaseModel(ABC):
         """Whether a fit chooses anything on the `valid` rows it is shown (then they are part of what a
         fold learned from; by default they are not)."""
         return False
+    def trained_folds(self, n_folds: int) -> list[int]:
+        """The folds this model trains of the run's `n_folds` (its `folds` key; a config without the
+        key trains all); a fold that does not exist is a ConfigError."""
+        folds = getattr(self.config, "folds", "all")
+        if folds == "all":
+            return list(range(n_folds))
+        missing = sorted({k for k in folds if k >= n_folds})
+        if missing:
+            raise ConfigError(f"params {self.name}.folds: {folds!r} names fold(s) {missing} that do not exist; "
+                              f"the run has {n_folds} folds (folds.n_splits), numbered 0 to {n_folds - 1}")
+        return sorted(set(folds))
+
+    def refits(self) -> bool:
+        """Whether this model is refitted on every training row after its folds (`refit_full`)."""
+        return bool(getattr(self.config, "refit_full", False))
 
     def backbone_identity(self) -> str | None:
         """Digest of the pretrained weights a fit starts from (None: no backbone)."""

@@ -26,7 +26,7 @@ from ensemble.core.data import SWAP_INDEX
 from ensemble.core.fingerprint import backbone_digest, tensor_digest
 from ensemble.core.metrics import log_loss
 from ensemble.core.targets import DistillConfig, labelled_rows, training_targets
-from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel, FoldBudget
 from ensemble.models.dual_tower.cache import TowerPooler
 from ensemble.models.dual_tower.features import TowerFeatures
 from ensemble.models.dual_tower.ranking import band_proba, fit_band
@@ -69,7 +69,7 @@ class DualTowerTrain(TrainConfig):
 
 
 @dataclass
-class DualTowerConfig:
+class DualTowerConfig(FoldBudget):
     backbone: str = EMBEDDED_MINILM
     max_len: int = 128
     truncation_side: str = "left"

@@ -22,7 +22,7 @@ from ensemble.core.config import AnyOf, Choice, Range
 from ensemble.core.data import as_turns, swap_ab, unswap_proba
 from ensemble.core.features import feature_names, numeric_features
 from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets, weighted_copies
-from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel, FoldBudget
 
 
 @dataclass
@@ -39,7 +39,7 @@ class VectorizerConfig:
 
 
 @dataclass
-class LGBMConfig:
+class LGBMConfig(FoldBudget):
     vectorizer: VectorizerConfig = field(default_factory=VectorizerConfig)
     swap_augment: bool = True
     swap_tta: bool = True

@@ -29,7 +29,7 @@ from ensemble.core.data import unswap_proba
 from ensemble.core.fingerprint import backbone_digest
 from ensemble.core.folds import prompt_groups
 from ensemble.core.targets import DistillConfig, labelled_rows, swap_targets, training_targets
-from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel
+from ensemble.models.base import LEARNS_WITH, LIBRARIES, BaseModel, FoldBudget
 from ensemble.models.llm.backbone import (
     DEFAULT_BASE,
     adapter_state,
@@ -74,7 +74,7 @@ class LLMTrain(TrainConfig):
 
 
 @dataclass
-class LLMConfig:
+class LLMConfig(FoldBudget):
     base_model: str = DEFAULT_BASE  # HF folder (convert_llm output), hub id, or embedded:smollm2
     quantization: str = "4bit"  # 4bit (QLoRA: NF4, double quant) | 8bit | none
     # auto | fp32 | bf16 | fp16 (auto: CUDA bf16 from capability 8.0, else fp16; bf16-capable CPUs: bf16 for 4bit)
