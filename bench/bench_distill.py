@@ -2,7 +2,7 @@
 
     alone                      hard labels (the student as the pipeline trains it today)
     distilled, nested          soft labels from the blend of the other models, each student fold's teachers
-                               fitted without that fold's rows (honest: ensemble.distill)
+                               fitted without that fold's rows (honest: ensemble.pipeline.distill)
     distilled, leaky           the same teachers' plain OOF predictions (the competitions' practice):
                                its OOF score is optimistic, labelled so
     half labelled, alone       half of the prompts labelled, hard labels
@@ -82,7 +82,7 @@ def main() -> int:
     from ensemble.core.data import read_battles
     from ensemble.core.folds import attach_folds, make_folds, prompt_groups
     from ensemble.core.metrics import accuracy, log_loss, prior_proba, row_log_loss
-    from ensemble.oof import run_oof
+    from ensemble.pipeline.oof import run_oof
 
     frame = read_battles(args.csv, labels=True)
     params = sections(args.models, args.profile, args.set)

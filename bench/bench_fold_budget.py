@@ -100,7 +100,7 @@ def run(ref: Path, work: Path) -> None:
 
 def locked_scores(work: Path, test_dir: Path) -> dict:
     """Each model's locked log loss from `test_dir`'s predictions, and the blend's (blend.json applied)."""
-    from ensemble.submit import blend_models, read_blender
+    from ensemble.pipeline.submit import blend_models, read_blender
 
     locked = read_battles(work / "data" / "locked.csv", drop_duplicates=False)
     labels = locked["label"].to_numpy()

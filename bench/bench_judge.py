@@ -37,7 +37,7 @@ def child(artifacts: str, params: str, merged: bool, calls: int, batch: int, bat
     from ensemble.core.config import load_params
     from ensemble.core.data import load_battles
     from ensemble.models import is_registered, model_class
-    from ensemble.submit import read_blender
+    from ensemble.pipeline.submit import read_blender
 
     settings = load_params(params)
     if "llm" in settings:

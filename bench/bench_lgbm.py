@@ -33,7 +33,7 @@ def stage(work: Path, art: Path, name: str, protocol: str, lgbm_params: dict) ->
     """Runs inside a child process; returns its figures (peak RSS is this process's)."""
     from ensemble.core.data import load_battles, read_battles, save_battles
     from ensemble.core.folds import make_folds
-    from ensemble.oof import run_oof
+    from ensemble.pipeline.oof import run_oof
 
     start = time.perf_counter()
     if name == "prepare":

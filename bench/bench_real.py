@@ -153,7 +153,7 @@ def workdir(name: str, profile: str) -> Path:
 
 def write_params(work: Path, profile: str, suffix: str) -> None:
     """The run's params.yaml: the project's, the profile applied, data pointed at the two parts."""
-    from ensemble.profile import apply_profile
+    from ensemble.pipeline.profile import apply_profile
 
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")
     apply_profile(PROFILES[profile], [f"data.train=data/dev{suffix}", f"data.test=data/locked{suffix}"],

@@ -34,7 +34,7 @@ def child(run: str, name: str, test_csv: str, merged: bool, check_code: bool = T
     os.chdir(run)  # params paths (base models) are relative to the run's root
     from ensemble.core.config import load_params
     from ensemble.core.data import read_battles
-    from ensemble.submit import predict_model
+    from ensemble.pipeline.submit import predict_model
 
     params = load_params(Path(run) / "params.yaml")
     frame = read_battles(test_csv, labels=None, drop_duplicates=False)

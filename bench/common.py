@@ -15,7 +15,7 @@ def oof_figures(name: str, frame, config: dict, n_folds: int, seed: int, artifac
     from ensemble import TARGETS
     from ensemble.core.folds import attach_folds, make_folds
     from ensemble.core.metrics import accuracy, log_loss
-    from ensemble.oof import run_oof
+    from ensemble.pipeline.oof import run_oof
 
     folds = make_folds(frame, n_folds, seed)
     start = time.perf_counter()

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "gpu-smoke.yaml"
 PEAK_FILE = "peak_memory_rank{rank}.json"
-#: the named machines of the plan (ensemble.plan_hardware), recognised from the CUDA device's name
+#: the named machines of the plan (ensemble.plan.hardware), recognised from the CUDA device's name
 PLAN_HARDWARE = (("H100", "h100-80g"), ("A100", "a100-80g"), ("T4", "kaggle-2xt4"))
 
 
@@ -82,7 +82,7 @@ def variants(device: str, n_gpus: int) -> list[tuple[str, str, list[str]]]:
 def write_params(folder: Path, sets: list[str]) -> None:
     """params.yaml of one run: the project's with the smoke profile and `sets` applied as a user applies
     a profile (python -m ensemble.profile), checked before it is written."""
-    from ensemble.profile import apply_profile
+    from ensemble.pipeline.profile import apply_profile
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ROOT / "params.yaml", folder / "params.yaml")

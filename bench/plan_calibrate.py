@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ensemble import plan
-from ensemble.plan_hardware import this_cpu
+from ensemble.plan.hardware import this_cpu
 
 
 def main(argv: list[str] | None = None) -> int:

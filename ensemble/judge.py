@@ -6,7 +6,7 @@
     judge.predict_frame(frame)                          # id (if given) + the three columns, in input order
 
 The same path as `python -m ensemble.submit`: the blender of artifacts/blend.json, only the models it uses,
-their fold models checked as submit checks them (ensemble.submit.fold_dirs: a stale or unfinished run is a
+their fold models checked as submit checks them (ensemble.pipeline.submit.fold_dirs: a stale or unfinished run is a
 DataError naming the fold and what changed), fold-averaged, or merged into one model where
 `<model>.merge_folds` is on. Quiet unless `verbose=True` (ensemble.core.progress.quiet).
 
@@ -35,7 +35,7 @@ from ensemble.core.formats import TEXT_COLUMNS
 from ensemble.core.predictions import proba_frame
 from ensemble.models import is_registered
 from ensemble.models.base import BaseModel
-from ensemble.submit import blend_models, fold_average, fold_models, read_blender, validate_submission
+from ensemble.pipeline.submit import blend_models, fold_average, fold_models, read_blender, validate_submission
 
 #: the battle load() predicts once, so that networks built on first use (the LLM's replicas) are built there
 WARM_UP = ("Which answer is better?", "This one.", "That one.")

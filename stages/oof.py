@@ -14,10 +14,10 @@ import pandas as pd
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import load_params
 from ensemble.core.data import load_battles
-from ensemble.distill import TEACHER_DIR, check_teachers
 from ensemble.models import create
 from ensemble.nn.distributed import relaunch
-from ensemble.oof import check_refit, run_oof
+from ensemble.pipeline.distill import TEACHER_DIR, check_teachers
+from ensemble.pipeline.oof import check_refit, run_oof
 
 
 def main() -> int:

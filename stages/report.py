@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_inputs(Path(args.train), Path(args.oof_dir), Path(args.blend_oof), Path(args.blend),
                        Path(args.metrics), Path(args.models_dir))
-    from ensemble.report_html import render  # imports matplotlib: only once the inputs are known good
+    from ensemble.report.html import render  # imports matplotlib: only once the inputs are known good
 
     for path in write_plots(data, Path(args.plots_dir)):
         print(f"wrote {path}")

@@ -8,7 +8,7 @@ stages wrote (`--reuse-test-predictions`) and the fitted blend.
 import sys
 
 from ensemble.core.cli import fail_cleanly
-from ensemble.submit import main
+from ensemble.pipeline.submit import main
 
 if __name__ == "__main__":
     sys.exit(fail_cleanly(main))

@@ -13,8 +13,8 @@ from pathlib import Path
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import load_params
 from ensemble.core.io import write_json
-from ensemble.distill import TEACHER_DIR, check_teachers, teacher_parts
 from ensemble.models import REGISTRY
+from ensemble.pipeline.distill import TEACHER_DIR, check_teachers, teacher_parts
 
 
 def main() -> int:

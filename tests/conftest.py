@@ -106,7 +106,7 @@ def finished_llm_run(root: Path, tiny_llm: str, frame: pd.DataFrame, n_train: in
 
     from ensemble.core.data import save_battles
     from ensemble.core.folds import make_folds
-    from ensemble.oof import run_oof
+    from ensemble.pipeline.oof import run_oof
 
     base, art = root / "base", root / "artifacts"
     shutil.copytree(tiny_llm, base)
@@ -185,7 +185,7 @@ def oof_log_loss(name: str, config: dict, frame: pd.DataFrame, artifacts: Path,
     """(OOF log loss, class-prior log loss) of `name` trained through run_oof on prompt-grouped folds."""
     from ensemble.core.folds import make_folds
     from ensemble.core.metrics import log_loss, prior_proba
-    from ensemble.oof import run_oof
+    from ensemble.pipeline.oof import run_oof
 
     run_oof(name, config, frame, make_folds(frame, n_splits, seed=0), artifacts)
     oof = pd.read_parquet(artifacts / "oof" / f"{name}.parquet").set_index("id").loc[frame["id"]]

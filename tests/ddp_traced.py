@@ -69,7 +69,7 @@ def main() -> None:
     import ensemble.core.io as io
     import ensemble.models.dual_tower.model as dual_tower
     import ensemble.models.llm.model as llm
-    import ensemble.oof as oof
+    import ensemble.pipeline.oof as oof
 
     for module in (dual_tower, llm):
         module.train_loop = traced_loop(module.train_loop)

@@ -13,7 +13,7 @@ from conftest import CORPUS, marker_frame, tiny_config
 from ensemble.core.data import DataError, save_battles
 from ensemble.core.folds import attach_folds, make_folds
 from ensemble.core.metrics import log_loss, prior_proba
-from ensemble.oof import run_oof
+from ensemble.pipeline.oof import run_oof
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -364,7 +364,7 @@ def test_bad_blend_params_are_one_line_config_errors(blend, message):
 
 
 def test_saved_blend_with_unknown_method_is_refused(tmp_path):
-    from ensemble.submit import read_blender
+    from ensemble.pipeline.submit import read_blender
 
     (tmp_path / "blend.json").write_text(json.dumps({"method": "magic", "models": ["m"]}))
     with pytest.raises(DataError, match="blend.json: method 'magic' is not a blender of this version"):

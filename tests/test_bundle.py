@@ -16,12 +16,12 @@ import pytest
 from conftest import battle_frame, raw_csv
 
 from ensemble.blend.run import run as run_blend
-from ensemble.bundle import main as bundle_main
-from ensemble.bundle import requirement_closure
 from ensemble.core.data import save_battles
 from ensemble.core.folds import make_folds
-from ensemble.oof import run_oof
-from ensemble.submit import main as submit_main
+from ensemble.pipeline.bundle import main as bundle_main
+from ensemble.pipeline.bundle import requirement_closure
+from ensemble.pipeline.oof import run_oof
+from ensemble.pipeline.submit import main as submit_main
 
 ROOT = Path(__file__).resolve().parents[1]
 LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1, "vectorizer": {"max_features": 50, "min_df": 1}}

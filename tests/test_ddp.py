@@ -135,9 +135,9 @@ def _spawned(rank: int, work: str, fold: str, teacher: dict) -> None:
     import torch
 
     from ensemble.core.folds import attach_folds
-    from ensemble.distill import Teachers
     from ensemble.models.llm.model import LLMModel
     from ensemble.nn import distributed as dist
+    from ensemble.pipeline.distill import Teachers
 
     torch.set_num_threads(1)
     work = Path(work)
@@ -164,8 +164,8 @@ def test_ddp_two_processes_share_the_llm_inference_and_follow_rank_0_on_kept_wor
     import torch.multiprocessing as mp
 
     from ensemble.core.folds import attach_folds, make_folds
-    from ensemble.distill import Teachers
     from ensemble.models.llm.model import LLMModel
+    from ensemble.pipeline.distill import Teachers
 
     config = tiny_config(tiny_llm, calib_frac=0.0, infer_max_rows=4,
                          train={"max_steps": 2, "batch_size": 4, "lr": 5e-3, "seed": 0})

@@ -1,4 +1,4 @@
-"""Distillation and pseudo-labels (ensemble.distill, ensemble.core.targets): a teacher that knows the signal
+"""Distillation and pseudo-labels (ensemble.pipeline.distill, ensemble.core.targets): a teacher that knows the signal
 lifts a student, the honest mode never feeds a fold its own valid labels, pseudo-labels never train the
 fold that validates their prompt, and bad distill input is one line before any training."""
 
@@ -19,9 +19,9 @@ from ensemble.core.fingerprint import read_done
 from ensemble.core.folds import attach_folds, make_folds
 from ensemble.core.metrics import log_loss
 from ensemble.core.targets import SOFT_COLUMNS, DistillConfig, sharpen, weighted_copies
-from ensemble.distill import FILES, Teachers, check_teachers
 from ensemble.models.base import BaseModel
-from ensemble.oof import run_oof
+from ensemble.pipeline.distill import FILES, Teachers, check_teachers
+from ensemble.pipeline.oof import run_oof
 
 WORDS = "the cat sat on a mat while quick brown foxes jump over lazy dogs and we write code".split()
 FAST = {"n_estimators": 60, "learning_rate": 0.1, "early_stopping_rounds": 10, "n_jobs": 1, "min_child_samples": 5,

@@ -15,7 +15,7 @@ import yaml
 from test_submit import params_for
 
 from ensemble.models import REGISTRY
-from ensemble.sections import section_class, sections
+from ensemble.pipeline.sections import section_class, sections
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_PAGE = Path("docs/params.md")

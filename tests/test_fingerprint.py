@@ -19,7 +19,7 @@ from ensemble.core import fingerprint as fp
 from ensemble.core.data import TEXT_COLUMNS, DataError
 from ensemble.core.fingerprint import read_done
 from ensemble.core.folds import attach_folds, make_folds, prompt_groups, prompt_key
-from ensemble.oof import run_oof
+from ensemble.pipeline.oof import run_oof
 
 LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1, "min_child_samples": 5,
         "vectorizer": {"max_features": 50, "min_df": 1}}
@@ -175,7 +175,7 @@ def llm_run(tmp_path_factory, tiny_llm, one_torch_thread):
 def test_llm_trained_on_one_device_is_submitted_on_two_without_retraining(llm_run, pinned_code, monkeypatch):
     from ensemble.models import load
     from ensemble.models.llm.model import LLMModel
-    from ensemble.submit import fold_dirs, predict_model
+    from ensemble.pipeline.submit import fold_dirs, predict_model
 
     art, config, test = llm_run["art"], llm_run["config"], llm_run["test"]
     two = {**config, "devices": ["cpu:0", "cpu:1"]}
@@ -216,7 +216,7 @@ def test_llm_refuses_a_fold_whose_base_weights_changed(llm_run, pinned_code, tin
 
     from ensemble.models import load
     from ensemble.nn.hf import ModelLoadError
-    from ensemble.submit import fold_dirs
+    from ensemble.pipeline.submit import fold_dirs
 
     art, base, config, test = llm_run["art"], llm_run["base"], llm_run["config"], llm_run["test"]
     fold = art / "models" / "llm" / "fold_0"
@@ -281,10 +281,9 @@ def test_each_model_declares_every_module_it_imports_that_is_not_plumbing():
         for left_out in ("ensemble.core.targets", declared[-1]):
             assert left_out in fp.undeclared_imports([m for m in declared if m != left_out]), (name, left_out)
     assert fp.undeclared_imports((*distill.CODE, *LEARNS_WITH)) == []  # a student's teachers part
-    assert fp.undeclared_imports(("ensemble.distill", *LEARNS_WITH)) == ["ensemble.blend", "ensemble.blend.base",
-                                                                         "ensemble.blend.weights",
-                                                                         "ensemble.core.degenerate",
-                                                                         "ensemble.nn.distributed"]
+    assert fp.undeclared_imports(("ensemble.pipeline.distill", *LEARNS_WITH)) == [
+        "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights", "ensemble.core.degenerate",
+        "ensemble.nn.distributed"]
 
 
 def test_code_digest_follows_the_declared_modules_and_nothing_else(tmp_path, monkeypatch):
@@ -304,7 +303,7 @@ def test_code_digest_follows_the_declared_modules_and_nothing_else(tmp_path, mon
     assert base == real  # the copy hashes as the package does: the edits below are the only difference
     package = fp.folder_digest(root / "ensemble")
     for unrelated in ("ensemble/core/progress.py", "ensemble/core/io.py", "ensemble/nn/convert.py",
-                      "ensemble/report_html.py", "ensemble/judge.py"):
+                      "ensemble/report/html.py", "ensemble/judge.py"):
         _touch(root, unrelated)
     assert digests() == base
     # negative control: the edits are real, and the import closure the code part used to be would see them
@@ -407,7 +406,7 @@ def test_a_teacher_edit_makes_submit_refuse_the_student_naming_its_teachers(tmp_
     """The reviewer's case: a student trained on an old teacher is refused by submit (and so by the bundle and
     the Judge, which check through it), naming its teachers, and its stage retrains it."""
     from ensemble.core.data import save_battles
-    from ensemble.submit import fold_dirs
+    from ensemble.pipeline.submit import fold_dirs
 
     train, _, folds = lgbm_data()
     art = tmp_path / "artifacts"

@@ -16,7 +16,6 @@ from test_new_model import length_battles, toy_registered  # noqa: F401  (a fixt
 
 from ensemble.blend.run import crossfit_folds
 from ensemble.blend.run import run as run_blend
-from ensemble.bundle import _bundle
 from ensemble.core.config import ConfigError
 from ensemble.core.data import DataError, save_battles
 from ensemble.core.folds import make_folds, prompt_groups
@@ -25,10 +24,11 @@ from ensemble.core.predictions import proba_frame
 from ensemble.judge import Judge
 from ensemble.models import load
 from ensemble.models.base import REFIT_DIR
-from ensemble.oof import run_oof
+from ensemble.pipeline.bundle import _bundle
+from ensemble.pipeline.oof import run_oof
+from ensemble.pipeline.sections import check_params
+from ensemble.pipeline.submit import fold_dirs, make_submission
 from ensemble.report import load_inputs
-from ensemble.sections import check_params
-from ensemble.submit import fold_dirs, make_submission
 
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
 N_SPLITS = 3

@@ -16,7 +16,7 @@ from ensemble.blend.run import run as run_blend
 from ensemble.core.cli import fail_cleanly
 from ensemble.core.data import DataError
 from ensemble.judge import main
-from ensemble.submit import make_submission, read_blender
+from ensemble.pipeline.submit import make_submission, read_blender
 
 # test_submit's small finished LightGBM run (3 folds, 120 training battles) and its pinned code digest
 fixed_code_digest, finished, art = test_submit.fixed_code_digest, test_submit.finished, test_submit.art

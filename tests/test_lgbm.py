@@ -8,7 +8,7 @@ from ensemble.core.folds import make_folds
 from ensemble.core.metrics import log_loss, prior_proba
 from ensemble.models import load
 from ensemble.models.lgbm.model import LGBMModel
-from ensemble.oof import run_oof
+from ensemble.pipeline.oof import run_oof
 
 FAST = {"n_estimators": 40, "learning_rate": 0.1, "early_stopping_rounds": 20, "n_jobs": 1,
         "vectorizer": {"max_features": 300, "min_df": 2}}

@@ -157,7 +157,7 @@ def test_one_base_per_device_and_one_fold_model_alive_through_run_oof_and_submit
 
     import ensemble.models.llm.backbone as backbone
     from ensemble.core.cache import RunCache
-    from ensemble.submit import predict_model
+    from ensemble.pipeline.submit import predict_model
 
     loads, fitted, others = [], [], []
     real_load, real_fit, real_add = backbone.load_base, LLMModel._fit, backbone.SharedBase.add
@@ -436,7 +436,7 @@ def _refused_tokens(base: str, tmp_path, test=None, **overrides) -> int:
     import re
 
     from ensemble.core.folds import make_folds
-    from ensemble.oof import run_oof
+    from ensemble.pipeline.oof import run_oof
 
     frame = battle_frame(24)
     config = tiny_config(base, **{"quantization": "none", "num_layers": 2, "lora_layers": 1, "cache_max_gib": 1e-9,

@@ -8,7 +8,7 @@ from conftest import battle_frame, finished_llm_run
 from ensemble.core.errors import ModelLoadError
 from ensemble.models import load
 from ensemble.models.llm.merge import merge_folds
-from ensemble.submit import predict_model
+from ensemble.pipeline.submit import predict_model
 
 
 @pytest.fixture(scope="module")

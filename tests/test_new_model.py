@@ -13,9 +13,9 @@ from ensemble.blend.run import run as run_blend
 from ensemble.core.data import save_battles
 from ensemble.core.folds import make_folds
 from ensemble.models import REGISTRY, register
-from ensemble.oof import run_oof
-from ensemble.sections import check_params
-from ensemble.submit import make_submission
+from ensemble.pipeline.oof import run_oof
+from ensemble.pipeline.sections import check_params
+from ensemble.pipeline.submit import make_submission
 
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
 

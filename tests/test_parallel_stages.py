@@ -1,5 +1,5 @@
-"""`python -m ensemble.parallel_stages lgbm dual_tower` runs both model stages at once (tiny configs, one thread
-each) and leaves dvc.lock and the cache exactly as a sequential `dvc repro model@lgbm model@dual_tower`, even
+"""`python -m ensemble.pipeline.parallel_stages lgbm dual_tower` runs both model stages at once (tiny configs,
+one thread each) and leaves dvc.lock and the cache exactly as a sequential `dvc repro model@lgbm model@dual_tower`, even
 while another DVC process holds the repository lock."""
 
 import subprocess
@@ -63,7 +63,7 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
     try:
         assert holder.stdout.readline().strip() == "locked"  # another DVC process holds the lock
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "ensemble.parallel_stages", "lgbm", "dual_tower"],
+        proc = subprocess.Popen([sys.executable, "-m", "ensemble.pipeline.parallel_stages", "lgbm", "dual_tower"],
                                 cwd=parallel, env=env(parallel), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         lines = []
@@ -93,6 +93,6 @@ def test_two_model_stages_concurrently_match_sequential_dvc_repro(tmp_path, tiny
     status = run(["dvc", "status", "model@lgbm", "model@dual_tower"], parallel).stdout  # the lock matches the workspace
     assert "up to date" in status, status
 
-    again = run([sys.executable, "-m", "ensemble.parallel_stages", "lgbm", "dual_tower"], parallel).stdout
+    again = run([sys.executable, "-m", "ensemble.pipeline.parallel_stages", "lgbm", "dual_tower"], parallel).stdout
     assert "Stage 'model@lgbm' didn't change, skipping" in again and "Running stage" not in again
     print(f"\nsequential dvc repro {seq_s:.1f} s, parallel_stages (waiting for the lock first) {par_s:.1f} s")

@@ -99,7 +99,7 @@ def test_params_yaml_lists_every_key_with_the_code_defaults():
     """One set of defaults: params.yaml (what DVC tracks and users edit) holds every key of every
     section, with exactly the value the config dataclass defaults to (what library users get)."""
     from ensemble.core.config import to_dict
-    from ensemble.sections import section_class, sections
+    from ensemble.pipeline.sections import section_class, sections
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     classes = {name: section_class(name) for name in sections()}

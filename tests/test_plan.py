@@ -9,7 +9,7 @@ import pytest
 
 from ensemble import plan
 from ensemble.core.cli import fail_cleanly
-from ensemble.plan_hardware import GPUS, HARDWARE_NAMES, bf16_rate, cpu_hardware, flops_per_cycle
+from ensemble.plan.hardware import GPUS, HARDWARE_NAMES, bf16_rate, cpu_hardware, flops_per_cycle
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"

@@ -11,7 +11,7 @@ from ensemble.blend.run import run as run_blend
 from ensemble.core import position
 from ensemble.core.data import save_battles
 from ensemble.core.folds import make_folds
-from ensemble.oof import run_oof
+from ensemble.pipeline.oof import run_oof
 
 
 @dataclass
@@ -78,7 +78,7 @@ def test_oof_run_records_position_bias_and_the_blend_reports_it(tmp_path, capsys
 def test_report_shows_position_bias_per_model():
     from types import SimpleNamespace
 
-    from ensemble.report_html import _position_html
+    from ensemble.report.html import _position_html
 
     metrics = {"models": {"lgbm": {"position_bias": {"rows": 90, "flip_share": 0.1, "mean_gap": 0.02}},
                           "gemma": {}}}

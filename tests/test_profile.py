@@ -13,7 +13,7 @@ import yaml
 
 from ensemble.core.config import ConfigError
 from ensemble.models import create
-from ensemble.profile import apply_profile
+from ensemble.pipeline.profile import apply_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -173,7 +173,7 @@ def test_load_inputs_raises_data_error(art):
 def test_difference_intervals_are_labelled_on_their_rows():
     """The intervals the blend stage writes are of differences: each model vs the prior, the cross-fitted blend
     vs the best model (moved from the in-sample blend entry onto the cross-fitted row)."""
-    from ensemble.report_html import _ci
+    from ensemble.report.html import _ci
 
     assert _ci({"ci": {"diff_vs_prior": (-0.2, -0.1)}}, "lgbm") == "vs prior [-0.2000, -0.1000]"
     assert _ci({"ci": {"diff_vs_best": (-0.02, 0.002)}}, "lgbm") == "vs lgbm [-0.0200, +0.0020]"

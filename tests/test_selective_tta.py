@@ -53,7 +53,7 @@ def test_changing_the_share_reuses_the_folds_but_not_their_cached_predictions(tm
     import pandas as pd
 
     from ensemble.core.folds import make_folds
-    from ensemble.oof import run_oof
+    from ensemble.pipeline.oof import run_oof
 
     train, test = battle_frame(90, seed=1), battle_frame(30, seed=6).drop(columns="label")
     test["id"] = "t" + test["id"]

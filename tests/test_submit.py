@@ -14,8 +14,8 @@ from ensemble.core.cli import fail_cleanly
 from ensemble.core.data import DataError, load_battles, save_battles
 from ensemble.core.folds import make_folds
 from ensemble.core.predictions import proba_frame
-from ensemble.oof import run_oof
-from ensemble.submit import main, make_submission, read_blender
+from ensemble.pipeline.oof import run_oof
+from ensemble.pipeline.submit import main, make_submission, read_blender
 
 TARGETS = ["winner_model_a", "winner_model_b", "winner_tie"]
 LGBM = {"n_estimators": 15, "early_stopping_rounds": 0, "n_jobs": 1,
@@ -201,7 +201,7 @@ def test_submit_puts_the_chosen_answer_on_the_side_prepare_did(tmp_path):
 
     (tmp_path / "params.yaml").write_text(json.dumps({"data": {"side_seed": 1}}))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("ensemble.submit.make_submission", fake)
+        mp.setattr("ensemble.pipeline.submit.make_submission", fake)
         main([str(path), "-o", str(tmp_path / "sub.csv"), "--params", str(tmp_path / "params.yaml")])
     want = read_battles(path, labels=None, drop_duplicates=False, side_seed=1)
     other = read_battles(path, labels=None, drop_duplicates=False, side_seed=0)

@@ -205,7 +205,7 @@ def run(params: dict, artifacts: Path, models: list[str] | None = None, method: 
         if bias is not None:
             metrics["models"][m]["position_bias"] = bias
         prior_folds = file_attr(artifacts / "oof" / f"{m}.parquet", PRIOR_FOLDS_ATTR)
-        if isinstance(prior_folds, list):  # folds where the model fell back to the class prior (ensemble.oof)
+        if isinstance(prior_folds, list):  # folds where the model fell back to the class prior (ensemble.pipeline.oof)
             metrics["models"][m]["prior_folds"] = len(prior_folds)
             metrics["models"][m]["folds"] = n_folds
     metrics["advice"] = advice(metrics)

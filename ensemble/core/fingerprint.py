@@ -4,7 +4,7 @@ learns with, the versions of the libraries that change its numbers, the pretrain
 from and, for a student, its teachers. A finished fold is reused only while every part still
 matches, and submit names the part that does not. `Identities` builds them, for the OOF runner, the
 teacher cache, submit, the bundle and the Judge alike (a student's teachers part:
-ensemble.distill.teachers_digest).
+ensemble.pipeline.distill.teachers_digest).
 
 What does not change what a model learns (devices, inference batch budgets, log messages) is not
 part of it: each model lists those keys as `runtime_keys` (ensemble.models.base), and the modules

@@ -2,7 +2,7 @@
 
 A training frame may carry three extra columns, `soft_a`, `soft_b`, `soft_tie` (a probability vector
 per battle), and a boolean `pseudo` column (an unlabelled battle whose `label` is only its teacher's
-argmax). The OOF runner writes them (ensemble.distill); a model reads them through `training_targets`,
+argmax). The OOF runner writes them (ensemble.pipeline.distill); a model reads them through `training_targets`,
 so a frame without them trains exactly as before. Pseudo rows never calibrate: the held-out split that
 fits calibrations and picks checkpoints holds labelled rows only (`labelled_rows`), and a pseudo row asking
 a held-out prompt is left out. What is chosen inside the training rows by their training loss (LightGBM's

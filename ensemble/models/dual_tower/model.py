@@ -94,7 +94,7 @@ class DualTowerConfig(FoldBudget):
     device: str = "auto"
     cpu_fallback: bool = False
     train: DualTowerTrain = field(default_factory=DualTowerTrain)
-    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.distill)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.pipeline.distill)
 
     constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0), "swap_augment": Choice(True, False, "paired"),
         "truncation_side": Choice("left", "right"), "pooling": Choice("mean", "cls"),

@@ -67,7 +67,7 @@ class LGBMConfig(FoldBudget):
     embed_max_len: int = 256  # tokens per text for those embeddings
     n_jobs: int = 2
     seed: int = 42
-    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.distill)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.pipeline.distill)
 
     constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0),
         "n_estimators": Range(1), "learning_rate": Range(0, low_open=True), "num_leaves": Range(2),

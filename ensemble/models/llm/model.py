@@ -108,7 +108,7 @@ class LLMConfig(FoldBudget):
     cache_max_gib: float = 0.0  # lora_layers > 0: RAM the frozen layers' states may take (0 = half of the machine's)
     cpu_fallback: bool = False  # a missing CUDA device becomes cpu instead of an error
     train: LLMTrain = field(default_factory=LLMTrain)
-    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.distill)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # teachers' soft labels (ensemble.pipeline.distill)
 
     constraints: ClassVar[dict] = {"swap_tta_share": Range(0.0, 1.0), "swap_augment": Choice(True, False, "paired"),
         "quantization": Choice("4bit", "8bit", "none"), "compute_dtype": Choice("auto", "fp32", "bf16", "fp16"),

@@ -1,6 +1,6 @@
 """What the report stage reads and computes: OOF inputs, reliability bins, slices, DVC plot files.
 
-`ensemble/report_html.py` draws the figures and writes `report.html`; this module only loads and
+`ensemble/report/html.py` draws the figures and writes `report.html`; this module only loads and
 checks the inputs and turns them into tables, so both the HTML and `dvc plots show` use one set
 of numbers.
 """
@@ -199,7 +199,7 @@ def summary_rows(data: ReportInputs) -> list[dict]:
     for name, proba in data.probas.items():
         entry = mets.get("blend", {}) if name == BLEND else mets.get("models", {}).get(name, {})
         label = f"blend {method}, cross-fitted" if name == BLEND else name
-        if entry.get("prior_folds"):  # folds where the model fell back to the class prior (ensemble.oof)
+        if entry.get("prior_folds"):  # folds where the model fell back to the class prior (ensemble.pipeline.oof)
             label += f" (the class prior on {entry['prior_folds']} of {entry['folds']} folds)"
         rows.append({"name": name, "label": label, "weight": weights.get(name),
                      "log_loss": log_loss(data.labels, proba),

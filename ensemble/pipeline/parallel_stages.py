@@ -1,7 +1,7 @@
 """Run several DVC stages at the same time (the dual tower on cuda:0 and the LLM on cuda:1), leaving
 `dvc.lock` and the cache as a sequential `dvc repro` would:
 
-    python -m ensemble.parallel_stages dual_tower llm      (the stages model@dual_tower and model@llm)
+    python -m ensemble.pipeline.parallel_stages dual_tower llm      (the stages model@dual_tower and model@llm)
 
 1. `dvc repro` of the stages they depend on (one call, sequential, under DVC's lock);
 2. each named stage that `dvc status` reports changed: its non-persistent outputs removed (as `dvc repro`

@@ -38,10 +38,10 @@ from ensemble.core.predictions import (
     constant_rows,
     proba_frame,
 )
-from ensemble.distill import TEACHER_DIR, Teachers, teachers_digest
 from ensemble.models import create, load
 from ensemble.models.base import REFIT_DIR, BaseModel
 from ensemble.nn import distributed as dist
+from ensemble.pipeline.distill import TEACHER_DIR, Teachers, teachers_digest
 
 POSITION_FILE = "position_bias.json"  # the fold's single-pass position-bias counts on its valid rows
 
@@ -51,7 +51,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             unlabelled: pd.DataFrame | None = None, teacher_dir: Path = TEACHER_DIR) -> dict:
     """Train one `name` model per fold; write oof/<name>.parquet and test/<name>.parquet. A student
     (`distill.teachers` in its config) trains each fold on its teachers' soft labels, and on the
-    pseudo-labelled `unlabelled` battles, from the teachers' sections of `params` (ensemble.distill)."""
+    pseudo-labelled `unlabelled` battles, from the teachers' sections of `params` (ensemble.pipeline.distill)."""
     artifacts = Path(artifacts)
     cache = cache if cache is not None else RunCache()  # shared by every fold of this run
     fold_of = attach_folds(train, folds)
@@ -178,7 +178,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
 
 def check_refit(model: BaseModel) -> None:
     """`refit_full` with what it cannot do, refused before any fold trains: a student's targets come from
-    teachers fitted per fold (ensemble.distill), and no teacher fit covers every training row."""
+    teachers fitted per fold (ensemble.pipeline.distill), and no teacher fit covers every training row."""
     distill = getattr(model.config, "distill", None)
     if model.refits() and distill is not None and distill.on:
         raise ConfigError(f"params {model.name}.refit_full: true with {model.name}.distill.teachers "

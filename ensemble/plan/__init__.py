@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.core.cli import fail_cleanly
 from ensemble.core.config import DEFAULT_PARAMS, ConfigError, load_params
 from ensemble.core.errors import UserError
 from ensemble.core.position import MAX_ROWS as POSITION_ROWS
@@ -48,9 +47,9 @@ from ensemble.models.dual_tower.cache import FRAME_CACHE_SIZE
 from ensemble.models.lgbm import LGBMModel
 from ensemble.models.lgbm.model import AUTO_HOLDOUT_PROMPTS
 from ensemble.models.llm import LLMModel
-from ensemble.plan_hardware import ALIASES, BACKBONES, CPU_MFU, GPU_MFU, HARDWARE_NAMES, Hardware, hardware
-from ensemble.profile import parse_sets
-from ensemble.sections import check_params
+from ensemble.pipeline.profile import parse_sets
+from ensemble.pipeline.sections import check_params
+from ensemble.plan.hardware import ALIASES, BACKBONES, CPU_MFU, GPU_MFU, HARDWARE_NAMES, Hardware, hardware
 
 GIB = 2**30
 #: bytes a parameter, by quantisation (QLoRA section 3: NF4 + double-quantised constants = 4.127 bits)
@@ -535,7 +534,7 @@ def read_plan_params(path: Path, profile: Path | None, sets: list[str]) -> dict:
     params = copy.deepcopy(load_params(path))
     if profile is not None:
         _merge(params, load_params(profile))
-    _merge(params, parse_sets(sets))  # the --set syntax of ensemble.profile
+    _merge(params, parse_sets(sets))  # the --set syntax of ensemble.pipeline.profile
     return check_params(params, str(path))
 
 
@@ -701,6 +700,3 @@ def main(argv: list[str] | None = None) -> int:
     report(stages, hw, ihw, shape, args.hours)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(fail_cleanly(main))

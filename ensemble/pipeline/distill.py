@@ -51,7 +51,7 @@ TEACHER_DIR = Path("teachers")  # teachers from elsewhere: teachers/<name>/{nest
 FILES = {"nested": "nested.parquet", "leaky": "oof.parquet", "pseudo": "unlabelled.parquet"}
 PSEUDO_REPORT = "pseudo_labels.json"
 #: what turns a student's teachers into its targets: part of its teachers part (teachers_digest)
-CODE = ("ensemble.distill", "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights",
+CODE = ("ensemble.pipeline.distill", "ensemble.blend", "ensemble.blend.base", "ensemble.blend.weights",
         "ensemble.core.degenerate", "ensemble.core.targets", "ensemble.nn.distributed")
 
 
