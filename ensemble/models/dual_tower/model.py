@@ -120,7 +120,9 @@ class DualTowerNet(nn.Module):
     def __init__(self, encoder: nn.Module, n_features: int, cfg: DualTowerConfig):
         super().__init__()
         self.encoder = encoder
-        self.pooling, self.mode, self.head_kind = cfg.pooling, cfg.mode, cfg.head
+        self.pooling = cfg.pooling
+        self.mode = cfg.mode
+        self.head_kind = cfg.head
         dim = encoder.config.hidden_size + n_features
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.mode == "classification":
@@ -185,7 +187,8 @@ class DualTowerModel(BaseModel):
         self.tokenizer = None
         self.features: TowerFeatures | None = None
         self.band: tuple[float, float] = (0.5, 1.0)
-        self.calibration, self.history = Calibration(), []
+        self.calibration = Calibration()
+        self.history: list[dict] = []
         self.pooler: TowerPooler | None = None  # towers -> pooled vectors (cached when frozen)
 
     # -- pieces
@@ -395,7 +398,8 @@ class DualTowerModel(BaseModel):
 
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         self.features = TowerFeatures.from_json(state["features"]) if state["features"] else None
-        self.band, self.history = tuple(state["band"]), state.get("history", [])
+        self.band = tuple(state["band"])
+        self.history = state.get("history", [])
         self.calibration = Calibration.from_json(state["calibration"])
         n_feat = len(self.features.names) if self.features is not None else 0
         self._build(self.config.backbone, n_feat)

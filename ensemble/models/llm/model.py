@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ensemble.core.cache import RunCache
 from ensemble.core.calibration import Calibration, calibration_split, class_prior, fit_calibration
 from ensemble.core.config import Choice, Each, Range, as_list
 from ensemble.core.data import unswap_proba
@@ -102,7 +103,7 @@ class LLMConfig(FoldBudget):
     max_train_rows: int = 512  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
-    pad_to_max_len: bool = False  # pad every row to max_len like the seed notebook (benchmark only)
+    pad_to_max_len: bool = False  # pad every row to max_len, as a notebook without dynamic padding does (benchmark only)
     # inference sharded over all, training on the first (under DDP: each process its own device)
     devices: list[str] | str = field(default_factory=lambda: ["cpu"])
     cache_max_gib: float = 0.0  # lora_layers > 0: RAM the frozen layers' states may take (0 = half of the machine's)
@@ -144,7 +145,9 @@ class PairClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, hidden_size: int, pooling: str, start: int = 0,
                  adapter: str = "default"):
         super().__init__()
-        self.backbone, self.pooling, self.start = backbone, pooling, start
+        self.backbone = backbone
+        self.pooling = pooling
+        self.start = start  # the first layer the forward runs when given the states entering it
         self.adapter = adapter  # this network's LoRA adapter on the (shared) peft backbone
         width = hidden_size * POOLED_WIDTH[pooling]
         self.score = nn.Linear(width, 3)  # fp32, initialised by the linear probe
@@ -207,11 +210,14 @@ class LLMModel(BaseModel):
     libraries = (*LIBRARIES, "torch", "transformers", "tokenizers", "safetensors", "accelerate", "peft",
                  "bitsandbytes")
 
-    def __init__(self, config=None, cache=None, **overrides):
+    def __init__(self, config: dict | LLMConfig | None = None, cache: RunCache | None = None, **overrides):
         super().__init__(config, cache, **overrides)
-        self.tokenizer, self.base_digest = None, None  # base_digest: the weights a fold trained on (checked at load)
-        self.adapter_state, self.calibration = None, Calibration()  # adapter_state: LoRA + head tensors by name
-        self.history, self.fit_info = [], {}
+        self.tokenizer = None
+        self.base_digest: str | None = None  # the weights a fold trained on (checked at load)
+        self.adapter_state: dict[str, torch.Tensor] | None = None  # LoRA + head tensors by name
+        self.calibration = Calibration()
+        self.history: list[dict] = []
+        self.fit_info: dict = {}
         build = weakref.WeakMethod(self._build_replica)  # no reference cycle: a dropped model goes at once
         self._replicas = Replicas(lambda device: build()(device))
 
@@ -302,7 +308,7 @@ class LLMModel(BaseModel):
         lengths = np.array([len(x) for x in enc.ids])
         if enc.swap_ids is not None:  # one plan for both passes: a battle and its twin land in identical batches
             lengths = np.maximum(lengths, [len(x) for x in enc.swap_ids])
-        if cfg.pad_to_max_len:  # the seed notebook's way, kept for the benchmark
+        if cfg.pad_to_max_len:  # fixed-length batches, kept for the benchmark against dynamic padding
             size = max(1, min(cfg.infer_max_rows, cfg.infer_max_tokens // cfg.max_len))
             plan = [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
         else:
@@ -357,7 +363,8 @@ class LLMModel(BaseModel):
         encoder = self._encoder()
         encoder.check_budget()
         self._replicas.clear()
-        self.adapter_state, self.calibration = None, Calibration()
+        self.adapter_state = None
+        self.calibration = Calibration()
         labels_all = train["label"].to_numpy(dtype=np.int64)
         prior = class_prior(labels_all[labelled_rows(train)], symmetric=cfg.swap_tta)
         fit_rows, cal_rows = calibration_split(train, cfg.calib_frac, cfg.train.seed)
