@@ -103,7 +103,7 @@ class LLMConfig(FoldBudget):
     max_train_rows: int = 512  # battles LoRA fine-tunes on per fold (0 = all); the probe always sees all
     infer_max_tokens: int = 8192  # padded tokens per inference batch
     infer_max_rows: int = 64
-    pad_to_max_len: bool = False  # pad every row to max_len, as a notebook without dynamic padding does (benchmark only)
+    pad_to_max_len: bool = False  # pad every row to max_len, no dynamic padding (benchmark only)
     # inference sharded over all, training on the first (under DDP: each process its own device)
     devices: list[str] | str = field(default_factory=lambda: ["cpu"])
     cache_max_gib: float = 0.0  # lora_layers > 0: RAM the frozen layers' states may take (0 = half of the machine's)
