@@ -195,3 +195,23 @@ def test_lengths_without_a_tokenizer_are_chars_over_4_and_say_so(tmp_path):
     got = plan.tower_lengths(frame, cfg, tmp_path)
     assert "chars/4" in got.how
     assert got.mean == pytest.approx(((400 + 800) / 4 + 3 + 512) / 2)  # tower B is cut at max_len
+
+
+def test_a_fold_budget_plans_the_folds_it_trains_and_the_refit():
+    """`llm.folds: [0]` plans one fine-tune of the five; `refit_full` adds one on every row, and the
+    submission then predicts with that one model."""
+    hw, shape = cpu_hardware(), plan.Shape(1000, 200, 5)
+
+    def passes(*sets: str) -> dict[str, float]:
+        st = plan.plan_llm(configs(*sets)["llm"], TOY, shape, lengths(100), lengths(100), hw, hw)
+        return {p.what: p.sequences for p in st.passes}
+
+    every, one = passes(), passes("llm.folds=[0]")
+    tune = next(w for w in every if w.startswith("LoRA fine-tune"))
+    tune_one = next(w for w in one if w.startswith("LoRA fine-tune"))
+    assert one[tune_one] == pytest.approx(every[tune] / 5)
+    refit = passes("llm.folds=[0]", "llm.refit_full=true")
+    assert any(w.startswith("refit on every row") for w in refit)
+    assert not any(w.startswith("refit on every row") for w in one)
+    assert [s for w, s in refit.items() if w.startswith("submit: test rows")] == [200]
+    assert [s for w, s in every.items() if w.startswith("submit: test rows")] == [5 * 200]

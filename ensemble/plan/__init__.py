@@ -326,6 +326,14 @@ class Shape:
         return self.train_rows / self.k
 
 
+def fold_budget(cfg, shape: Shape) -> tuple[int, bool, str]:
+    """(folds the model trains, whether a refit on every row follows, how to say it): its `folds` and
+    `refit_full` keys (ensemble.models.base.FoldBudget)."""
+    n = shape.k if cfg.folds == "all" else len(set(cfg.folds))
+    said = f"{n} folds" if cfg.folds == "all" else f"{n} of {shape.k} folds ({cfg.folds})"
+    return n, bool(cfg.refit_full), said
+
+
 def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hardware, ihw: Hardware) -> Stage:
     if cfg.num_layers > bb.layers:
         raise ConfigError(f"params llm.num_layers: {cfg.num_layers} but {bb.name} has only {bb.layers} layers")
@@ -336,7 +344,7 @@ def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hard
     trained = kept - start
     aug, tta = (2 if cfg.swap_augment else 1), (2 if cfg.swap_tta else 1)
     ckpt = cfg.train.gradient_checkpointing
-    k = shape.k
+    k, refit, folds_said = fold_budget(cfg, shape)
     st = Stage(LLMModel.name, bb.describe(kept), "")
     fit = shape.fold_train() * (1 - cfg.calib_frac)
     cal = shape.fold_train() * cfg.calib_frac
@@ -354,17 +362,24 @@ def plan_llm(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, hw: Hard
         add("frozen pass of the test rows", "train", shape.test_rows * tta, te, kept)
     rule = "(4N: LoRA, + 2N recompute)" if ckpt else "(4N: LoRA)"
     train_factor = 3.0 if ckpt else 2.0  # x the forward's 2N: 6N with recomputation, 4N without
-    add(f"LoRA fine-tune {rule}, {k} folds", "train", k * lora_rows * aug * cfg.train.epochs, tr, trained,
+    add(f"LoRA fine-tune {rule}, {folds_said}", "train", k * lora_rows * aug * cfg.train.epochs, tr, trained,
         train_factor)
-    add(f"calibration + OOF rows, {k} folds", "train", k * (cal + shape.fold_valid()) * tta, tr, trained)
-    add(f"test rows x {k} folds", "train", k * shape.test_rows * tta, te, trained)
+    if refit:  # refit_full: one more fine-tune on every training row, which alone predicts the test rows
+        full = shape.train_rows * (1 - cfg.calib_frac)
+        full = min(full, cfg.max_train_rows) if cfg.max_train_rows else full
+        add(f"refit on every row: LoRA fine-tune {rule}", "train", full * aug * cfg.train.epochs, tr, trained,
+            train_factor)
+    add(f"calibration + OOF rows, {folds_said}", "train", k * (cal + shape.fold_valid()) * tta, tr, trained)
+    predictors = 1 if refit else k  # the refit predicts the test rows instead of the folds
+    add(f"test rows x {predictors} model{'s' * (predictors > 1)}", "train", predictors * shape.test_rows * tta, te,
+        trained)
     # the OOF run's position-bias check: up to MAX_ROWS held-out battles a fold, one pass each way round; the
     # swapped ones are new to the frozen layers unless a swap already put them there
     checked = min(POSITION_ROWS, shape.fold_valid())
-    add(f"position check, {k} folds", "train", k * 2 * checked, tr, trained)
+    add(f"position check, {folds_said}", "train", k * 2 * checked, tr, trained)
     if start and not (cfg.swap_augment or cfg.swap_tta):
-        add(f"position check's swapped battles, frozen layers, {k} folds", "train", k * checked, tr, kept)
-    folds = 1 if cfg.merge_folds else k  # submit alone merges the folds (merge.py); the OOF run predicts with each
+        add(f"position check's swapped battles, frozen layers, {folds_said}", "train", k * checked, tr, kept)
+    folds = 1 if (cfg.merge_folds or refit) else k  # merged folds (merge.py) or the refit: one pass
     if start:  # the submission has no cache of the frozen layers: it runs them once for all folds
         add("submit: frozen pass", "infer", shape.test_rows * tta, te, kept, devices=ihw.devices)
     add(f"submit: test rows x {folds} fold{'s' * (folds > 1)}" + (" x 2 swap TTA" if tta == 2 else ""), "infer",
@@ -409,7 +424,7 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
     layers = bb.layers
     frozen_below = layers if cfg.freeze_layers < 0 else min(cfg.freeze_layers, layers)
     trained = layers - frozen_below
-    k = shape.k
+    k, refit, folds_said = fold_budget(cfg, shape)
     st = Stage(DualTowerModel.name, bb.describe(), "")
     aug = 2 if cfg.swap_augment else 1
     fit = shape.fold_train() * (1 - cfg.calib_frac)
@@ -424,7 +439,7 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
         # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE frames (least recently
         # used out): each fold adds its held-out, OOF and two position-check frames and scores the test frame
         add("encoder once, training towers (frozen)", "train", 2 * shape.train_rows, tr)
-        add(f"held-out + OOF frames, {k} folds", "train", k * (cal + shape.fold_valid()) * 2, tr)
+        add(f"held-out + OOF frames, {folds_said}", "train", k * (cal + shape.fold_valid()) * 2, tr)
         test_passes = k if FRAME_CACHE_SIZE < 5 else 1
         add(f"test frame, encoded in {test_passes} of {k} folds", "train", test_passes * shape.test_rows * 2, te)
         add("submit: test towers once (frozen encoder)", "infer", 2 * shape.test_rows, te)
@@ -436,16 +451,21 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
         share = trained / layers
         factor = (2 + 4 * share + (2 * share if ckpt else 0)) / 2
         rule = f"2N + 4N x {trained}/{layers} trained layers" + (" + 2N recompute" if ckpt else "")
-        add(f"fine-tune ({rule}), {k} folds", "train", k * fit * 2 * aug * cfg.train.epochs, tr, factor)
+        add(f"fine-tune ({rule}), {folds_said}", "train", k * fit * 2 * aug * cfg.train.epochs, tr, factor)
+        if refit:  # refit_full: one more fine-tune on every training row, which alone predicts the test rows
+            full = shape.train_rows * (1 - cfg.calib_frac)
+            add(f"refit on every row: fine-tune ({rule})", "train", full * 2 * aug * cfg.train.epochs, tr, factor)
         steps = fit * aug * cfg.train.epochs / (cfg.train.batch_size * cfg.train.grad_accum)
         evals = steps / cfg.train.eval_every if cfg.train.eval_every else cfg.train.epochs
         evals += 1  # the calibration's pass over the held-out rows
-        add(f"held-out evaluations + calibration ({evals:.0f} a fold), {k} folds", "train", k * evals * cal * 2, tr)
-        add(f"OOF rows, {k} folds", "train", k * shape.fold_valid() * 2, tr)
-        add(f"test towers x {k} folds", "train", k * shape.test_rows * 2, te)
-        add(f"submit: test towers x {k} folds (TTA reuses them)", "infer", k * shape.test_rows * 2, te)
+        add(f"held-out evaluations + calibration ({evals:.0f} a fold), {folds_said}", "train", k * evals * cal * 2, tr)
+        add(f"OOF rows, {folds_said}", "train", k * shape.fold_valid() * 2, tr)
+        predictors = 1 if refit else k  # the refit predicts the test rows instead of the folds
+        add(f"test towers x {predictors} model(s)", "train", predictors * shape.test_rows * 2, te)
+        add(f"submit: test towers x {predictors} model(s) (TTA reuses them)", "infer", predictors * shape.test_rows * 2,
+            te)
     checked = min(POSITION_ROWS, shape.fold_valid())  # the OOF run's position-bias check: both ways round
-    add(f"position check, {k} folds", "train", k * 2 * checked * 2, tr)
+    add(f"position check, {folds_said}", "train", k * 2 * checked * 2, tr)
     for where, machine in (("train", hw), ("infer", ihw)):
         total = bb.other_params + layers * bb.layer_params
         act_bytes = 2 if machine.gpu else 4  # autocast on CUDA, fp32 on CPU
@@ -488,9 +508,11 @@ def plan_lgbm(cfg, shape: Shape, hw: Hardware, ihw: Hardware) -> Stage:
         fits, how = 1 - cfg.early_stopping_frac, "one fit on the kept share"
     st = Stage(LGBMModel.name, f"LightGBM on {features:,} count/length features (CPU)", "", on_gpu=False)
     cores = max(1, min(cfg.n_jobs, hw.host_cores))
-    st.seconds["train"] = shape.k * fits * rows * features * cfg.n_estimators * LGBM_CORE_SECONDS / cores
-    st.passes.append(Pass(f"{shape.k} folds x {how}, {cfg.n_estimators} rounds at most, {cores} cores",
-                          "train", shape.k * rows, 0.0, 0.0))
+    k, refit, folds_said = fold_budget(cfg, shape)
+    fitted = k * rows + (shape.train_rows * aug if refit else 0.0)  # the refit: one model on every row
+    st.seconds["train"] = fits * fitted * features * cfg.n_estimators * LGBM_CORE_SECONDS / cores
+    st.passes.append(Pass(f"{folds_said}{' + a refit on every row' if refit else ''} x {how}, "
+                          f"{cfg.n_estimators} rounds at most, {cores} cores", "train", fitted, 0.0, 0.0))
     st.seconds["infer"] = 0.0
     st.notes.append("rough: seconds = rows x features x rounds x "
                     f"{LGBM_CORE_SECONDS:.2e} core-seconds (from the project's Kaggle-scale timing) / cores")
