@@ -269,8 +269,8 @@ def package_models() -> dict:
 def test_each_model_declares_every_module_it_imports_that_is_not_plumbing():
     """A model's code part is the modules it declares (BaseModel.learns_with): a module it imports, at any depth,
     is declared or plumbing, so a new import forces a decision. Breaks if a declaration misses a module."""
-    from ensemble.pipeline import distill
     from ensemble.models.base import LEARNS_WITH
+    from ensemble.pipeline import distill
 
     for name, model in package_models().items():
         declared = model.code_modules()
