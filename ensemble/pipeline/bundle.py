@@ -41,7 +41,7 @@ from ensemble.models import is_registered
 from ensemble.pipeline.bundle_predict import canon, installed_version
 from ensemble.pipeline.distill import TEACHER_DIR, distill_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project: ensemble/pipeline/bundle.py -> .
 #: the packages submit imports (the weights packages of the embedded models are added when used)
 RUNTIME = ("numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "PyYAML", "safetensors", "tokenizers",
            "transformers", "huggingface_hub", "peft", "accelerate", "bitsandbytes", "gguf", "tqdm", "joblib")

@@ -101,11 +101,7 @@ def run_oof(name: str, config: dict, train: pd.DataFrame, folds: pd.DataFrame, a
             model.fit(fit_frame, valid)
             timings[k] = time.perf_counter() - start
             if main:
-                tmp_dir = fold_dir.with_name(fold_dir.name + ".tmp")
-                if tmp_dir.exists():
-                    shutil.rmtree(tmp_dir)
-                model.save(tmp_dir)
-                tmp_dir.rename(fold_dir)
+                save_folder(model, fold_dir)
         # every process predicts (a model may share the rows among them), rank 0 decides what is reused
         fold = LazyFold(model, fold_dir, cache, config)
         pred_key = fp.combine({"fold": key, "predict": fp.config_digest(predict_settings)})
@@ -207,14 +203,19 @@ def run_refit(name: str, config: dict, train: pd.DataFrame, model_root: Path, id
         seconds = time.perf_counter() - start
         progress.log(f"[{name}] refit: fit {seconds:.1f} s")
         if main:
-            tmp_dir = folder.with_name(folder.name + ".tmp")
-            if tmp_dir.exists():
-                shutil.rmtree(tmp_dir)
-            model.save(tmp_dir)
-            tmp_dir.rename(folder)
+            save_folder(model, folder)
             write_json(folder / DONE_FILE, {"fingerprint": key, "parts": identity.parts, "train_rows": len(train)})
     dist.barrier("refit saved")
     return LazyFold(model, folder, cache, config), seconds
+
+
+def save_folder(model: BaseModel, folder: Path) -> None:
+    """A fitted model saved whole or not at all: into folder.tmp, then renamed (its done.json comes last)."""
+    tmp_dir = folder.with_name(folder.name + ".tmp")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    model.save(tmp_dir)
+    tmp_dir.rename(folder)
 
 
 class LazyFold:
