@@ -491,3 +491,25 @@ def test_swap_tta_symmetry_check_fails_with_a_broken_unswap(fitted, monkeypatch)
     monkeypatch.setattr(llm, "unswap_proba", lambda proba: proba)
     assert not symmetric()
     np.testing.assert_array_equal(model.predict_proba(swap_ab(test)), model.predict_proba(test))
+
+
+def test_a_saved_adapter_config_is_the_same_in_every_process(tmp_path):
+    """peft holds target_modules as a set: its order follows PYTHONHASHSEED, so two runs would save two
+    adapter_config.json files (and two dvc.lock hashes) unless the names are sorted."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("import sys; from types import SimpleNamespace as S; "
+              "from ensemble.models.llm.backbone import lora_config; "
+              "cfg = S(lora_target_modules='all-linear', lora_r=4, lora_alpha=8, lora_dropout=0.0); "
+              "lora_config(cfg, 2, 1).save_pretrained(sys.argv[1])")
+    texts = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / seed
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, cwd=root)
+        texts.append((out / "adapter_config.json").read_text())
+    assert texts[0] == texts[1] == texts[2]

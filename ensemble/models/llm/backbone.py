@@ -212,11 +212,16 @@ def lora_config(cfg, kept: int, start: int):
     targets = cfg.lora_target_modules
     if start and targets == "all-linear":  # peft takes layers_to_transform with a list of names only
         targets = list(LLAMA_LINEAR_MODULES)
-    return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout,
-                      target_modules=targets if isinstance(targets, str) else list(targets),
-                      layers_to_transform=list(range(start, kept)) if start else None,
-                      layers_pattern="layers" if start else None)
+    config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                        lora_dropout=cfg.lora_dropout,
+                        target_modules=targets if isinstance(targets, str) else list(targets),
+                        layers_to_transform=list(range(start, kept)) if start else None,
+                        layers_pattern="layers" if start else None)
+    if not isinstance(config.target_modules, str):
+        # peft keeps the names as a set, whose order follows string hashing and differs between processes:
+        # sorted, a fold's adapter_config.json (and dvc.lock) is the same on every run
+        config.target_modules = sorted(config.target_modules)
+    return config
 
 
 def load_base(cfg, tokenizer, device: torch.device):
