@@ -108,7 +108,21 @@ def test_distill_nested_soft_labels_never_see_the_folds_own_valid_labels(tmp_pat
             assert not same_k, "the leaky control should see fold k's labels"
 
 
-def test_nested_teacher_fits_once_per_pair_of_folds_and_labels_as_one_fit_per_ordered_pair(tmp_path, monkeypatch):
+@pytest.fixture
+def fits(monkeypatch) -> list[int]:
+    """The training-row count of every model fit while the test runs."""
+    counted: list[int] = []
+    real_fit = BaseModel.fit
+
+    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
+        counted.append(len(train))
+        return real_fit(self, train, valid)
+
+    monkeypatch.setattr(BaseModel, "fit", counting_fit)
+    return counted
+
+
+def test_nested_teacher_fits_once_per_pair_of_folds_and_labels_as_one_fit_per_ordered_pair(tmp_path, fits):
     """5 folds: the nested teacher is fitted 10 times (one per unordered pair of left-out folds), not 20, and
     every soft label equals the one a fit of its own gives: for outer fold k, fold j's rows predicted by a
     teacher fitted on the rows outside folds k and j. Breaks if a pair's fit labels the wrong fold, or if
@@ -117,14 +131,6 @@ def test_nested_teacher_fits_once_per_pair_of_folds_and_labels_as_one_fit_per_or
 
     frame, _ = noisy_frame(150)
     fold_of = attach_folds(frame, make_folds(frame, 5, seed=0))
-    fits: list[int] = []
-    real_fit = BaseModel.fit
-
-    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
-        fits.append(len(train))
-        return real_fit(self, train, valid)
-
-    monkeypatch.setattr(BaseModel, "fit", counting_fit)
     teachers = Teachers("student", DistillConfig(teachers=["lgbm"]), {"lgbm": FAST}, frame, fold_of, tmp_path)
     assert len(fits) == 10
     for k in range(5):
@@ -136,7 +142,7 @@ def test_nested_teacher_fits_once_per_pair_of_folds_and_labels_as_one_fit_per_or
             np.testing.assert_array_equal(teachers.soft[k][fold_of == j], own)
 
 
-def test_a_students_teacher_reuses_the_teachers_saved_folds_only_when_they_match(tmp_path, monkeypatch):
+def test_a_students_teacher_reuses_the_teachers_saved_folds_only_when_they_match(tmp_path, monkeypatch, fits):
     """Leaky mode: after the teacher's own OOF run, the student's teacher fits nothing and its soft labels
     are the teacher's OOF predictions; a fold whose saved fingerprint does not match is refitted, alone; a
     teacher whose valid rows chose its rounds (early_stopping: valid) is refitted on every fold. Breaks if
@@ -146,14 +152,6 @@ def test_a_students_teacher_reuses_the_teachers_saved_folds_only_when_they_match
     frame, _ = noisy_frame(150)
     folds = make_folds(frame, 3, seed=0)
     fold_of = attach_folds(frame, folds)
-    fits: list[int] = []
-    real_fit = BaseModel.fit
-
-    def counting_fit(self: BaseModel, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BaseModel:
-        fits.append(len(train))
-        return real_fit(self, train, valid)
-
-    monkeypatch.setattr(BaseModel, "fit", counting_fit)
 
     def student(config: dict, artifacts: Path, root: str) -> Teachers:
         fits.clear()
