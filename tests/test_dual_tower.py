@@ -43,7 +43,7 @@ def _frame(n: int = 24, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _model(backbone: str, **over) -> DualTowerModel:
+def _model(backbone: str, cache=None, **over) -> DualTowerModel:
     train = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.0, "precision": "fp32",
              **over.pop("train", {})}
     # fine-tuning path by default here (the demo default freezes the encoder). calib_frac 0: a few
@@ -51,7 +51,7 @@ def _model(backbone: str, **over) -> DualTowerModel:
     # model would predict the class prior for every row, which passes any symmetry or save/load check
     return DualTowerModel({"backbone": backbone, "max_len": 48, "device": "cpu", "head_lr": 1e-2,
                            "freeze_layers": 0, "use_features": False, "infer_max_tokens": 512, "calib_frac": 0.0,
-                           "train": train, **over})
+                           "train": train, **over}, cache=cache)
 
 
 def _varies(p: np.ndarray) -> bool:
@@ -472,26 +472,37 @@ def test_training_twins_are_the_swapped_battles_and_a_broken_mapping_is_caught(t
     assert not twins_match()
 
 
-def test_the_frozen_frame_cache_keeps_the_test_frame_over_every_fold():
-    """A frozen encoder's OOF run scores five frames a fold (held-out, OOF, test, the position check's
-    two): the test frame is encoded once for the run, not once a fold (least recently used eviction)."""
-    from types import SimpleNamespace
-
+def test_a_frozen_encoder_encodes_each_tower_once_per_run_and_alone(tiny_backbone, tmp_path):
+    """A frozen encoder's vector of a tower is its own, whatever frame asks for it: one call per
+    distinct tower for the whole run (fit, held-out, predict, swapped battles, a second fold), and a
+    fresh run that meets the tower in another frame computes the same bits."""
     from ensemble.core.cache import RunCache
-    from ensemble.models.dual_tower.cache import TowerPooler
+    from ensemble.models.dual_tower.model import DualTowerNet
 
-    pooler = TowerPooler(torch.nn.Linear(1, 1), None, SimpleNamespace(pad_to_max_len=False), True, RunCache())
-    pooler._fp = "frozen-encoder"
-    encoded = []
-    pooler.pair_pooled = lambda enc, pad_to: encoded.append(enc["name"]) or (None, None)
+    calls = []
+    original = DualTowerNet.pool
 
-    def frame(name: str, seed: int) -> dict:
-        return {"name": name, "a": [[seed, 1]], "b": [[seed, 2]]}
+    def counted(net, ids, mask):
+        calls.append(tuple(ids.shape))
+        return original(net, ids, mask)
 
-    test = frame("test", 0)
-    for k in range(5):
-        for enc in (frame(f"held-out {k}", 10 + k), frame(f"oof {k}", 20 + k), test,
-                    frame(f"swap a {k}", 30 + k), frame(f"swap b {k}", 40 + k)):
-            pooler.frame_pooled(enc)
-    assert encoded.count("test") == 1
-    assert len(encoded) == 1 + 4 * 5
+    train, test = _frame(24, 0), _frame(10, 2)
+    cache = RunCache()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DualTowerNet, "pool", counted)
+        fold0 = _model(tiny_backbone, freeze_layers=-1, cache=cache).fit(train.iloc[:16], train.iloc[16:])
+        p = fold0.predict_proba(test)
+        fold0.predict_proba(swap_ab(test))
+        fold0.predict_proba(train)
+        # held-out training prompts: the selection's evaluations read the store too
+        fold1 = _model(tiny_backbone, freeze_layers=-1, calib_frac=0.3, cache=cache).fit(train.iloc[8:], train.iloc[:8])
+        fold1.predict_proba(test)
+    towers = {tuple(t) for frame in (train, test) for t in sum(encode_frame(frame, fold0.tokenizer, fold0.config), [])}
+    assert len(calls) == len(towers)  # once per distinct tower, for both folds
+    assert all(shape[0] == 1 for shape in calls)  # alone: no batch, no padding
+    assert _varies(p)
+    # a fresh run meeting the test rows inside a larger frame, in another order: the same bits
+    fold0.save(tmp_path / "fold0")
+    fresh = DualTowerModel.load(tmp_path / "fold0")
+    bigger = pd.concat([_frame(6, 5), test.iloc[::-1]], ignore_index=True)
+    np.testing.assert_array_equal(fresh.predict_proba(bigger)[6:][::-1], p)

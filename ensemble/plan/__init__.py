@@ -43,7 +43,6 @@ from ensemble.core.errors import UserError
 from ensemble.core.position import MAX_ROWS as POSITION_ROWS
 from ensemble.models import is_registered, model_class
 from ensemble.models.dual_tower import DualTowerModel
-from ensemble.models.dual_tower.cache import FRAME_CACHE_SIZE
 from ensemble.models.lgbm import LGBMModel
 from ensemble.models.lgbm.model import AUTO_HOLDOUT_PROMPTS
 from ensemble.models.llm import LLMModel
@@ -435,16 +434,13 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
         st.passes.append(Pass(what, where, towers, towers * lengths.mean, flops))
 
     if not trained:
-        # a frozen encoder: the training towers encoded once for all folds (the heads train on cached vectors);
-        # the predict path encodes whole frames, memoized in a cache of FRAME_CACHE_SIZE frames (least recently
-        # used out): each fold adds its held-out, OOF and two position-check frames and scores the test frame
+        # a frozen encoder: every distinct tower of the run encoded once (models/dual_tower/cache.py), which
+        # serves every fold's training, held-out, OOF, test and position-check rows
         add("encoder once, training towers (frozen)", "train", 2 * shape.train_rows, tr)
-        add(f"held-out + OOF frames, {folds_said}", "train", k * (cal + shape.fold_valid()) * 2, tr)
-        test_passes = k if FRAME_CACHE_SIZE < 5 else 1
-        add(f"test frame, encoded in {test_passes} of {k} folds", "train", test_passes * shape.test_rows * 2, te)
+        add("encoder once, test towers (frozen)", "train", 2 * shape.test_rows, te)
         add("submit: test towers once (frozen encoder)", "infer", 2 * shape.test_rows, te)
-        st.notes.append("frozen encoder: the heads' epochs run on cached vectors (negligible FLOPs); the swap "
-                        "TTA reuses both towers")
+        st.notes.append("frozen encoder: each distinct tower encoded once, alone; the heads' epochs run on "
+                        "cached vectors (negligible FLOPs); the swap TTA and the position check reuse both towers")
     else:
         ckpt = cfg.train.gradient_checkpointing
         # forward 2N; backward: activation gradients through the trained layers 2N_t, weight gradients 2N_t
@@ -464,8 +460,9 @@ def plan_dual_tower(cfg, bb: Backbone, shape: Shape, tr: Lengths, te: Lengths, h
         add(f"test towers x {predictors} model(s)", "train", predictors * shape.test_rows * 2, te)
         add(f"submit: test towers x {predictors} model(s) (TTA reuses them)", "infer", predictors * shape.test_rows * 2,
             te)
-    checked = min(POSITION_ROWS, shape.fold_valid())  # the OOF run's position-bias check: both ways round
-    add(f"position check, {folds_said}", "train", k * 2 * checked * 2, tr)
+    if trained:  # the OOF run's position-bias check, both ways round (a frozen encoder has those towers)
+        checked = min(POSITION_ROWS, shape.fold_valid())
+        add(f"position check, {folds_said}", "train", k * 2 * checked * 2, tr)
     for where, machine in (("train", hw), ("infer", ihw)):
         total = bb.other_params + layers * bb.layer_params
         act_bytes = 2 if machine.gpu else 4  # autocast on CUDA, fp32 on CPU

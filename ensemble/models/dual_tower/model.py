@@ -321,7 +321,9 @@ class DualTowerModel(BaseModel):
             self.net.to(device)
 
         labels, enc = train["label"].to_numpy(dtype=np.int64), self._encode(train)
-        pooled = self.pooler.cached_pooled(enc) if frozen else None
+        pooled = None
+        if frozen:  # the run's vectors of these towers (TowerPooler.frozen_pooled), as numpy for the loader
+            pooled = tuple(v.numpy() for v in self.pooler.frozen_pooled(enc))
         lengths = np.maximum([len(x) for x in enc["a"]], [len(x) for x in enc["b"]])
         if cfg.swap_augment:
             lengths = np.concatenate([lengths, lengths])
@@ -333,13 +335,9 @@ class DualTowerModel(BaseModel):
         held_out_loss, valid = None, held_out  # the held-out log loss the loop selects on
         if len(valid):
             valid_enc, valid_y = self._encode(valid), valid["label"].to_numpy(dtype=np.int64)
-            valid_pooled = None
-            if frozen:  # the predict path's own vectors: predict_proba(valid) after fit reuses them
-                valid_pooled = self.pooler.frame_pooled(valid_enc)
-                self.pooler.remember(valid_enc, valid_pooled)
 
             def loss_on_held_out(net) -> float:
-                pa, pb = valid_pooled if frozen else self.pooler.pair_pooled(valid_enc)
+                pa, pb = self.pooler.pooled(valid_enc)  # frozen: encoded once, then read from the run's store
                 if cfg.mode == "ranking":  # selection metric: the best band this ranking allows
                     d = self._score_diff(pa, pb, valid_enc["features"])
                     return log_loss(valid_y, band_proba(d, *fit_band(d, valid_y)))
@@ -354,7 +352,7 @@ class DualTowerModel(BaseModel):
                                 param_groups=groups, evaluate=held_out_loss, desc="dual_tower")
         self.history = result.history
         if cfg.mode == "ranking":
-            pa, pb = pooled if frozen else self.pooler.pair_pooled(enc)
+            pa, pb = self.pooler.pooled(enc)
             self.band = fit_band(self._score_diff(pa, pb, enc["features"]), labels)
         if len(held_out):
             self.calibration = fit_calibration(self._uncalibrated(held_out), held_out["label"].to_numpy(), prior)
@@ -364,7 +362,7 @@ class DualTowerModel(BaseModel):
 
     def _uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
         enc = self._encode(frame)
-        pa, pb = self.pooler.frame_pooled(enc)
+        pa, pb = self.pooler.pooled(enc)
         p = self._proba(pa, pb, enc["features"])
         return p / p.sum(axis=1, keepdims=True)
 
