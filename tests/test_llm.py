@@ -493,23 +493,40 @@ def test_swap_tta_symmetry_check_fails_with_a_broken_unswap(fitted, monkeypatch)
     np.testing.assert_array_equal(model.predict_proba(swap_ab(test)), model.predict_proba(test))
 
 
-def test_a_saved_adapter_config_is_the_same_in_every_process(tmp_path):
-    """peft holds target_modules as a set: its order follows PYTHONHASHSEED, so two runs would save two
-    adapter_config.json files (and two dvc.lock hashes) unless the names are sorted."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_a_saved_adapter_config_lists_its_target_modules_sorted(tmp_path):
+    """peft holds target_modules as a set, whose order follows the process's string hashing
+    (PYTHONHASHSEED): unsorted, two runs would save two adapter_config.json files and two dvc.lock
+    hashes. Seven module names in set order come out sorted once in 5040 processes, so an unsorted
+    save fails here."""
+    import json
+    from types import SimpleNamespace
 
-    root = Path(__file__).resolve().parents[1]
-    script = ("import sys; from types import SimpleNamespace as S; "
-              "from ensemble.models.llm.backbone import lora_config; "
-              "cfg = S(lora_target_modules='all-linear', lora_r=4, lora_alpha=8, lora_dropout=0.0); "
-              "lora_config(cfg, 2, 1).save_pretrained(sys.argv[1])")
-    texts = []
-    for seed in ("1", "2", "3"):
-        out = tmp_path / seed
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, cwd=root)
-        texts.append((out / "adapter_config.json").read_text())
-    assert texts[0] == texts[1] == texts[2]
+    from ensemble.models.llm.backbone import lora_config
+
+    cfg = SimpleNamespace(lora_target_modules="all-linear", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    lora_config(cfg, 2, 1).save_pretrained(str(tmp_path))
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
+    assert len(saved) == 7 and saved == sorted(saved)
+
+
+def test_a_conversion_parses_the_gguf_file_once_and_leaves_gguf_as_it_was(monkeypatch):
+    """transformers reads the GGUF three times a conversion (tokenizer, config, weights): inside
+    gguf_parsed_once one parse serves all three, and gguf's own functions come back afterwards."""
+    import gguf
+
+    from ensemble.nn.convert import gguf_parsed_once
+
+    parsed = []
+
+    class Reader:
+        def __init__(self, path):
+            parsed.append(path)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    with gguf_parsed_once():
+        from gguf import GGUFReader  # as transformers imports it, inside the function that reads
+
+        assert GGUFReader("model.gguf") is GGUFReader("model.gguf")
+        GGUFReader("other.gguf")
+    assert parsed == ["model.gguf", "other.gguf"]
+    assert gguf.GGUFReader is Reader
