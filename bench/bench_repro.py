@@ -48,7 +48,7 @@ def stages_in_order(clone: Path, env: dict) -> list[str]:
     return out.stdout.split()
 
 
-def one_run(commit: str, log: Path) -> dict:
+def one_run(commit: str, log: Path, keep: Path | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_repro_") as tmp:
         clone = Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -63,6 +63,10 @@ def one_run(commit: str, log: Path) -> dict:
                 seconds[name] = round(time.perf_counter() - start, 1)
                 print(f"  {name}: {seconds[name]:.1f} s", flush=True)
         metrics = json.loads((clone / "metrics.json").read_text(encoding="utf-8"))
+        if keep is not None:  # the run's dvc.lock and metrics.json, e.g. to commit them
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("dvc.lock", "metrics.json"):
+                (keep / name).write_bytes((clone / name).read_bytes())
     return {"seconds": seconds, "total": round(sum(seconds.values()), 1), "metrics": metrics}
 
 
@@ -70,6 +74,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("commit", nargs="*", default=["HEAD"], help="commits to time (default HEAD)")
     ap.add_argument("--runs", type=int, default=1, help="fresh clones per commit")
+    ap.add_argument("--keep", type=Path, help="copy each run's dvc.lock and metrics.json here (under <commit>/)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     shas = [subprocess.run(["git", "rev-parse", "--short", c], cwd=ROOT, capture_output=True, text=True,
@@ -78,7 +83,7 @@ def main() -> int:
     for i in range(args.runs):
         for sha in shas:  # alternating, so a slow spell of the machine hits every commit alike
             print(f"run {i + 1}/{args.runs}, commit {sha}", flush=True)
-            runs[sha].append(one_run(sha, OUT / f"{sha}.log"))
+            runs[sha].append(one_run(sha, OUT / f"{sha}.log", args.keep / sha if args.keep else None))
     for sha, done in runs.items():
         names = list(done[0]["seconds"])
         median = {n: statistics.median(r["seconds"][n] for r in done) for n in names}
