@@ -129,8 +129,16 @@ def test_blend_cli_refits_in_seconds(project):
 def test_submit_cli_valid_submission(project, tmp_path):
     work, _, _ = project
     test_csv = work / "artifacts" / "demo" / "demo_test.csv"
+    # the test rows with labels added (any labels: they change no prediction), so one run checks the
+    # predictions and the scoring of a labelled file
+    labelled = pd.read_csv(test_csv)
+    for j, target in enumerate(TARGETS):
+        labelled[target] = (np.arange(len(labelled)) % 3 == j).astype(int)
+    labelled_csv = tmp_path / "labelled_test.csv"
+    labelled.to_csv(labelled_csv, index=False)
     out = tmp_path / "submission.csv"
-    run([sys.executable, "-m", "ensemble.submit", str(test_csv), "-o", str(out)], work)
+    proc = run([sys.executable, "-m", "ensemble.submit", str(labelled_csv), "-o", str(out)], work)
+    assert "rows of the file's labels" in proc.stdout  # a labelled file reports its log loss
     sub = pd.read_csv(out, dtype={"id": str})
     ids = pd.read_csv(test_csv, dtype={"id": str})["id"]
     assert list(sub.columns) == ["id", *TARGETS] and list(sub["id"]) == list(ids)
@@ -140,11 +148,6 @@ def test_submit_cli_valid_submission(project, tmp_path):
     # predicting afresh from the saved fold models matches what the pipeline wrote
     cached = pd.read_csv(work / "artifacts" / "submission.csv", dtype={"id": str})
     np.testing.assert_allclose(values, cached[TARGETS].to_numpy(), atol=1e-6)
-    # a labelled file reports its log loss
-    train_csv = tmp_path / "labelled.csv"
-    pd.read_csv(work / "artifacts" / "demo" / "demo_train.csv").head(30).to_csv(train_csv, index=False)
-    assert "rows of the file's labels" in run(
-        [sys.executable, "-m", "ensemble.submit", str(train_csv), "-o", str(tmp_path / "s2.csv")], work).stdout
     # bad input: clear message, exit 2, nothing written
     bad = tmp_path / "bad.csv"
     pd.read_csv(test_csv).drop(columns=["prompt"]).to_csv(bad, index=False)
@@ -171,3 +174,74 @@ def test_converted_smollm2_trains_and_predicts(project):
     assert proba.shape == (8, 3) and np.isfinite(proba).all()
     text = model.tokenizer.decode(model._encoder().encode_frame(frame.iloc[:1]).ids[0])
     assert text.startswith("User prompt:\nquestion 0") and "Model B:\n" in text
+
+
+# holds the repository lock until a line arrives on stdin (or 120 s pass): released once parallel_stages
+# has met it, so the test waits no longer than that takes
+HOLD_LOCK = """
+import select, sys
+from dvc.repo import Repo
+with Repo(".") as repo, repo.lock:
+    print("locked", flush=True)
+    select.select([sys.stdin], [], [], 120)
+"""
+
+
+def cache_files(work):
+    return sorted(str(p.relative_to(work / ".dvc" / "cache")) for p in (work / ".dvc" / "cache").rglob("*")
+                  if p.is_file())
+
+
+def test_parallel_stages_leave_dvc_lock_and_cache_as_the_sequential_repro(project, tmp_path):
+    """`python -m ensemble.pipeline.parallel_stages lgbm dual_tower` runs both model stages at once and leaves
+    dvc.lock and the cache exactly as the sequential `dvc repro` above, even while another DVC process holds
+    the repository lock. A copy of the project with both stages' OOF and test files deleted (so DVC sees the
+    two stages changed; their fold models persist, as after a crash) is the parallel run's."""
+    import time
+
+    work, _, _ = project
+    parallel = tmp_path / "parallel"
+    shutil.copytree(work, parallel, symlinks=True)
+    for name in ("lgbm", "dual_tower"):
+        for kind in ("oof", "test"):
+            (parallel / "artifacts" / kind / f"{name}.parquet").unlink()
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK], cwd=parallel, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    proc = None
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # another DVC process holds the lock
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "ensemble.pipeline.parallel_stages", "lgbm", "dual_tower"],
+                                cwd=parallel, env=env(parallel), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:  # until it has met the lock and waits for it
+            lines.append(line)
+            if "retrying" in line:
+                break
+        holder.communicate("release\n", timeout=60)
+        lines += proc.stdout.readlines()
+        assert proc.wait() == 0, "".join(lines[-40:])
+        seconds = time.perf_counter() - start
+    finally:
+        holder.kill()
+        holder.wait()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert "locked by another DVC process; retrying" in out
+    assert "Running stage 'model@lgbm'" in out and "Running stage 'model@dual_tower'" in out
+
+    lock_par = yaml.safe_load((parallel / "dvc.lock").read_text())
+    lock_seq = yaml.safe_load((work / "dvc.lock").read_text())
+    assert list(lock_par["stages"]) == list(lock_seq["stages"])
+    assert lock_par == lock_seq  # every dep, param and output hash as the sequential repro wrote them
+    assert (parallel / "dvc.lock").read_text() == (work / "dvc.lock").read_text()
+    assert cache_files(parallel) == cache_files(work)
+    status = run(["dvc", "status", "model@lgbm", "model@dual_tower"], parallel).stdout  # the lock matches the workspace
+    assert "up to date" in status, status
+
+    again = run([sys.executable, "-m", "ensemble.pipeline.parallel_stages", "lgbm", "dual_tower"], parallel).stdout
+    assert "Stage 'model@lgbm' didn't change, skipping" in again and "Running stage" not in again
+    print(f"\nparallel_stages (waiting for the lock first) {seconds:.1f} s")

@@ -92,7 +92,10 @@ def check_kill_and_resume(tmp_path: Path, name: str, params: dict, frame: pd.Dat
     out = proc.stdout + proc.stderr
     figures["resume_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    run_stage(clean, name)
+    from ensemble.nn.training import intra_op_threads
+
+    with intra_op_threads(1):  # the reference run: the stage's own main in this process, one thread as the stage had
+        stage_in_process(clean, name)
     figures["uninterrupted_s"] = time.perf_counter() - start
 
     for k in (0, 1):  # finished folds reused: not retrained, their files untouched
