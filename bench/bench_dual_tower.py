@@ -6,9 +6,10 @@ to max_len, and training throughput. Figures, not tests: numbers vary with the m
     .venv/bin/python bench/bench_dual_tower.py --set max_len=96 --set train.epochs=2
     .venv/bin/python bench/bench_dual_tower.py --skip-oof --infer-rows 128      # throughput only
 
-Inference modes: `dynamic` (the model's path: towers sorted by length, padded per batch to the batch's
-longest, identical towers encoded once), `dynamic_nodedupe` (the same without the dedupe) and `padded`
-(every tower padded to max_len, row order). Memory: peak resident set size of a fresh subprocess during
+Inference modes: `dynamic` (the model's path: a fine-tuned encoder's towers sorted by length, padded per
+batch to the batch's longest, identical towers encoded once; a frozen encoder's distinct towers encoded one
+a call, unpadded), `dynamic_nodedupe` (batched by length without the dedupe, for a frozen encoder too) and
+`padded` (every tower padded to max_len, row order). Memory: peak resident set size of a fresh subprocess during
 predict_proba minus its RSS just before (psutil polled every 2 ms; tracemalloc misses torch's
 allocations), plus the ru_maxrss high-water mark of that subprocess.
 """
@@ -42,13 +43,14 @@ def _child(args) -> None:
     from ensemble.models.dual_tower.model import DualTowerModel
 
     frame = read_battles(args.csv, verbose=False).iloc[:args.infer_rows].reset_index(drop=True)
-    model = DualTowerModel.load(args.model_dir)
+    model = DualTowerModel.load(args.model_dir, runtime={"pad_to_max_len": args.mode == "padded"})
     if args.mode == "dynamic_nodedupe":
         import functools
 
         from ensemble.models.dual_tower.cache import TowerPooler
 
         TowerPooler.pair_pooled = functools.partialmethod(TowerPooler.pair_pooled, dedupe=False)
+        model.pooler.frozen = False  # the batched path even for a frozen encoder (see the module docstring)
     model.predict_proba(frame.iloc[:4])  # warm-up: kernels, lazy imports
     proc = psutil.Process()
     before = proc.memory_info().rss
@@ -64,7 +66,7 @@ def _child(args) -> None:
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
     start = time.perf_counter()
-    model.predict_proba(frame, pad_to_max_len=args.mode == "padded")
+    model.predict_proba(frame)
     seconds = time.perf_counter() - start
     stop.set()
     thread.join()
@@ -89,7 +91,8 @@ def token_counts(model, frame) -> dict:
 
     distinct = {tuple(t) for t in towers}
     return {"towers": len(towers), "distinct_towers": len(distinct), "real_tokens": sum(map(len, towers)),
-            "computed_tokens": {"dynamic": computed(distinct), "dynamic_nodedupe": computed(towers),
+            "computed_tokens": {"dynamic": sum(map(len, distinct)) if model.pooler.frozen else computed(distinct),
+                                "dynamic_nodedupe": computed(towers),
                                 "padded": len(towers) * cfg.max_len}}
 
 
@@ -120,11 +123,10 @@ def training_figures(frame, config: dict, rows: int) -> dict:
     """Rows/s of the training loop alone (model load and tokenization excluded; with a frozen encoder
     the tower vectors are computed before the loop, so they are timed apart as `encode_s`)."""
     import ensemble.models.dual_tower.model as dt
-    from ensemble.models.dual_tower.cache import POOLED_CACHE, TowerPooler
+    from ensemble.models.dual_tower.cache import TowerPooler
 
-    timings = {}
-    original, original_cached = dt.train_loop, TowerPooler.cached_pooled
-    POOLED_CACHE.update(key=None, vectors={})  # time the encoding, not a cache hit
+    timings = {}  # a new model has a new run cache: the encoding is timed, not a cache hit
+    original, original_cached = dt.train_loop, TowerPooler.frozen_pooled
 
     def cached(self, enc):
         start = time.perf_counter()
@@ -138,7 +140,7 @@ def training_figures(frame, config: dict, rows: int) -> dict:
         timings["loop"], timings["steps"] = time.perf_counter() - start, result.steps
         return result
 
-    dt.train_loop, TowerPooler.cached_pooled = timed, cached
+    dt.train_loop, TowerPooler.frozen_pooled = timed, cached
     try:
         model = dt.DualTowerModel(config)
         sample = frame.iloc[:rows].reset_index(drop=True)
@@ -146,7 +148,7 @@ def training_figures(frame, config: dict, rows: int) -> dict:
         model.fit(sample, None)
         fit = time.perf_counter() - start
     finally:
-        dt.train_loop, TowerPooler.cached_pooled = original, original_cached
+        dt.train_loop, TowerPooler.frozen_pooled = original, original_cached
     cfg = model.config.train
     copies = 2 if model.config.swap_augment else 1
     items = min(len(sample) * copies * cfg.epochs, timings["steps"] * cfg.batch_size * cfg.grad_accum)

@@ -506,3 +506,15 @@ def test_a_frozen_encoder_encodes_each_tower_once_per_run_and_alone(tiny_backbon
     fresh = DualTowerModel.load(tmp_path / "fold0")
     bigger = pd.concat([_frame(6, 5), test.iloc[::-1]], ignore_index=True)
     np.testing.assert_array_equal(fresh.predict_proba(bigger)[6:][::-1], p)
+
+
+def test_a_frozen_store_keeps_one_vector_per_tower_not_the_encoders_output(tiny_backbone):
+    """cls pooling returns a view of the encoder's (1, length, hidden) output: the store keeps a copy of
+    the vector, so a run's memory grows with towers x hidden, not towers x length x hidden."""
+    from ensemble.models.dual_tower.cache import POOLED
+
+    model = _model(tiny_backbone, freeze_layers=-1, pooling="cls", head="concat").fit(_frame(16, 0))
+    store = model.cache.store(POOLED, model.pooler.fingerprint())
+    hidden = model.net.encoder.config.hidden_size
+    assert len(store) > 10
+    assert all(v.untyped_storage().nbytes() == hidden * 4 for v in store.values())

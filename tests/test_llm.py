@@ -530,3 +530,6 @@ def test_a_conversion_parses_the_gguf_file_once_and_leaves_gguf_as_it_was(monkey
         GGUFReader("other.gguf")
     assert parsed == ["model.gguf", "other.gguf"]
     assert gguf.GGUFReader is Reader
+    with pytest.raises(RuntimeError), gguf_parsed_once():  # restored after a failed conversion too
+        raise RuntimeError("conversion failed")
+    assert gguf.GGUFReader is Reader

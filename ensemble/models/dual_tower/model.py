@@ -335,9 +335,11 @@ class DualTowerModel(BaseModel):
         held_out_loss, valid = None, held_out  # the held-out log loss the loop selects on
         if len(valid):
             valid_enc, valid_y = self._encode(valid), valid["label"].to_numpy(dtype=np.int64)
+            if frozen:  # into the run's store now, with the process's threads (the loop below runs on one)
+                self.pooler.pooled(valid_enc)
 
             def loss_on_held_out(net) -> float:
-                pa, pb = self.pooler.pooled(valid_enc)  # frozen: encoded once, then read from the run's store
+                pa, pb = self.pooler.pooled(valid_enc)  # frozen: read from the run's store
                 if cfg.mode == "ranking":  # selection metric: the best band this ranking allows
                     d = self._score_diff(pa, pb, valid_enc["features"])
                     return log_loss(valid_y, band_proba(d, *fit_band(d, valid_y)))
